@@ -1,0 +1,1 @@
+"""IAM: tenants, users, roles, service accounts, signing keys and access tokens."""

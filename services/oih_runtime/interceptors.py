@@ -1,0 +1,188 @@
+"""Server interceptors: errors and logs, authentication, authorization, input rules.
+
+Each wraps the behaviour of the RPC handler. Order in the server (outermost first):
+ErrorInterceptor → AuthenticationInterceptor → AuthorizationInterceptor → ValidationInterceptor.
+Handlers therefore never check tokens or permissions themselves and never call
+`context.abort`: they raise domain errors.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import grpc
+
+from oih_runtime import access, logs, principal
+from oih_runtime.errors import DomainError, PermissionDenied, Unauthenticated
+from oih_runtime.tokens import TokenVerifier
+from oih_runtime.validation import check_required
+
+log = logging.getLogger("oih.rpc")
+
+Behavior = Callable[[Any, grpc.ServicerContext], Any]
+
+
+def _metadata(context: grpc.ServicerContext, key: str) -> str:
+    for item in context.invocation_metadata():
+        if item.key == key:
+            return str(item.value)
+    return ""
+
+
+class _WrappingInterceptor(grpc.ServerInterceptor):
+    """Wraps every handler's behaviour with `around(method, behavior, request, context)`."""
+
+    def around(
+        self, method: str, behavior: Behavior, request: Any, context: grpc.ServicerContext
+    ) -> Any:
+        raise NotImplementedError
+
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
+        handler = continuation(details)
+        if handler is None:
+            return None
+        method = details.method
+
+        def wrap(behavior: Behavior) -> Behavior:
+            return lambda request, context: self.around(method, behavior, request, context)
+
+        if handler.unary_unary:
+            return grpc.unary_unary_rpc_method_handler(
+                wrap(handler.unary_unary),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.unary_stream:
+            return grpc.unary_stream_rpc_method_handler(
+                wrap(handler.unary_stream),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.stream_unary:
+            return grpc.stream_unary_rpc_method_handler(
+                wrap(handler.stream_unary),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return grpc.stream_stream_rpc_method_handler(
+            wrap(handler.stream_stream),
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+
+class ErrorInterceptor(_WrappingInterceptor):
+    """Request ids, one access log line per call, and domain errors → google.rpc.Status.
+
+    Anything unexpected becomes INTERNAL with only the request id: the trace goes to the log,
+    never to the caller.
+    """
+
+    def around(
+        self, method: str, behavior: Behavior, request: Any, context: grpc.ServicerContext
+    ) -> Any:
+        rid = _metadata(context, "x-request-id") or uuid.uuid4().hex
+        token = logs.request_id.set(rid)
+        context.set_trailing_metadata((("x-request-id", rid),))
+        started = time.perf_counter()
+        code = grpc.StatusCode.OK
+        try:
+            result = behavior(request, context)
+            if isinstance(result, Iterator):
+                result = list(result)  # server streams are drained here so errors map too
+            return result
+        except DomainError as error:
+            code = error.code
+            context.abort_with_status(error.to_status())
+        except Exception:
+            code = grpc.StatusCode.INTERNAL
+            log.exception("unexpected error in %s", method)
+            context.abort(grpc.StatusCode.INTERNAL, f"internal error (request id {rid})")
+        finally:
+            caller = principal.current_or_none()
+            log.info(
+                "rpc",
+                extra={
+                    "method": method,
+                    "code": code.name,
+                    "duration_ms": round((time.perf_counter() - started) * 1000, 2),
+                    "subject": caller.subject if caller else "",
+                },
+            )
+            logs.request_id.reset(token)
+
+
+class AuthenticationInterceptor(_WrappingInterceptor):
+    """Verifies the bearer token of every non-public RPC and binds the caller to the context."""
+
+    def __init__(self, verifier: TokenVerifier) -> None:
+        self.verifier = verifier
+
+    def around(
+        self, method: str, behavior: Behavior, request: Any, context: grpc.ServicerContext
+    ) -> Any:
+        if access.is_open_infrastructure(method):
+            return behavior(request, context)
+        rule = access.rule_for(method)
+        header = _metadata(context, "authorization")
+        caller = None
+        if rule is None or not rule.public:
+            if not header:
+                raise Unauthenticated("this call needs an access token (Authorization: Bearer …)")
+            scheme, _, token = header.partition(" ")
+            if scheme.lower() != "bearer" or not token:
+                raise Unauthenticated("the Authorization header must be 'Bearer <token>'")
+            caller = self.verifier.verify(token.strip())
+        bound = principal.bind(caller)
+        try:
+            return behavior(request, context)
+        finally:
+            principal.unbind(bound)
+
+
+class AuthorizationInterceptor(_WrappingInterceptor):
+    """Enforces the permission the contract declares for the RPC."""
+
+    def around(
+        self, method: str, behavior: Behavior, request: Any, context: grpc.ServicerContext
+    ) -> Any:
+        if access.is_open_infrastructure(method):
+            return behavior(request, context)
+        rule = access.rule_for(method)
+        if rule is None:
+            raise PermissionDenied(f"{method} declares no access rule", reason="NO_ACCESS_RULE")
+        if not rule.public and rule.permission:
+            if not principal.current().has(rule.permission):
+                raise PermissionDenied(
+                    f"this call needs the permission {rule.permission!r}",
+                    reason="MISSING_PERMISSION",
+                )
+        return behavior(request, context)
+
+
+class ValidationInterceptor(_WrappingInterceptor):
+    """Answers INVALID_ARGUMENT for REQUIRED fields the request leaves unset."""
+
+    def around(
+        self, method: str, behavior: Behavior, request: Any, context: grpc.ServicerContext
+    ) -> Any:
+        if access.method_descriptor(method) is not None:
+            check_required(request, method.rsplit("/", 1)[-1])
+        return behavior(request, context)
+
+
+def server_interceptors(verifier: TokenVerifier) -> list[grpc.ServerInterceptor]:
+    return [
+        ErrorInterceptor(),
+        AuthenticationInterceptor(verifier),
+        AuthorizationInterceptor(),
+        ValidationInterceptor(),
+    ]
