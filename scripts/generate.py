@@ -41,8 +41,8 @@ def generate(out: Path) -> None:
         f"--plugin=protoc-gen-mypy_grpc={BIN / 'protoc-gen-mypy_grpc'}",
         f"--python_out={out}",
         f"--grpc_python_out={out}",
-        f"--mypy_out={out}",
-        f"--mypy_grpc_out={out}",
+        f"--mypy_out=quiet:{out}",
+        f"--mypy_grpc_out=quiet:{out}",
         # The descriptor set Envoy's transcoder loads: with imports, because it needs
         # google/rpc/error_details.proto to render rich error details.
         f"--descriptor_set_out={out / DESCRIPTOR_SET}",
