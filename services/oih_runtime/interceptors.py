@@ -120,11 +120,26 @@ class ErrorInterceptor(_WrappingInterceptor):
             logs.request_id.reset(token)
 
 
+#: Metadata by which a platform service acts for the user who called it: the user's own
+#: token, verified like any other. Only platform services (holding `all`) may use it.
+ON_BEHALF_OF = "x-oih-on-behalf-of"
+
+
 class AuthenticationInterceptor(_WrappingInterceptor):
-    """Verifies the bearer token of every non-public RPC and binds the caller to the context."""
+    """Verifies the bearer token of every non-public RPC and binds the caller to the context.
+
+    A platform service calling with `x-oih-on-behalf-of: <user token>` is bound as that user,
+    so tenant isolation and visibility are judged for the user, not for the service.
+    """
 
     def __init__(self, verifier: TokenVerifier) -> None:
         self.verifier = verifier
+
+    def _delegate(self, service: principal.Principal, user_token: str) -> principal.Principal:
+        if service.typ != "service" or not service.is_platform_admin:
+            raise PermissionDenied(f"only platform services may send {ON_BEHALF_OF}",
+                                   reason="DELEGATION_DENIED")
+        return self.verifier.verify(user_token)
 
     def around(
         self, method: str, behavior: Behavior, request: Any, context: grpc.ServicerContext
@@ -141,6 +156,9 @@ class AuthenticationInterceptor(_WrappingInterceptor):
             if scheme.lower() != "bearer" or not token:
                 raise Unauthenticated("the Authorization header must be 'Bearer <token>'")
             caller = self.verifier.verify(token.strip())
+            delegated = _metadata(context, ON_BEHALF_OF)
+            if delegated:
+                caller = self._delegate(caller, delegated)
         bound = principal.bind(caller)
         try:
             return behavior(request, context)

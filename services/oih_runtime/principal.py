@@ -25,6 +25,8 @@ class Principal:
     issued_at: int = 0
     expires_at: int = 0
     claims: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    #: The verified token itself, so a service can act on the caller's behalf downstream.
+    token: str = field(default="", compare=False, repr=False)
 
     @property
     def is_platform_admin(self) -> bool:
@@ -41,7 +43,7 @@ class Principal:
         return self.is_platform_admin or tenant == self.tenant
 
     @classmethod
-    def from_claims(cls, claims: dict[str, Any]) -> Principal:
+    def from_claims(cls, claims: dict[str, Any], token: str = "") -> Principal:
         return cls(
             subject=str(claims["sub"]),
             tenant=str(claims.get("tenant", "")),
@@ -51,6 +53,7 @@ class Principal:
             issued_at=int(claims.get("iat", 0)),
             expires_at=int(claims.get("exp", 0)),
             claims=claims,
+            token=token,
         )
 
 

@@ -109,7 +109,7 @@ class TokenVerifier:
             raise Unauthenticated("access token expired", reason="TOKEN_EXPIRED") from None
         except jwt.PyJWTError as error:
             raise Unauthenticated(f"invalid access token: {error}", reason="INVALID_TOKEN") from None
-        principal = Principal.from_claims(claims)
+        principal = Principal.from_claims(claims, token)
         if self.revocations.is_revoked(principal):
             raise Unauthenticated("access token revoked", reason="TOKEN_REVOKED")
         return principal
