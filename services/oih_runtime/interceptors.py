@@ -177,12 +177,11 @@ class AuthorizationInterceptor(_WrappingInterceptor):
         rule = access.rule_for(method)
         if rule is None:
             raise PermissionDenied(f"{method} declares no access rule", reason="NO_ACCESS_RULE")
-        if not rule.public and rule.permission:
-            if not principal.current().has(rule.permission):
-                raise PermissionDenied(
-                    f"this call needs the permission {rule.permission!r}",
-                    reason="MISSING_PERMISSION",
-                )
+        needed = rule.permission if not rule.public else ""
+        if needed and not principal.current().has(needed):
+            raise PermissionDenied(
+                f"this call needs the permission {needed!r}", reason="MISSING_PERMISSION"
+            )
         return behavior(request, context)
 
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import grpc
 import pytest
-from oih.iam.v1 import iam_pb2, iam_pb2_grpc
 
+from oih.iam.v1 import iam_pb2, iam_pb2_grpc
 from oih_iam.server import Built, build
 from oih_iam.servicer import IamServicer
 from oih_iam.settings import IamSettings

@@ -10,8 +10,8 @@ import grpc
 import jwt
 import pytest
 from google.protobuf import field_mask_pb2
-from oih.iam.v1 import iam_pb2, iam_pb2_grpc
 
+from oih.iam.v1 import iam_pb2, iam_pb2_grpc
 from tests.oih_iam.conftest import bearer
 from tests.support.grpc_errors import field_violations, reason
 
@@ -146,7 +146,7 @@ def test_call_without_token_is_unauthenticated(grpc_stub: Stub) -> None:
 
 def test_missing_permission_is_permission_denied(
         grpc_stub: Stub, admin_token: str, tenant_admin: tuple[str, str, str]) -> None:
-    tenant, _, token = tenant_admin
+    _, _, token = tenant_admin
     _, _, integrator = make_user(grpc_stub, token, roles=("roles/integrator",))
     with pytest.raises(grpc.RpcError) as failed:
         grpc_stub.CreateUser(iam_pb2.CreateUserRequest(

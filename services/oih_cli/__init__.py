@@ -1,0 +1,1 @@
+"""The `oih` command: run the platform, and operate it."""

@@ -1,0 +1,89 @@
+"""`oih up`: start the platform, print where it listens, run until Ctrl-C, stop cleanly."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import secrets
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+from oih_cli import demo
+from oih_cli.platform import Platform, PlatformError, implemented_services
+from oih_runtime import logs
+
+
+def admin_password(data_dir: Path) -> str:
+    """$OIH_IAM_ADMIN_PASSWORD, or one generated on first start and kept in the data dir."""
+    if os.environ.get("OIH_IAM_ADMIN_PASSWORD"):
+        return os.environ["OIH_IAM_ADMIN_PASSWORD"]
+    path = data_dir / "admin-password"
+    if not path.exists():
+        data_dir.mkdir(parents=True, exist_ok=True)
+        path.write_text(secrets.token_urlsafe(18))
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="oih up", description=__doc__)
+    parser.add_argument("--data-dir", type=Path,
+                        default=Path(os.environ.get("OIH_DATA_DIR", "var")))
+    parser.add_argument("--gateway-port", type=int,
+                        default=int(os.environ.get("OIH_GATEWAY_PORT", "8080")))
+    parser.add_argument("--demo", action="store_true",
+                        help="run the seed scenarios once the platform is up")
+    parser.add_argument("--exit-after-demo", action="store_true",
+                        help="stop the platform after the demo (for CI and smoke checks)")
+    args = parser.parse_args(argv)
+    logs.configure("oih-up", os.environ.get("OIH_LOG_LEVEL", "WARNING"))
+
+    data_dir = args.data_dir.resolve()
+    username = os.environ.get("OIH_IAM_ADMIN_USERNAME", "admin@oih.local")
+    password = admin_password(data_dir)
+    platform = Platform(data_dir=data_dir, gateway_port=args.gateway_port,
+                        extra_env={"OIH_IAM_ADMIN_PASSWORD": password,
+                                   "OIH_IAM_ADMIN_USERNAME": username})
+    print(f"starting {', '.join(platform.services)} and Envoy (logs in {platform.log_dir})",
+          flush=True)
+    try:
+        platform.start()
+    except PlatformError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    print("\nThe platform is up:")
+    print(f"  REST and gRPC gateway   {platform.gateway_url}")
+    for service in platform.services:
+        print(f"  {service:<22}  grpc://{platform.address(service)}")
+    print(f"  RabbitMQ                {platform.rabbitmq_url.split('@')[-1]}"
+          f"{' (private node)' if platform.private_broker else ''}")
+    print(f"  platform admin          {username} (password in {data_dir / 'admin-password'}"
+          f"{', or $OIH_IAM_ADMIN_PASSWORD' if os.environ.get('OIH_IAM_ADMIN_PASSWORD') else ''})")
+    not_yet = sorted(set(implemented_services()) ^ set(platform.services))
+    if not_yet:
+        print(f"  not started: {', '.join(not_yet)}")
+    status = 0
+    try:
+        if args.demo:
+            print()
+            try:
+                demo.run(platform.gateway_url, username, password)
+            except Exception as error:  # the demo reports, the platform keeps running
+                print(f"demo failed: {error}", file=sys.stderr)
+                status = 1
+        if not args.exit_after_demo:
+            print("\nPress Ctrl-C to stop.", flush=True)
+            stop = threading.Event()
+            signal.signal(signal.SIGTERM, lambda *_: stop.set())
+            signal.signal(signal.SIGINT, lambda *_: stop.set())
+            stop.wait()
+    finally:
+        print("stopping…", flush=True)
+        platform.stop()
+        print("stopped.")
+    logging.shutdown()
+    return status

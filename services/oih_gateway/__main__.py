@@ -1,0 +1,80 @@
+"""`python -m oih_gateway render [--out gateway/envoy.yaml]`: render the gateway config.
+
+Renders with the default local layout (services/oih_gateway/layout.py): Envoy on :8080, admin
+on 127.0.0.1:9901, each package's service on 127.0.0.1:<its default port>.
+`python -m oih_gateway validate [FILE]` checks a config with `envoy --mode validate`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from oih_gateway import layout
+from oih_gateway.envoy import EnvoyError, validate
+from oih_gateway.render import read_rpcs, render_envoy_config, write_envoy_config
+
+
+def default_render_options(descriptor_set: bytes) -> tuple[dict[str, str], dict[str, Any]]:
+    """The upstreams and options of the default local layout for a descriptor set."""
+    services = sorted({rpc.service for rpc in read_rpcs(descriptor_set)})
+    upstreams = layout.default_upstreams(services)
+    options: dict[str, Any] = {
+        "listen_host": layout.LISTEN_HOST,
+        "listen_port": layout.LISTEN_PORT,
+        "admin_port": layout.ADMIN_PORT,
+        "descriptor_path": layout.DESCRIPTOR_SET_RELATIVE,
+        "issuer": layout.ISSUER,
+        "audience": layout.AUDIENCE,
+    }
+    return upstreams, options
+
+
+def render_default(descriptor_set: bytes) -> dict[str, Any]:
+    """The config `render` writes, as a dict (the stale check compares against it)."""
+    upstreams, options = default_render_options(descriptor_set)
+    return render_envoy_config(descriptor_set, upstreams, **options)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m oih_gateway", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    render = commands.add_parser("render", help="render the Envoy config")
+    render.add_argument("--out", type=Path, default=layout.ENVOY_CONFIG)
+    render.add_argument("--descriptor-set", type=Path, default=layout.DESCRIPTOR_SET)
+    render.add_argument("--no-validate", action="store_true", help="skip envoy --mode validate")
+    check = commands.add_parser("validate", help="check a config with envoy --mode validate")
+    check.add_argument("config", type=Path, nargs="?", default=layout.ENVOY_CONFIG)
+    args = parser.parse_args(argv)
+
+    if args.command == "validate":
+        try:
+            validate(args.config, cwd=layout.ROOT)
+        except EnvoyError as error:
+            print(error, file=sys.stderr)
+            return 1
+        print(f"{args.config}: OK")
+        return 0
+
+    descriptor_set = args.descriptor_set.read_bytes()
+    upstreams, options = default_render_options(descriptor_set)
+    if args.descriptor_set.resolve() != layout.DESCRIPTOR_SET:
+        options["descriptor_path"] = str(args.descriptor_set.resolve())
+    services = {rpc.service for rpc in read_rpcs(descriptor_set)}
+    for service in sorted(services - set(upstreams)):
+        print(f"warning: no default port for {service}; not exposed", file=sys.stderr)
+    write_envoy_config(args.out, descriptor_set, upstreams, **options)
+    print(f"wrote {args.out} ({len(upstreams)} services)")
+    if not args.no_validate:
+        try:
+            validate(args.out, cwd=layout.ROOT)
+        except EnvoyError as error:
+            print(error, file=sys.stderr)
+            return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,63 @@
+"""The real platform for end-to-end tests: service processes, Envoy and RabbitMQ, started the
+same way `oih up` starts them (oih_cli.platform), on free ports in a temporary directory."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from oih_cli.platform import Platform
+from oih_runtime.settings import DEFAULT_PORTS
+from tests.gateway.conftest import free_port
+
+ADMIN = "admin@e2e.test"
+ADMIN_PASSWORD = "e2e-admin-password"
+PASSWORD = "correct horse battery staple"
+
+#: The services the end-to-end suite runs (all implemented ones as they land).
+E2E_SERVICES = ["iam"]
+
+
+@pytest.fixture(scope="session")
+def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
+    running = Platform(
+        data_dir=tmp_path_factory.mktemp("platform"),
+        gateway_port=free_port(),
+        admin_port=free_port(),
+        ports={name: free_port() for name in DEFAULT_PORTS},
+        services=E2E_SERVICES,
+        extra_env={
+            "OIH_IAM_ADMIN_USERNAME": ADMIN,
+            "OIH_IAM_ADMIN_PASSWORD": ADMIN_PASSWORD,
+            # Cheap password hashing and quick lockouts keep the suite fast; production uses
+            # the defaults (argon2id, 64 MiB).
+            "OIH_IAM_ARGON2_MEMORY_KIB": "1024",
+            "OIH_IAM_ARGON2_TIME_COST": "1",
+            "OIH_LOG_LEVEL": "WARNING",
+        },
+    )
+    with running:
+        yield running
+
+
+@pytest.fixture(scope="session")
+def rest(platform: Platform) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=platform.gateway_url, timeout=30) as client:
+        yield client
+
+
+def login(rest: httpx.Client, username: str, password: str) -> str:
+    reply = rest.post("/v1/login", json={"username": username, "password": password})
+    assert reply.status_code == 200, reply.text
+    return str(reply.json()["access_token"])
+
+
+def auth(token: str) -> dict[str, str]:
+    return {"authorization": f"Bearer {token}"}
+
+
+@pytest.fixture(scope="session")
+def admin_token(rest: httpx.Client) -> str:
+    return login(rest, ADMIN, ADMIN_PASSWORD)
