@@ -5,8 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from google.protobuf import timestamp_pb2
-from oih.iam.v1 import iam_pb2
 
+from oih.iam.v1 import iam_pb2
 from oih_iam.logic import tenant_name
 from oih_iam.models import RoleRow, ServiceAccountRow, TenantRow, UserRow
 

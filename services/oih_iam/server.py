@@ -7,7 +7,6 @@ import sys
 from dataclasses import dataclass
 
 from oih.iam.v1 import iam_pb2, iam_pb2_grpc
-
 from oih_iam.keys import KeyStore
 from oih_iam.logic import Iam
 from oih_iam.servicer import IamServicer

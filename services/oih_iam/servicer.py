@@ -11,8 +11,8 @@ import json
 import grpc
 from google.api import httpbody_pb2
 from google.protobuf import empty_pb2
-from oih.iam.v1 import iam_pb2, iam_pb2_grpc
 
+from oih.iam.v1 import iam_pb2, iam_pb2_grpc
 from oih_iam import convert
 from oih_iam import permissions as catalogue
 from oih_iam.keys import KeyStore

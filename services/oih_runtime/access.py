@@ -6,6 +6,7 @@ from functools import cache
 
 from google.protobuf import descriptor_pool
 from google.protobuf.descriptor import MethodDescriptor
+
 from oih.auth.v1 import auth_pb2
 
 

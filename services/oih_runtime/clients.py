@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 import grpc
+
 from oih.iam.v1 import iam_pb2, iam_pb2_grpc
 
 

@@ -4,6 +4,8 @@ IAM process."""
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
 import json
 import sqlite3
 import time
@@ -16,8 +18,8 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-from oih.iam.v1 import iam_pb2, iam_pb2_grpc
 
+from oih.iam.v1 import iam_pb2, iam_pb2_grpc
 from oih_cli.platform import Platform
 from tests.e2e.conftest import PASSWORD, auth, login
 
@@ -102,9 +104,6 @@ def forged_tokens(platform: Platform) -> dict[str, str]:
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
     hs256_header = b64(json.dumps({"alg": "HS256", "kid": kid, "typ": "JWT"}).encode())
     hs256_body = b64(json.dumps(claims()).encode())
-    import hashlib
-    import hmac
-
     hs256_signature = b64(hmac.new(public_pem, f"{hs256_header}.{hs256_body}".encode(),
                                    hashlib.sha256).digest())
     return {
@@ -136,10 +135,10 @@ def test_forged_or_broken_token_is_refused_with_json_401(
 def test_forged_token_sent_straight_to_the_service_port_is_refused(
         platform: Platform, kind: str) -> None:
     token = forged_tokens(platform)[kind]
-    with grpc.insecure_channel(platform.address("iam")) as channel:
-        with pytest.raises(grpc.RpcError) as refused:
-            iam_pb2_grpc.IamServiceStub(channel).ListTenants(
-                iam_pb2.ListTenantsRequest(), metadata=(("authorization", f"Bearer {token}"),))
+    with grpc.insecure_channel(platform.address("iam")) as channel, \
+            pytest.raises(grpc.RpcError) as refused:
+        iam_pb2_grpc.IamServiceStub(channel).ListTenants(
+            iam_pb2.ListTenantsRequest(), metadata=(("authorization", f"Bearer {token}"),))
     assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
 
 
@@ -162,9 +161,9 @@ def test_forged_claims_header_gives_no_access(rest: httpx.Client) -> None:
 
 def test_direct_grpc_to_the_service_port_without_token_is_unauthenticated(
         platform: Platform) -> None:
-    with grpc.insecure_channel(platform.address("iam")) as channel:
-        with pytest.raises(grpc.RpcError) as refused:
-            iam_pb2_grpc.IamServiceStub(channel).ListUsers(iam_pb2.ListUsersRequest())
+    with grpc.insecure_channel(platform.address("iam")) as channel, \
+            pytest.raises(grpc.RpcError) as refused:
+        iam_pb2_grpc.IamServiceStub(channel).ListUsers(iam_pb2.ListUsersRequest())
     assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
 
 
