@@ -65,8 +65,8 @@ class KeyStore:
             if retired is not None and retired.replace(tzinfo=horizon.tzinfo) < horizon:
                 continue
             private = serialization.load_pem_private_key(row.private_pem.encode(), None)
-            public = private.public_key()
-            jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(public))
+            assert isinstance(private, rsa.RSAPrivateKey)
+            jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(private.public_key()))
             published.append({**jwk, "kid": row.kid, "use": "sig", "alg": "RS256"})
         active_key = serialization.load_pem_private_key(active.private_pem.encode(), None)
         with self._lock:

@@ -118,8 +118,8 @@ class Iam:
                 ))
             if internal_client_id and internal_secret:
                 self._ensure_internal_account(session, internal_client_id, internal_secret)
-            for row in session.exec(select(RevocationRow)):
-                self._remember(row)
+            for revocation in session.exec(select(RevocationRow)):
+                self._remember(revocation)
         return generated
 
     def _ensure_internal_account(self, session: Session, client_id: str, secret: str) -> None:
@@ -347,10 +347,13 @@ class Iam:
             row = session.get(TenantRow, tenant_id)
             if row is None:
                 raise NotFound("tenant", name)
-            for model, kind in ((UserRow, "users"), (ServiceAccountRow, "service-accounts")):
-                for member in session.exec(select(model).where(model.tenant_id == tenant_id)):
-                    self._revoke_subject(session, f"{kind}/{member.id}")
-                    session.delete(member)
+            for user in session.exec(select(UserRow).where(UserRow.tenant_id == tenant_id)):
+                self._revoke_subject(session, f"users/{user.id}")
+                session.delete(user)
+            accounts = select(ServiceAccountRow).where(ServiceAccountRow.tenant_id == tenant_id)
+            for account in session.exec(accounts):
+                self._revoke_subject(session, f"service-accounts/{account.id}")
+                session.delete(account)
             for role in session.exec(select(RoleRow).where(RoleRow.tenant_id == tenant_id)):
                 session.delete(role)
             session.delete(row)

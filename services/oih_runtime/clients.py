@@ -48,8 +48,8 @@ class ServiceToken:
             self._renew_at = 0.0
 
 
-class _CallDetails(grpc.ClientCallDetails):  # type: ignore[misc]
-    def __init__(self, base: grpc.ClientCallDetails, metadata: list[tuple[str, str]]) -> None:
+class _CallDetails(grpc.ClientCallDetails):
+    def __init__(self, base: grpc.ClientCallDetails, metadata: Any) -> None:
         self.method = base.method
         self.timeout = base.timeout
         self.metadata = metadata
@@ -59,8 +59,8 @@ class _CallDetails(grpc.ClientCallDetails):  # type: ignore[misc]
 
 
 class BearerTokenInterceptor(
-    grpc.UnaryUnaryClientInterceptor,  # type: ignore[misc]
-    grpc.UnaryStreamClientInterceptor,  # type: ignore[misc]
+    grpc.UnaryUnaryClientInterceptor,  # type: ignore[type-arg]
+    grpc.UnaryStreamClientInterceptor,  # type: ignore[type-arg]
 ):
     """Attaches `authorization: Bearer <token>` from `token()` to every outgoing call."""
 

@@ -27,13 +27,13 @@ Behavior = Callable[[Any, grpc.ServicerContext], Any]
 
 
 def _metadata(context: grpc.ServicerContext, key: str) -> str:
-    for item in context.invocation_metadata():
-        if item.key == key:
-            return str(item.value)
+    for name, value in context.invocation_metadata():
+        if name == key:
+            return value if isinstance(value, str) else value.decode()
     return ""
 
 
-class _WrappingInterceptor(grpc.ServerInterceptor):
+class _WrappingInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
     """Wraps every handler's behaviour with `around(method, behavior, request, context)`."""
 
     def around(
@@ -43,15 +43,15 @@ class _WrappingInterceptor(grpc.ServerInterceptor):
 
     def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
+        continuation: Callable[[grpc.HandlerCallDetails], Any],
         details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler | None:
+    ) -> Any:
         handler = continuation(details)
         if handler is None:
             return None
         method = details.method
 
-        def wrap(behavior: Behavior) -> Behavior:
+        def wrap(behavior: Any) -> Behavior:
             return lambda request, context: self.around(method, behavior, request, context)
 
         if handler.unary_unary:
@@ -196,7 +196,7 @@ class ValidationInterceptor(_WrappingInterceptor):
         return behavior(request, context)
 
 
-def server_interceptors(verifier: TokenVerifier) -> list[grpc.ServerInterceptor]:
+def server_interceptors(verifier: TokenVerifier) -> list[grpc.ServerInterceptor]:  # type: ignore[type-arg]
     return [
         ErrorInterceptor(),
         AuthenticationInterceptor(verifier),

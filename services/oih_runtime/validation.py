@@ -6,19 +6,20 @@ the REQUIRED fields of the resource being created too (in updates, the mask deci
 
 from __future__ import annotations
 
+from typing import Any
+
 from google.api import field_behavior_pb2
-from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
 from oih_runtime.errors import InvalidArgument
 
 
-def _required(field: FieldDescriptor) -> bool:
+def _required(field: Any) -> bool:
     behaviors = field.GetOptions().Extensions[field_behavior_pb2.field_behavior]
     return field_behavior_pb2.REQUIRED in behaviors
 
 
-def _is_set(message: Message, field: FieldDescriptor) -> bool:
+def _is_set(message: Message, field: Any) -> bool:
     if field.is_repeated:
         return len(getattr(message, field.name)) > 0
     if field.message_type is not None:
