@@ -38,7 +38,8 @@ class ComponentServiceStub:
     a Python entry point (run by the local driver as a child process).
     - Who may see a component is set by its `access`: private components are visible to their
     owners, tenant components to every principal of the owning tenant, public components to
-    everyone. Only owners (or platform administrators) may change or delete a component.
+    everyone. Only owners, tenant administrators of the component's tenant, or platform
+    administrators may change or delete a component.
 
     REST paths owned by this service (Envoy routes them here):
     - `/v1/components` and everything below it.
@@ -92,7 +93,8 @@ class ComponentServiceServicer:
     a Python entry point (run by the local driver as a child process).
     - Who may see a component is set by its `access`: private components are visible to their
     owners, tenant components to every principal of the owning tenant, public components to
-    everyone. Only owners (or platform administrators) may change or delete a component.
+    everyone. Only owners, tenant administrators of the component's tenant, or platform
+    administrators may change or delete a component.
 
     REST paths owned by this service (Envoy routes them here):
     - `/v1/components` and everything below it.
@@ -129,7 +131,7 @@ class ComponentServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def UpdateComponent(self, request, context):
-        """Updates a component. Only owners and platform administrators may; others get
+        """Updates a component. Only owners, tenant admins of its tenant and platform admins may; others get
         PERMISSION_DENIED (or NOT_FOUND when they cannot see it). When `component.etag` is set and
         differs from the stored one the update answers ABORTED. Running flows keep the definition
         they started with; the change applies at their next start.
@@ -139,7 +141,7 @@ class ComponentServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def DeleteComponent(self, request, context):
-        """Deletes a component. Only owners and platform administrators may. Answers ABORTED when
+        """Deletes a component. Only owners, tenant admins of its tenant and platform admins may. Answers ABORTED when
         `etag` is set and stale. Running flows that use the component keep their workers; starting
         such a flow afterwards fails (the flow goes to STATE_FAILED).
         """
@@ -195,7 +197,8 @@ class ComponentService:
     a Python entry point (run by the local driver as a child process).
     - Who may see a component is set by its `access`: private components are visible to their
     owners, tenant components to every principal of the owning tenant, public components to
-    everyone. Only owners (or platform administrators) may change or delete a component.
+    everyone. Only owners, tenant administrators of the component's tenant, or platform
+    administrators may change or delete a component.
 
     REST paths owned by this service (Envoy routes them here):
     - `/v1/components` and everything below it.

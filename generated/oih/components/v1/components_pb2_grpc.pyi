@@ -39,7 +39,8 @@ class ComponentServiceStub:
       a Python entry point (run by the local driver as a child process).
     - Who may see a component is set by its `access`: private components are visible to their
       owners, tenant components to every principal of the owning tenant, public components to
-      everyone. Only owners (or platform administrators) may change or delete a component.
+      everyone. Only owners, tenant administrators of the component's tenant, or platform
+      administrators may change or delete a component.
 
     REST paths owned by this service (Envoy routes them here):
     - `/v1/components` and everything below it.
@@ -68,13 +69,13 @@ class ComponentServiceStub:
     a filter or order_by it cannot parse.
     """
     UpdateComponent: _grpc.UnaryUnaryMultiCallable[_components_pb2.UpdateComponentRequest, _components_pb2.Component]
-    """Updates a component. Only owners and platform administrators may; others get
+    """Updates a component. Only owners, tenant admins of its tenant and platform admins may; others get
     PERMISSION_DENIED (or NOT_FOUND when they cannot see it). When `component.etag` is set and
     differs from the stored one the update answers ABORTED. Running flows keep the definition
     they started with; the change applies at their next start.
     """
     DeleteComponent: _grpc.UnaryUnaryMultiCallable[_components_pb2.DeleteComponentRequest, _empty_pb2.Empty]
-    """Deletes a component. Only owners and platform administrators may. Answers ABORTED when
+    """Deletes a component. Only owners, tenant admins of its tenant and platform admins may. Answers ABORTED when
     `etag` is set and stale. Running flows that use the component keep their workers; starting
     such a flow afterwards fails (the flow goes to STATE_FAILED).
     """
@@ -92,7 +93,8 @@ class ComponentServiceAsyncStub(ComponentServiceStub):
       a Python entry point (run by the local driver as a child process).
     - Who may see a component is set by its `access`: private components are visible to their
       owners, tenant components to every principal of the owning tenant, public components to
-      everyone. Only owners (or platform administrators) may change or delete a component.
+      everyone. Only owners, tenant administrators of the component's tenant, or platform
+      administrators may change or delete a component.
 
     REST paths owned by this service (Envoy routes them here):
     - `/v1/components` and everything below it.
@@ -118,13 +120,13 @@ class ComponentServiceAsyncStub(ComponentServiceStub):
     a filter or order_by it cannot parse.
     """
     UpdateComponent: _aio.UnaryUnaryMultiCallable[_components_pb2.UpdateComponentRequest, _components_pb2.Component]  # type: ignore[assignment]
-    """Updates a component. Only owners and platform administrators may; others get
+    """Updates a component. Only owners, tenant admins of its tenant and platform admins may; others get
     PERMISSION_DENIED (or NOT_FOUND when they cannot see it). When `component.etag` is set and
     differs from the stored one the update answers ABORTED. Running flows keep the definition
     they started with; the change applies at their next start.
     """
     DeleteComponent: _aio.UnaryUnaryMultiCallable[_components_pb2.DeleteComponentRequest, _empty_pb2.Empty]  # type: ignore[assignment]
-    """Deletes a component. Only owners and platform administrators may. Answers ABORTED when
+    """Deletes a component. Only owners, tenant admins of its tenant and platform admins may. Answers ABORTED when
     `etag` is set and stale. Running flows that use the component keep their workers; starting
     such a flow afterwards fails (the flow goes to STATE_FAILED).
     """
@@ -141,7 +143,8 @@ class ComponentServiceServicer(metaclass=_abc_1.ABCMeta):
       a Python entry point (run by the local driver as a child process).
     - Who may see a component is set by its `access`: private components are visible to their
       owners, tenant components to every principal of the owning tenant, public components to
-      everyone. Only owners (or platform administrators) may change or delete a component.
+      everyone. Only owners, tenant administrators of the component's tenant, or platform
+      administrators may change or delete a component.
 
     REST paths owned by this service (Envoy routes them here):
     - `/v1/components` and everything below it.
@@ -189,7 +192,7 @@ class ComponentServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _components_pb2.UpdateComponentRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_components_pb2.Component, _abc.Awaitable[_components_pb2.Component]]:
-        """Updates a component. Only owners and platform administrators may; others get
+        """Updates a component. Only owners, tenant admins of its tenant and platform admins may; others get
         PERMISSION_DENIED (or NOT_FOUND when they cannot see it). When `component.etag` is set and
         differs from the stored one the update answers ABORTED. Running flows keep the definition
         they started with; the change applies at their next start.
@@ -201,7 +204,7 @@ class ComponentServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _components_pb2.DeleteComponentRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_empty_pb2.Empty, _abc.Awaitable[_empty_pb2.Empty]]:
-        """Deletes a component. Only owners and platform administrators may. Answers ABORTED when
+        """Deletes a component. Only owners, tenant admins of its tenant and platform admins may. Answers ABORTED when
         `etag` is set and stale. Running flows that use the component keep their workers; starting
         such a flow afterwards fails (the flow goes to STATE_FAILED).
         """

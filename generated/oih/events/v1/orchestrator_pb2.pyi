@@ -47,8 +47,8 @@ Global___FlowStateChanged: _TypeAlias = FlowStateChanged  # noqa: Y015
 
 @_typing.final
 class FlowFailed(_message.Message):
-    """Payload of `oih.flow.failed`, emitted by the orchestrator when a flow cannot be started, a
-    transition times out, or a worker keeps crashing. The Flow Repository moves the flow to FAILED
+    """Payload of `oih.flow.failed`, emitted by the orchestrator when a flow cannot be started or a
+    worker keeps crashing, and by the Flow Repository when a transition times out. The Flow Repository moves the flow to FAILED
     with the reason; the orchestrator removes what it had created.
     """
 

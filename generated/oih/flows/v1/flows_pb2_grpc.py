@@ -38,13 +38,15 @@ class FlowServiceStub:
     - Lifecycle (`state`): INACTIVE → `:start` → STARTING → (orchestrator deployed everything)
     ACTIVE → `:stop` → STOPPING → INACTIVE. Starting or running can fail: FAILED, with the reason
     in `state_reason`. `:stop` works from every state, so a flow can never get stuck; the
-    orchestrator moves a flow that does not come up (or down) in time to FAILED.
-    - Every change to a flow's definition makes a new revision (`version`, `revision_id`). A
-    running flow runs the revision it was started with (`running_version`); edits take effect at
-    the next start. Drafts and explicit publishing will come later as custom methods (AIP-162
+    Flow Repository moves a flow that does not come up (or down) within
+    `OIH_FLOWS_TRANSITION_TIMEOUT_SECONDS` to FAILED and emits `oih.flow.failed`.
+    - Every change to a flow's definition makes a new revision (`version`, `revision_id`). Only
+    a flow at rest (INACTIVE or FAILED) can be changed; `running_version` is the revision the
+    running flow was started with. Drafts and explicit publishing will come later as custom methods (AIP-162
     revisions); until then every saved revision is the one the next start uses.
-    - Visibility: a principal sees the flows of its tenant that it owns (directly or through a
-    tenant owner); platform administrators see every flow. Other flows answer NOT_FOUND.
+    - Visibility: every principal of the flow's tenant may act on it within its `flows.*`
+    permissions (owners record who is responsible); platform administrators see every flow.
+    Other tenants' flows answer NOT_FOUND.
 
     REST paths owned by this service (Envoy routes them here):
     - `/v1/flows`, `/v1/flows/{flow}` and the custom methods `/v1/flows/{flow}:start`, `:stop`,
@@ -56,7 +58,9 @@ class FlowServiceStub:
     Events: `oih.flow.created|updated|deleted` (`oih.events.v1.FlowChanged`),
     `oih.flow.starting` (`FlowStarting`), `oih.flow.stopping` (`FlowStopping`) and
     `oih.flow.execute` (`FlowExecute`). The service consumes `oih.flow.started|stopped`
-    (`FlowStateChanged`) and `oih.flow.failed` (`FlowFailed`) to move `state`.
+    (`FlowStateChanged`) and `oih.flow.failed` (`FlowFailed`) to move `state`, and
+    `oih.iam.user.deleted` (ownerless flows are stopped) and `oih.iam.tenant.deleted` (the
+    tenant's flows are removed).
     """
 
     def __init__(self, channel):
@@ -119,13 +123,15 @@ class FlowServiceServicer:
     - Lifecycle (`state`): INACTIVE → `:start` → STARTING → (orchestrator deployed everything)
     ACTIVE → `:stop` → STOPPING → INACTIVE. Starting or running can fail: FAILED, with the reason
     in `state_reason`. `:stop` works from every state, so a flow can never get stuck; the
-    orchestrator moves a flow that does not come up (or down) in time to FAILED.
-    - Every change to a flow's definition makes a new revision (`version`, `revision_id`). A
-    running flow runs the revision it was started with (`running_version`); edits take effect at
-    the next start. Drafts and explicit publishing will come later as custom methods (AIP-162
+    Flow Repository moves a flow that does not come up (or down) within
+    `OIH_FLOWS_TRANSITION_TIMEOUT_SECONDS` to FAILED and emits `oih.flow.failed`.
+    - Every change to a flow's definition makes a new revision (`version`, `revision_id`). Only
+    a flow at rest (INACTIVE or FAILED) can be changed; `running_version` is the revision the
+    running flow was started with. Drafts and explicit publishing will come later as custom methods (AIP-162
     revisions); until then every saved revision is the one the next start uses.
-    - Visibility: a principal sees the flows of its tenant that it owns (directly or through a
-    tenant owner); platform administrators see every flow. Other flows answer NOT_FOUND.
+    - Visibility: every principal of the flow's tenant may act on it within its `flows.*`
+    permissions (owners record who is responsible); platform administrators see every flow.
+    Other tenants' flows answer NOT_FOUND.
 
     REST paths owned by this service (Envoy routes them here):
     - `/v1/flows`, `/v1/flows/{flow}` and the custom methods `/v1/flows/{flow}:start`, `:stop`,
@@ -137,7 +143,9 @@ class FlowServiceServicer:
     Events: `oih.flow.created|updated|deleted` (`oih.events.v1.FlowChanged`),
     `oih.flow.starting` (`FlowStarting`), `oih.flow.stopping` (`FlowStopping`) and
     `oih.flow.execute` (`FlowExecute`). The service consumes `oih.flow.started|stopped`
-    (`FlowStateChanged`) and `oih.flow.failed` (`FlowFailed`) to move `state`.
+    (`FlowStateChanged`) and `oih.flow.failed` (`FlowFailed`) to move `state`, and
+    `oih.iam.user.deleted` (ownerless flows are stopped) and `oih.iam.tenant.deleted` (the
+    tenant's flows are removed).
     """
 
     def CreateFlow(self, request, context):
@@ -166,8 +174,8 @@ class FlowServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def UpdateFlow(self, request, context):
-        """Updates a flow's definition (any state; a running flow keeps running the revision it was
-        started with until it is restarted). Answers ABORTED when `flow.etag` is set and differs from
+        """Updates a flow's definition. Answers FAILED_PRECONDITION unless the flow is INACTIVE or
+        FAILED (stop it first), ABORTED when `flow.etag` is set and differs from
         the stored one, INVALID_ARGUMENT for the same reasons as CreateFlow. Output-only fields in
         the mask are ignored.
         """
@@ -276,13 +284,15 @@ class FlowService:
     - Lifecycle (`state`): INACTIVE → `:start` → STARTING → (orchestrator deployed everything)
     ACTIVE → `:stop` → STOPPING → INACTIVE. Starting or running can fail: FAILED, with the reason
     in `state_reason`. `:stop` works from every state, so a flow can never get stuck; the
-    orchestrator moves a flow that does not come up (or down) in time to FAILED.
-    - Every change to a flow's definition makes a new revision (`version`, `revision_id`). A
-    running flow runs the revision it was started with (`running_version`); edits take effect at
-    the next start. Drafts and explicit publishing will come later as custom methods (AIP-162
+    Flow Repository moves a flow that does not come up (or down) within
+    `OIH_FLOWS_TRANSITION_TIMEOUT_SECONDS` to FAILED and emits `oih.flow.failed`.
+    - Every change to a flow's definition makes a new revision (`version`, `revision_id`). Only
+    a flow at rest (INACTIVE or FAILED) can be changed; `running_version` is the revision the
+    running flow was started with. Drafts and explicit publishing will come later as custom methods (AIP-162
     revisions); until then every saved revision is the one the next start uses.
-    - Visibility: a principal sees the flows of its tenant that it owns (directly or through a
-    tenant owner); platform administrators see every flow. Other flows answer NOT_FOUND.
+    - Visibility: every principal of the flow's tenant may act on it within its `flows.*`
+    permissions (owners record who is responsible); platform administrators see every flow.
+    Other tenants' flows answer NOT_FOUND.
 
     REST paths owned by this service (Envoy routes them here):
     - `/v1/flows`, `/v1/flows/{flow}` and the custom methods `/v1/flows/{flow}:start`, `:stop`,
@@ -294,7 +304,9 @@ class FlowService:
     Events: `oih.flow.created|updated|deleted` (`oih.events.v1.FlowChanged`),
     `oih.flow.starting` (`FlowStarting`), `oih.flow.stopping` (`FlowStopping`) and
     `oih.flow.execute` (`FlowExecute`). The service consumes `oih.flow.started|stopped`
-    (`FlowStateChanged`) and `oih.flow.failed` (`FlowFailed`) to move `state`.
+    (`FlowStateChanged`) and `oih.flow.failed` (`FlowFailed`) to move `state`, and
+    `oih.iam.user.deleted` (ownerless flows are stopped) and `oih.iam.tenant.deleted` (the
+    tenant's flows are removed).
     """
 
     @staticmethod

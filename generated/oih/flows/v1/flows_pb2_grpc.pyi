@@ -39,13 +39,15 @@ class FlowServiceStub:
     - Lifecycle (`state`): INACTIVE → `:start` → STARTING → (orchestrator deployed everything)
       ACTIVE → `:stop` → STOPPING → INACTIVE. Starting or running can fail: FAILED, with the reason
       in `state_reason`. `:stop` works from every state, so a flow can never get stuck; the
-      orchestrator moves a flow that does not come up (or down) in time to FAILED.
-    - Every change to a flow's definition makes a new revision (`version`, `revision_id`). A
-      running flow runs the revision it was started with (`running_version`); edits take effect at
-      the next start. Drafts and explicit publishing will come later as custom methods (AIP-162
+      Flow Repository moves a flow that does not come up (or down) within
+      `OIH_FLOWS_TRANSITION_TIMEOUT_SECONDS` to FAILED and emits `oih.flow.failed`.
+    - Every change to a flow's definition makes a new revision (`version`, `revision_id`). Only
+      a flow at rest (INACTIVE or FAILED) can be changed; `running_version` is the revision the
+      running flow was started with. Drafts and explicit publishing will come later as custom methods (AIP-162
       revisions); until then every saved revision is the one the next start uses.
-    - Visibility: a principal sees the flows of its tenant that it owns (directly or through a
-      tenant owner); platform administrators see every flow. Other flows answer NOT_FOUND.
+    - Visibility: every principal of the flow's tenant may act on it within its `flows.*`
+      permissions (owners record who is responsible); platform administrators see every flow.
+      Other tenants' flows answer NOT_FOUND.
 
     REST paths owned by this service (Envoy routes them here):
     - `/v1/flows`, `/v1/flows/{flow}` and the custom methods `/v1/flows/{flow}:start`, `:stop`,
@@ -57,7 +59,9 @@ class FlowServiceStub:
     Events: `oih.flow.created|updated|deleted` (`oih.events.v1.FlowChanged`),
     `oih.flow.starting` (`FlowStarting`), `oih.flow.stopping` (`FlowStopping`) and
     `oih.flow.execute` (`FlowExecute`). The service consumes `oih.flow.started|stopped`
-    (`FlowStateChanged`) and `oih.flow.failed` (`FlowFailed`) to move `state`.
+    (`FlowStateChanged`) and `oih.flow.failed` (`FlowFailed`) to move `state`, and
+    `oih.iam.user.deleted` (ownerless flows are stopped) and `oih.iam.tenant.deleted` (the
+    tenant's flows are removed).
     """
 
     @_typing.overload
@@ -77,8 +81,8 @@ class FlowServiceStub:
     cannot parse.
     """
     UpdateFlow: _grpc.UnaryUnaryMultiCallable[_flows_pb2.UpdateFlowRequest, _flows_pb2.Flow]
-    """Updates a flow's definition (any state; a running flow keeps running the revision it was
-    started with until it is restarted). Answers ABORTED when `flow.etag` is set and differs from
+    """Updates a flow's definition. Answers FAILED_PRECONDITION unless the flow is INACTIVE or
+    FAILED (stop it first), ABORTED when `flow.etag` is set and differs from
     the stored one, INVALID_ARGUMENT for the same reasons as CreateFlow. Output-only fields in
     the mask are ignored.
     """
@@ -118,13 +122,15 @@ class FlowServiceAsyncStub(FlowServiceStub):
     - Lifecycle (`state`): INACTIVE → `:start` → STARTING → (orchestrator deployed everything)
       ACTIVE → `:stop` → STOPPING → INACTIVE. Starting or running can fail: FAILED, with the reason
       in `state_reason`. `:stop` works from every state, so a flow can never get stuck; the
-      orchestrator moves a flow that does not come up (or down) in time to FAILED.
-    - Every change to a flow's definition makes a new revision (`version`, `revision_id`). A
-      running flow runs the revision it was started with (`running_version`); edits take effect at
-      the next start. Drafts and explicit publishing will come later as custom methods (AIP-162
+      Flow Repository moves a flow that does not come up (or down) within
+      `OIH_FLOWS_TRANSITION_TIMEOUT_SECONDS` to FAILED and emits `oih.flow.failed`.
+    - Every change to a flow's definition makes a new revision (`version`, `revision_id`). Only
+      a flow at rest (INACTIVE or FAILED) can be changed; `running_version` is the revision the
+      running flow was started with. Drafts and explicit publishing will come later as custom methods (AIP-162
       revisions); until then every saved revision is the one the next start uses.
-    - Visibility: a principal sees the flows of its tenant that it owns (directly or through a
-      tenant owner); platform administrators see every flow. Other flows answer NOT_FOUND.
+    - Visibility: every principal of the flow's tenant may act on it within its `flows.*`
+      permissions (owners record who is responsible); platform administrators see every flow.
+      Other tenants' flows answer NOT_FOUND.
 
     REST paths owned by this service (Envoy routes them here):
     - `/v1/flows`, `/v1/flows/{flow}` and the custom methods `/v1/flows/{flow}:start`, `:stop`,
@@ -136,7 +142,9 @@ class FlowServiceAsyncStub(FlowServiceStub):
     Events: `oih.flow.created|updated|deleted` (`oih.events.v1.FlowChanged`),
     `oih.flow.starting` (`FlowStarting`), `oih.flow.stopping` (`FlowStopping`) and
     `oih.flow.execute` (`FlowExecute`). The service consumes `oih.flow.started|stopped`
-    (`FlowStateChanged`) and `oih.flow.failed` (`FlowFailed`) to move `state`.
+    (`FlowStateChanged`) and `oih.flow.failed` (`FlowFailed`) to move `state`, and
+    `oih.iam.user.deleted` (ownerless flows are stopped) and `oih.iam.tenant.deleted` (the
+    tenant's flows are removed).
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -153,8 +161,8 @@ class FlowServiceAsyncStub(FlowServiceStub):
     cannot parse.
     """
     UpdateFlow: _aio.UnaryUnaryMultiCallable[_flows_pb2.UpdateFlowRequest, _flows_pb2.Flow]  # type: ignore[assignment]
-    """Updates a flow's definition (any state; a running flow keeps running the revision it was
-    started with until it is restarted). Answers ABORTED when `flow.etag` is set and differs from
+    """Updates a flow's definition. Answers FAILED_PRECONDITION unless the flow is INACTIVE or
+    FAILED (stop it first), ABORTED when `flow.etag` is set and differs from
     the stored one, INVALID_ARGUMENT for the same reasons as CreateFlow. Output-only fields in
     the mask are ignored.
     """
@@ -193,13 +201,15 @@ class FlowServiceServicer(metaclass=_abc_1.ABCMeta):
     - Lifecycle (`state`): INACTIVE → `:start` → STARTING → (orchestrator deployed everything)
       ACTIVE → `:stop` → STOPPING → INACTIVE. Starting or running can fail: FAILED, with the reason
       in `state_reason`. `:stop` works from every state, so a flow can never get stuck; the
-      orchestrator moves a flow that does not come up (or down) in time to FAILED.
-    - Every change to a flow's definition makes a new revision (`version`, `revision_id`). A
-      running flow runs the revision it was started with (`running_version`); edits take effect at
-      the next start. Drafts and explicit publishing will come later as custom methods (AIP-162
+      Flow Repository moves a flow that does not come up (or down) within
+      `OIH_FLOWS_TRANSITION_TIMEOUT_SECONDS` to FAILED and emits `oih.flow.failed`.
+    - Every change to a flow's definition makes a new revision (`version`, `revision_id`). Only
+      a flow at rest (INACTIVE or FAILED) can be changed; `running_version` is the revision the
+      running flow was started with. Drafts and explicit publishing will come later as custom methods (AIP-162
       revisions); until then every saved revision is the one the next start uses.
-    - Visibility: a principal sees the flows of its tenant that it owns (directly or through a
-      tenant owner); platform administrators see every flow. Other flows answer NOT_FOUND.
+    - Visibility: every principal of the flow's tenant may act on it within its `flows.*`
+      permissions (owners record who is responsible); platform administrators see every flow.
+      Other tenants' flows answer NOT_FOUND.
 
     REST paths owned by this service (Envoy routes them here):
     - `/v1/flows`, `/v1/flows/{flow}` and the custom methods `/v1/flows/{flow}:start`, `:stop`,
@@ -211,7 +221,9 @@ class FlowServiceServicer(metaclass=_abc_1.ABCMeta):
     Events: `oih.flow.created|updated|deleted` (`oih.events.v1.FlowChanged`),
     `oih.flow.starting` (`FlowStarting`), `oih.flow.stopping` (`FlowStopping`) and
     `oih.flow.execute` (`FlowExecute`). The service consumes `oih.flow.started|stopped`
-    (`FlowStateChanged`) and `oih.flow.failed` (`FlowFailed`) to move `state`.
+    (`FlowStateChanged`) and `oih.flow.failed` (`FlowFailed`) to move `state`, and
+    `oih.iam.user.deleted` (ownerless flows are stopped) and `oih.iam.tenant.deleted` (the
+    tenant's flows are removed).
     """
 
     @_abc_1.abstractmethod
@@ -250,8 +262,8 @@ class FlowServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _flows_pb2.UpdateFlowRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_flows_pb2.Flow, _abc.Awaitable[_flows_pb2.Flow]]:
-        """Updates a flow's definition (any state; a running flow keeps running the revision it was
-        started with until it is restarted). Answers ABORTED when `flow.etag` is set and differs from
+        """Updates a flow's definition. Answers FAILED_PRECONDITION unless the flow is INACTIVE or
+        FAILED (stop it first), ABORTED when `flow.etag` is set and differs from
         the stored one, INVALID_ARGUMENT for the same reasons as CreateFlow. Output-only fields in
         the mask are ignored.
         """
