@@ -8,6 +8,7 @@ start a broker under a running relay or consumer.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -262,10 +263,8 @@ def _alive(pid: int) -> bool:
 
 
 def _kill(pid: int, sig: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.kill(pid, sig)
-    except ProcessLookupError:
-        pass
 
 
 def ensure_broker(url: str, data_dir: str | os.PathLike[str]) -> str:

@@ -1,0 +1,1 @@
+"""The Component Repository: the catalogue of components that flow steps run."""

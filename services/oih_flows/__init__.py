@@ -1,0 +1,1 @@
+"""The Flow Repository: integration flows (graphs of component functions) and their lifecycle."""

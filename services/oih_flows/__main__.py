@@ -1,0 +1,19 @@
+"""`python -m oih_flows`: run the Flow Repository until SIGTERM/SIGINT."""
+
+from oih_flows.server import build
+from oih_flows.settings import FlowsSettings
+from oih_runtime import logs, server, settings
+
+
+def main() -> None:
+    config = settings.load("flows")
+    logs.configure("flows", config.log_level)
+    built = build(config, FlowsSettings.from_env())
+    running = server.start(built.service, host=config.host, port=config.port,
+                           max_workers=config.max_workers, grace=config.grace_seconds)
+    built.start_background()
+    server.run_until_signalled(running)
+
+
+if __name__ == "__main__":
+    main()

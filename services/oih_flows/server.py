@@ -1,0 +1,96 @@
+"""Wires the Flow Repository: database, token verification, the Component Repository client,
+logic, servicer, the event bus (outbox relay and consumer) and the transition sweeper."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import grpc
+from sqlalchemy.engine import Engine
+
+from oih.flows.v1 import flows_pb2, flows_pb2_grpc
+from oih.iam.v1 import iam_pb2_grpc
+from oih_flows.components import ComponentDirectory
+from oih_flows.events import HANDLERS
+from oih_flows.graph import ComponentLookup
+from oih_flows.logic import Flows
+from oih_flows.servicer import FlowServicer
+from oih_flows.settings import FlowsSettings
+from oih_flows.sweeper import Sweeper
+from oih_runtime import server
+from oih_runtime.bus import DEFAULT_EXCHANGE, Consumer, Relay
+from oih_runtime.clients import ServiceToken, authenticated_channel, iam_jwks_source
+from oih_runtime.db import make_engine
+from oih_runtime.settings import ServiceSettings
+from oih_runtime.tokens import KeyCache, TokenVerifier
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = flows_pb2.DESCRIPTOR.services_by_name["FlowService"].full_name
+
+
+@dataclass
+class Built:
+    service: server.Service
+    engine: Engine
+    flows: Flows
+    servicer: FlowServicer
+    sweeper: Sweeper
+    consumer: Consumer | None = None
+    relay: Relay | None = None
+    #: Starts the background work (bus and sweeper); `service.on_stop` stops it.
+    start_background: Callable[[], None] = field(default=lambda: None)
+
+
+def _verifier(settings: ServiceSettings) -> TokenVerifier:
+    iam = iam_pb2_grpc.IamServiceStub(grpc.insecure_channel(settings.iam_address))
+    return TokenVerifier(KeyCache(iam_jwks_source(iam)), issuer=settings.jwt_issuer,
+                         audience=settings.jwt_audience)
+
+
+def _components(settings: ServiceSettings, flows_settings: FlowsSettings) -> ComponentLookup:
+    iam = iam_pb2_grpc.IamServiceStub(grpc.insecure_channel(settings.iam_address))
+    token = ServiceToken(iam, settings.client_id, settings.client_secret)
+    return ComponentDirectory(authenticated_channel(flows_settings.components_address, token.get))
+
+
+def build(settings: ServiceSettings, flows_settings: FlowsSettings, *,
+          verifier: TokenVerifier | None = None, components: ComponentLookup | None = None,
+          bus: bool = True, exchange: str = DEFAULT_EXCHANGE, consumer_name: str = "flows"
+          ) -> Built:
+    """Everything the service needs; `start_background()` starts its threads. Tests pass their
+    own `verifier` and `components`, `bus=False` to run without RabbitMQ (the outbox still
+    records every event), or an exchange and consumer name of their own on a shared broker."""
+    engine = make_engine(settings.database_url)
+    verifier = verifier or _verifier(settings)
+    flows = Flows(engine, components or _components(settings, flows_settings))
+    servicer = FlowServicer(flows)
+    sweeper = Sweeper(engine, flows_settings.transition_timeout, flows_settings.sweep_interval)
+    service = server.Service(
+        name="flows",
+        registrations=[lambda s: flows_pb2_grpc.add_FlowServiceServicer_to_server(servicer, s)],
+        service_names=[SERVICE_NAME],
+        verifier=verifier,
+    )
+    built = Built(service, engine, flows, servicer, sweeper)
+    background: list[Callable[[], None]] = [sweeper.start]
+    service.on_stop.append(sweeper.stop)
+    if bus:
+        built.relay = Relay(engine, url=settings.rabbitmq_url, exchange=exchange,
+                            name="oih-flows-relay")
+        built.consumer = Consumer(engine, consumer_name, url=settings.rabbitmq_url,
+                                  exchange=exchange)
+        for event_type, (handler, payload_type) in HANDLERS.items():
+            built.consumer.on(event_type, handler, payload_type)
+        background += [built.relay.start, built.consumer.start]
+        # Stop consuming first (finish and ack the current event), then relay what is left.
+        service.on_stop += [built.consumer.stop, built.relay.stop]
+
+    def start_background() -> None:
+        for start in background:
+            start()
+
+    built.start_background = start_background
+    return built

@@ -1,0 +1,56 @@
+"""The FlowService servicer: converts protos to calls of `logic.Flows` and back, nothing more.
+
+Access rules are declared in the contract and enforced by the shared interceptors; the caller
+is `principal.current()`.
+"""
+
+from __future__ import annotations
+
+import grpc
+from google.protobuf import empty_pb2
+
+from oih.flows.v1 import flows_pb2, flows_pb2_grpc
+from oih_flows import convert
+from oih_flows.logic import Flows
+from oih_runtime import principal
+
+Context = grpc.ServicerContext
+
+
+class FlowServicer(flows_pb2_grpc.FlowServiceServicer):
+    def __init__(self, flows: Flows) -> None:
+        self.flows = flows
+
+    def CreateFlow(self, request: flows_pb2.CreateFlowRequest, context: Context) -> flows_pb2.Flow:
+        return convert.flow(self.flows.create(principal.current(), request.flow))
+
+    def GetFlow(self, request: flows_pb2.GetFlowRequest, context: Context) -> flows_pb2.Flow:
+        return convert.flow(self.flows.get(principal.current(), request.name))
+
+    def ListFlows(self, request: flows_pb2.ListFlowsRequest,
+                  context: Context) -> flows_pb2.ListFlowsResponse:
+        rows, token = self.flows.list(principal.current(), request.page_size,
+                                      request.page_token, request.filter, request.order_by)
+        return flows_pb2.ListFlowsResponse(flows=[convert.flow(r) for r in rows],
+                                           next_page_token=token)
+
+    def UpdateFlow(self, request: flows_pb2.UpdateFlowRequest, context: Context) -> flows_pb2.Flow:
+        row = self.flows.update(principal.current(), request.flow,
+                                list(request.update_mask.paths))
+        return convert.flow(row)
+
+    def DeleteFlow(self, request: flows_pb2.DeleteFlowRequest,
+                   context: Context) -> empty_pb2.Empty:
+        self.flows.delete(principal.current(), request.name, request.etag)
+        return empty_pb2.Empty()
+
+    def StartFlow(self, request: flows_pb2.StartFlowRequest, context: Context) -> flows_pb2.Flow:
+        return convert.flow(self.flows.start(principal.current(), request.name))
+
+    def StopFlow(self, request: flows_pb2.StopFlowRequest, context: Context) -> flows_pb2.Flow:
+        return convert.flow(self.flows.stop(principal.current(), request.name))
+
+    def ExecuteFlow(self, request: flows_pb2.ExecuteFlowRequest,
+                    context: Context) -> flows_pb2.ExecuteFlowResponse:
+        execution = self.flows.execute(principal.current(), request.name, request.data)
+        return flows_pb2.ExecuteFlowResponse(execution=execution)

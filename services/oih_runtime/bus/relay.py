@@ -1,0 +1,228 @@
+"""The outbox relay: a background thread that publishes outbox rows with pipelined confirms.
+
+It wakes at once when a local transaction added events (`outbox.subscribe`) and also polls,
+for rows written by other processes. Several relays may run against one database: a relay
+claims a batch with a lease (one UPDATE; `FOR UPDATE SKIP LOCKED` on PostgreSQL) so that each
+row is published by one relay, and a crashed relay's rows come back when the lease ends.
+Delivery is at-least-once (a crash between the confirm and the `sent_at` update republishes);
+consumers are idempotent by event id.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import uuid
+from collections.abc import Sequence
+from datetime import timedelta
+
+from sqlalchemy import delete, or_, select, update
+from sqlalchemy.engine import Engine
+from sqlmodel import col
+
+from oih_runtime.db import transaction
+
+from . import outbox
+from .models import OutboxEvent, utcnow
+from .publisher import ConfirmPublisher, Message, PublisherError
+from .topology import DEFAULT_EXCHANGE, properties_for, rabbitmq_url, redact_url
+
+log = logging.getLogger(__name__)
+
+
+class Relay:
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        url: str | None = None,
+        exchange: str = DEFAULT_EXCHANGE,
+        batch_size: int = 500,
+        poll_interval: float = 2.0,
+        lease: float = 60.0,
+        reconnect_initial: float = 0.5,
+        reconnect_max: float = 30.0,
+        keep_sent: timedelta = timedelta(hours=1),
+        name: str = "oih-relay",
+    ) -> None:
+        self.engine = engine
+        self.url = url or rabbitmq_url()
+        self.exchange = exchange
+        self.batch_size = batch_size
+        self.poll_interval = poll_interval
+        self.lease = lease
+        self.reconnect_initial = reconnect_initial
+        self.reconnect_max = reconnect_max
+        self.keep_sent = keep_sent
+        self.name = name
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._publisher: ConfirmPublisher | None = None
+        self._last_purge = utcnow()
+        self.connected = threading.Event()  # set while a broker connection is up (for tests)
+
+    # --- lifecycle --------------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._thread is not None:
+            return
+        self._stopping.clear()
+        outbox.subscribe(self.wake)
+        self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 15.0) -> None:
+        """Finish the current batch, close the connection and end the thread."""
+        outbox.unsubscribe(self.wake)
+        self._stopping.set()
+        self.wake()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            if self._thread.is_alive():
+                log.warning("%s did not stop within %.0fs", self.name, timeout)
+            self._thread = None
+
+    def wake(self) -> None:
+        """Publish soon (thread-safe; called after a commit that added outbox rows)."""
+        self._wake.set()
+        publisher = self._publisher
+        if publisher is not None:
+            publisher.interrupt()
+
+    def __enter__(self) -> Relay:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # --- the loop ---------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        delay = self.reconnect_initial
+        while not self._stopping.is_set():
+            publisher = ConfirmPublisher(self.url, self.exchange)
+            try:
+                publisher.connect()
+                self._publisher = publisher
+                self.connected.set()
+                log.info("%s: connected to RabbitMQ at %s; relaying the outbox to %r",
+                         self.name, redact_url(self.url), self.exchange)
+                delay = self.reconnect_initial
+                self._serve(publisher)
+            except PublisherError as exc:
+                log.warning("%s: RabbitMQ unavailable at %s (%s); outbox events wait in the "
+                            "database; retrying in %.1fs", self.name, redact_url(self.url), exc,
+                            delay)
+            except Exception:
+                # A database outage or a bug: keep the thread alive and try again later.
+                log.exception("%s: relaying failed; retrying in %.1fs", self.name, delay)
+            finally:
+                self.connected.clear()
+                self._publisher = None
+                publisher.close()
+            if self._stopping.wait(delay):
+                break
+            delay = min(delay * 2, self.reconnect_max)
+
+    def _serve(self, publisher: ConfirmPublisher) -> None:
+        while not self._stopping.is_set():
+            self._wake.clear()
+            if self.relay_batch(publisher) >= self.batch_size:
+                continue  # a full batch: more rows are probably waiting
+            self._purge_sent()
+            publisher.idle(self.poll_interval, self._wake)
+
+    def relay_batch(self, publisher: ConfirmPublisher) -> int:
+        """Claim, publish and mark one batch. Returns the number of rows claimed."""
+        token, rows = self._claim()
+        if not rows:
+            return 0
+        messages: list[Message] = [
+            (row.event_type, row.body, properties_for(
+                row.event_id, row.event_type, row.source, row.tenant, row.subject,
+                row.request_id, int(row.created_at.timestamp())))
+            for row in rows
+        ]
+        seqs = [row.seq for row in rows if row.seq is not None]
+        try:
+            results = publisher.publish_batch(messages, timeout=self.lease / 2)
+        except PublisherError:
+            self._finish(token, acked=[], failed=seqs)
+            raise
+        acked = [seq for seq, ok in zip(seqs, results, strict=True) if ok]
+        failed = [seq for seq, ok in zip(seqs, results, strict=True) if not ok]
+        self._finish(token, acked=acked, failed=failed)
+        if failed:
+            log.warning("%s: %d event(s) not confirmed by the broker; they will be retried",
+                        self.name, len(failed))
+        log.debug("%s: published %d event(s)", self.name, len(acked))
+        return len(rows)
+
+    # --- database ---------------------------------------------------------------------------
+
+    def _claim(self) -> tuple[str, Sequence[OutboxEvent]]:
+        token = uuid.uuid4().hex
+        now = utcnow()
+        claimable = (
+            col(OutboxEvent.sent_at).is_(None),
+            or_(col(OutboxEvent.claimed_until).is_(None),
+                col(OutboxEvent.claimed_until) < now),
+        )
+        # One UPDATE claims the batch: on SQLite it takes the write lock before reading (no
+        # two relays can claim a row); on PostgreSQL SKIP LOCKED lets concurrent relays take
+        # different rows, and repeating the conditions re-checks rows another relay just took.
+        batch = (
+            select(col(OutboxEvent.seq)).where(*claimable).order_by(col(OutboxEvent.seq))
+            .limit(self.batch_size).with_for_update(skip_locked=True)
+        )
+        with transaction(self.engine) as session:
+            session.execute(
+                update(OutboxEvent)
+                .where(col(OutboxEvent.seq).in_(batch), *claimable)
+                .values(claimed_by=token, claimed_until=now + timedelta(seconds=self.lease),
+                        publish_attempts=col(OutboxEvent.publish_attempts) + 1)
+                .execution_options(synchronize_session=False)
+            )
+            rows = session.scalars(
+                select(OutboxEvent).where(col(OutboxEvent.claimed_by) == token)
+                .order_by(col(OutboxEvent.seq))
+            ).all()
+        return token, rows
+
+    def _finish(self, token: str, *, acked: list[int], failed: list[int]) -> None:
+        now = utcnow()
+        with transaction(self.engine) as session:
+            for chunk in _chunks(acked):
+                session.execute(
+                    update(OutboxEvent)
+                    .where(col(OutboxEvent.seq).in_(chunk), col(OutboxEvent.claimed_by) == token)
+                    .values(sent_at=now, claimed_until=None)
+                    .execution_options(synchronize_session=False)
+                )
+            for chunk in _chunks(failed):
+                # Released for the next batch right away instead of waiting for the lease.
+                session.execute(
+                    update(OutboxEvent)
+                    .where(col(OutboxEvent.seq).in_(chunk), col(OutboxEvent.claimed_by) == token)
+                    .values(claimed_by=None, claimed_until=None)
+                    .execution_options(synchronize_session=False)
+                )
+
+    def _purge_sent(self) -> None:
+        now = utcnow()
+        if now - self._last_purge < timedelta(minutes=1):
+            return
+        self._last_purge = now
+        with transaction(self.engine) as session:
+            session.execute(
+                delete(OutboxEvent)
+                .where(col(OutboxEvent.sent_at) < now - self.keep_sent)
+                .execution_options(synchronize_session=False)
+            )
+
+
+def _chunks(items: list[int], size: int = 500) -> list[list[int]]:
+    return [items[i:i + size] for i in range(0, len(items), size)]
+

@@ -1,0 +1,192 @@
+"""Flow Repository under test: a real gRPC server (pytest-grpc's real-server mode) with the
+shared interceptors, on SQLite and on PostgreSQL, next to a real Component Repository server
+that it asks about components over gRPC, exactly as in production (a service token plus the
+caller's token in `x-oih-on-behalf-of`). Tokens come from a test issuer both servers trust."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
+from datetime import timedelta
+from pathlib import Path
+
+import grpc
+import pytest
+from sqlmodel import Session, col, select
+
+from oih.components.v1 import components_pb2 as cpb
+from oih.components.v1 import components_pb2_grpc
+from oih.flows.v1 import flows_pb2 as pb
+from oih.flows.v1 import flows_pb2_grpc
+from oih_components import server as components_server
+from oih_flows.components import ComponentDirectory
+from oih_flows.server import Built, build
+from oih_flows.servicer import FlowServicer
+from oih_flows.settings import FlowsSettings
+from oih_runtime import server as runtime_server
+from oih_runtime import settings as runtime_settings
+from oih_runtime.bus import OutboxEvent
+from oih_runtime.clients import authenticated_channel
+from oih_runtime.interceptors import server_interceptors
+from tests.support import postgres
+from tests.support.tokens import TestIssuer, bearer
+
+FLOW_WRITER = ("flows.read", "flows.write", "flows.control", "flows.execute",
+               "components.read", "components.create")
+
+FLOWS_SETTINGS = FlowsSettings(transition_timeout=timedelta(seconds=120), sweep_interval=3600,
+                               components_address="unused: the test passes its own client")
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+                 ) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path_factory.mktemp('flows') / 'flows.db'}"
+    else:
+        with postgres.fresh_database() as url:
+            yield url
+
+
+@pytest.fixture(scope="module")
+def issuer() -> TestIssuer:
+    return TestIssuer()
+
+
+@pytest.fixture(scope="module")
+def components_address(issuer: TestIssuer, tmp_path_factory: pytest.TempPathFactory
+                       ) -> Iterator[str]:
+    """A real Component Repository on its own SQLite database and a free port."""
+    config = replace(runtime_settings.load("components", {}),
+                     database_url=f"sqlite:///{tmp_path_factory.mktemp('c') / 'components.db'}",
+                     data_dir=Path(tmp_path_factory.mktemp("components-data")))
+    built = components_server.build(config, verifier=issuer.verifier)  # bus threads not started
+    running = runtime_server.start(built.service, host="127.0.0.1", port=0, max_workers=4,
+                                   grace=0.5)
+    yield running.address
+    running.stop()
+    built.engine.dispose()
+
+
+@pytest.fixture(scope="module")
+def flows_service(database_url: str, issuer: TestIssuer, components_address: str,
+                  tmp_path_factory: pytest.TempPathFactory) -> Iterator[Built]:
+    config = replace(runtime_settings.load("flows", {}), database_url=database_url,
+                     data_dir=Path(tmp_path_factory.mktemp("data")))
+    # The flow service's own service-account token: a platform service may act on behalf.
+    service_token = issuer.token(subject="service-accounts/oih-platform",
+                                 tenant="tenants/platform", permissions=("all",), typ="service")
+    channel = authenticated_channel(components_address, lambda: service_token)
+    built = build(config, FLOWS_SETTINGS, verifier=issuer.verifier,
+                  components=ComponentDirectory(channel), bus=False)
+    yield built
+    channel.close()
+    built.engine.dispose()  # PostgreSQL: let the database be dropped
+
+
+@pytest.fixture(scope="module")
+def grpc_interceptors(flows_service: Built) -> list[grpc.ServerInterceptor]:
+    return server_interceptors(flows_service.service.verifier)
+
+
+@pytest.fixture(scope="module")
+def grpc_add_to_server() -> Callable[..., None]:
+    return flows_pb2_grpc.add_FlowServiceServicer_to_server
+
+
+@pytest.fixture(scope="module")
+def grpc_servicer(flows_service: Built) -> FlowServicer:
+    return flows_service.servicer
+
+
+@pytest.fixture(scope="module")
+def grpc_stub_cls() -> type[flows_pb2_grpc.FlowServiceStub]:
+    return flows_pb2_grpc.FlowServiceStub
+
+
+@dataclass(frozen=True)
+class Caller:
+    subject: str
+    tenant: str
+    token: str
+
+    @property
+    def md(self) -> tuple[tuple[str, str]]:
+        return bearer(self.token)
+
+
+@pytest.fixture(scope="module")
+def make_caller(issuer: TestIssuer) -> Callable[..., Caller]:
+    def make(tenant: str = "", permissions: tuple[str, ...] = FLOW_WRITER, *,
+             subject: str = "", typ: str = "user") -> Caller:
+        subject = subject or f"users/{uuid.uuid4().hex[:8]}"
+        tenant = tenant or f"tenants/{uuid.uuid4().hex[:8]}"
+        token = issuer.token(subject=subject, tenant=tenant, permissions=permissions, typ=typ)
+        return Caller(subject, tenant, token)
+    return make
+
+
+@pytest.fixture(scope="module")
+def components_stub(components_address: str) -> Iterator[components_pb2_grpc.ComponentServiceStub]:
+    with grpc.insecure_channel(components_address) as channel:
+        yield components_pb2_grpc.ComponentServiceStub(channel)
+
+
+@pytest.fixture(scope="module")
+def register_component(components_stub: components_pb2_grpc.ComponentServiceStub
+                       ) -> Callable[..., str]:
+    """Register a component through the real Component Repository; returns its name."""
+    def register(caller: Caller, access: int = cpb.ACCESS_TENANT,
+                 actions: list[cpb.ComponentFunction] | None = None) -> str:
+        component = cpb.Component(
+            display_name=f"comp-{uuid.uuid4().hex[:8]}", access=access,  # type: ignore[arg-type]
+            python_entry_point=cpb.PythonEntryPoint(
+                object_reference="oih_components.builtin.log:component"),
+            triggers=[cpb.ComponentFunction(name="timer")],
+            actions=actions or [cpb.ComponentFunction(name="log"),
+                                cpb.ComponentFunction(name="transform")],
+        )
+        created = components_stub.CreateComponent(
+            cpb.CreateComponentRequest(component=component), metadata=caller.md)
+        return str(created.name)
+    return register
+
+
+@dataclass(frozen=True)
+class Tenant:
+    """A tenant with a flow author and a component its flows can use."""
+
+    user: Caller
+    component: str
+
+
+@pytest.fixture
+def tenant(make_caller: Callable[..., Caller], register_component: Callable[..., str]) -> Tenant:
+    user = make_caller()
+    return Tenant(user, register_component(user))
+
+
+def two_node_flow(component: str, **fields: object) -> pb.Flow:
+    """A valid flow: a timer trigger feeding a log action."""
+    flow = pb.Flow(
+        display_name=f"flow-{uuid.uuid4().hex[:6]}",
+        graph=pb.Graph(
+            nodes=[pb.Node(id="timer", component=component, function="timer"),
+                   pb.Node(id="log", component=component, function="log")],
+            edges=[pb.Edge(source="timer", target="log")],
+        ),
+    )
+    for key, value in fields.items():
+        if isinstance(value, list):
+            getattr(flow, key).extend(value)
+        else:
+            setattr(flow, key, value)
+    return flow
+
+
+def outbox(engine: object, subject: str) -> list[OutboxEvent]:
+    """The outbox rows about `subject`, oldest first."""
+    with Session(engine) as session:  # type: ignore[arg-type]
+        return list(session.exec(select(OutboxEvent).where(OutboxEvent.subject == subject)
+                                 .order_by(col(OutboxEvent.seq))).all())
