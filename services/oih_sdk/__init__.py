@@ -1,0 +1,39 @@
+"""The component SDK: how a component's triggers and actions are written.
+
+A component is a Python object (usually `component = Component("name")` in a module) whose
+functions are plain callables `fn(message, config, snapshot)`:
+
+- `message` is a `Message` (data, metadata, attachments, passthrough, and the ids of the flow,
+  step, execution and message, the attempt and the trace);
+- `config` is the step's configuration (the node's `fields`, a dict);
+- `snapshot` is the step's last snapshot (a dict, empty at first).
+
+A function emits by returning (or yielding) any mix of:
+- nothing (`None`): no output;
+- a `dict`: the `data` of one output (metadata and attachments are inherited from the input);
+- a `Message`: one output as given (its id is ignored; the runtime assigns a deterministic one);
+- a list, tuple or generator of the above;
+- a `Snapshot({...})`: the step's new snapshot (the last one emitted wins).
+
+It signals an error by raising. Errors are retried by the step's RetryPolicy unless the
+exception is non-retryable: a subclass of `NonRetryableError`, a class decorated with
+`@non_retryable`, or named (class name, in its MRO) in `RetryPolicy.non_retryable_errors`.
+"""
+
+from __future__ import annotations
+
+from .component import Component, ComponentFunction, load_component, load_function
+from .errors import NonRetryableError, is_retryable, non_retryable
+from .message import Message, Snapshot
+
+__all__ = [
+    "Component",
+    "ComponentFunction",
+    "Message",
+    "NonRetryableError",
+    "Snapshot",
+    "is_retryable",
+    "load_component",
+    "load_function",
+    "non_retryable",
+]

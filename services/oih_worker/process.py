@@ -1,0 +1,231 @@
+"""What one input message turns into: the publishes a step owes for it (no I/O here).
+
+The runtime publishes the returned `Outgoing` list and acks the input once all of them are
+confirmed, so everything a message causes (outputs, snapshot, retry or dead letter) is decided
+before anything is sent: a failure half-way through emitting publishes nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import traceback
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import jsonata
+import pika
+from google.protobuf import json_format
+
+from oih.component.v1 import message_pb2
+from oih_sdk import Message, Snapshot, load_function, non_retryable
+from oih_sdk.errors import error_type, is_retryable
+
+from . import envelope, topology
+from .spec import EdgeSpec, StepSpec
+
+MAX_STACK = 16 * 1024
+
+
+@non_retryable
+class EdgeError(Exception):
+    """An edge's condition or mapper failed on a message (deterministic, so never retried)."""
+
+
+@dataclass
+class Outgoing:
+    routing_key: str
+    body: bytes
+    properties: pika.BasicProperties
+
+
+@dataclass
+class Outcome:
+    input: Message | None
+    outgoing: list[Outgoing] = field(default_factory=list)
+    outputs: list[Message] = field(default_factory=list)  # what the function emitted
+    error: BaseException | None = None
+    error_envelope: message_pb2.ErrorEnvelope | None = None  # set when dead-lettered
+    retried: bool = False
+
+
+class CompiledEdge:
+    """An outgoing edge with its JSONata compiled once (compiling costs more than evaluating)."""
+
+    def __init__(self, edge: EdgeSpec) -> None:
+        self.target = edge.target
+        self.condition = jsonata.Jsonata(edge.condition) if edge.condition.strip() else None
+        self.mapper = jsonata.Jsonata(edge.mapper) if edge.mapper.strip() else None
+
+    def route(self, message: Message) -> dict[str, Any] | None:
+        """The data the target receives, or None when the condition does not hold."""
+        context = {"data": message.data, "metadata": message.metadata,
+                   "passthrough": message.passthrough}
+        try:
+            if self.condition is not None and not self.condition.evaluate(context):
+                return None
+            if self.mapper is None:
+                return message.data
+            mapped = self.mapper.evaluate(context)
+        except Exception as exc:
+            raise EdgeError(f"edge to {self.target}: {exc}") from exc
+        if mapped is None:
+            return {}
+        return mapped if isinstance(mapped, dict) else {"value": mapped}
+
+
+def collect(result: Any) -> tuple[list[Message | dict[str, Any]], Snapshot | None]:
+    """Flatten what a function returned or yielded into outputs and the last snapshot."""
+    outputs: list[Message | dict[str, Any]] = []
+    snapshot: Snapshot | None = None
+    items: Iterable[Any]
+    if result is None:
+        items = ()
+    elif isinstance(result, list | tuple) or inspect.isgenerator(result):
+        items = result
+    else:
+        items = (result,)
+    for item in items:
+        if item is None:
+            continue
+        if isinstance(item, Snapshot):
+            snapshot = item
+        elif isinstance(item, Message | dict):
+            outputs.append(item)
+        else:
+            raise TypeError(f"a function may emit dicts, Messages or Snapshots, not {type(item)}")
+    return outputs, snapshot
+
+
+class StepProcessor:
+    def __init__(self, spec: StepSpec, fn: Any = None) -> None:
+        self.spec = spec
+        self.fn = fn or load_function(spec.entry_point, spec.function)
+        self.edges = [CompiledEdge(edge) for edge in spec.edges]
+        self.snapshot: dict[str, Any] = dict(spec.snapshot)
+        self.exchange = topology.exchange_name(spec.flow_id)
+
+    def handle(self, body: bytes, properties: pika.BasicProperties) -> Outcome:
+        try:
+            message = envelope.decode(body, properties, self.spec.flow_id, self.spec.step_id)
+        except envelope.MalformedMessage as exc:
+            return self._malformed(body, properties, exc)
+        try:
+            result = self.fn(message, self.spec.config, self.snapshot)
+            emitted, snapshot = collect(result)
+            outcome = Outcome(message)
+            outcome.outputs = [self._output(message, item) for item in emitted]
+            for index, output in enumerate(outcome.outputs):
+                for edge in self.edges:
+                    data = edge.route(output)
+                    if data is not None:
+                        outcome.outgoing.append(
+                            self._to_edge(message, output, edge.target, index, data, properties))
+        except Exception as exc:  # a component error: retry or dead-letter the input
+            return self._failed(message, body, properties, exc)
+        if snapshot is not None:
+            # Kept for the next call only once the outcome stands (an error above discards it).
+            self.snapshot = dict(snapshot.data)
+            outcome.outgoing.append(self._snapshot(message, snapshot))
+        return outcome
+
+    # --- outputs -------------------------------------------------------------------------
+
+    def _output(self, parent: Message, item: Message | dict[str, Any]) -> Message:
+        if isinstance(item, dict):
+            # A dict is the output's data; metadata and attachments carry over from the input.
+            output = Message(data=item, metadata=parent.metadata, attachments=parent.attachments)
+        else:
+            output = item
+        passthrough = dict(parent.passthrough)
+        passthrough.update(output.passthrough)
+        if self.spec.passthrough:
+            passthrough[self.spec.step_id] = {"data": output.data, "metadata": output.metadata}
+        output.passthrough = passthrough
+        return output
+
+    def _to_edge(self, parent: Message, output: Message, target: str, index: int,
+                 data: dict[str, Any], properties: pika.BasicProperties) -> Outgoing:
+        message = Message(
+            data=data, metadata=output.metadata, attachments=output.attachments,
+            passthrough=output.passthrough,
+            id=envelope.output_id(parent.id, target, index),
+            flow_id=self.spec.flow_id, step_id=target, execution_id=parent.execution_id,
+            parent_message_id=parent.id, attempt=1, trace=[*parent.trace, self.spec.step_id],
+        )
+        # reply_to / correlation_id travel along for synchronous webhook replies.
+        return Outgoing(topology.input_key(target), envelope.encode(message),
+                        envelope.properties_of(message, reply_to=properties.reply_to,
+                                               correlation_id=properties.correlation_id))
+
+    def _snapshot(self, message: Message, snapshot: Snapshot) -> Outgoing:
+        # The JSON form of oih.snapshots.v1.Snapshot (the step's persistent snapshot).
+        body = {"name": f"flows/{self.spec.flow_id}/steps/{self.spec.step_id}/snapshot",
+                "data": snapshot.data}
+        properties = pika.BasicProperties(
+            content_type=envelope.CONTENT_TYPE, delivery_mode=2,
+            message_id=envelope.output_id(message.id, "snapshot", 0),
+            headers=envelope.headers_of(message))
+        return Outgoing(topology.SNAPSHOT_KEY, json.dumps(body).encode(), properties)
+
+    # --- failures ------------------------------------------------------------------------
+
+    def _failed(self, message: Message, body: bytes, properties: pika.BasicProperties,
+                exc: BaseException) -> Outcome:
+        retry = self.spec.retry
+        outcome = Outcome(message, error=exc)
+        if message.attempt < retry.max_attempts and is_retryable(exc, retry.non_retryable_errors):
+            # Retry: the same body and id, attempt + 1, parked in the delay queue of its level.
+            # RabbitMQ strips `expiration` when it dead-letters the message back to the input.
+            level = retry.level(message.attempt)
+            retried = Message(**{**message.__dict__, "attempt": message.attempt + 1})
+            delay_ms = int(retry.delay(message.attempt) * 1000)
+            outcome.outgoing.append(Outgoing(
+                topology.retry_key(self.spec.step_id, level), body,
+                envelope.properties_of(retried, expiration_ms=delay_ms,
+                                       reply_to=properties.reply_to,
+                                       correlation_id=properties.correlation_id)))
+            outcome.retried = True
+            return outcome
+        stack = "".join(traceback.format_exception(exc))[-MAX_STACK:]
+        envelope_pb = self._envelope(message, str(exc) or error_type(exc), error_type(exc), stack)
+        outcome.error_envelope = envelope_pb
+        outcome.outgoing.append(self._dead_letter(message, envelope_pb))
+        return outcome
+
+    def _malformed(self, body: bytes, properties: pika.BasicProperties,
+                   exc: BaseException) -> Outcome:
+        message = Message(
+            data={"malformedBody": body[:MAX_STACK].decode("utf-8", "replace")},
+            id=str(properties.message_id or envelope.output_id(
+                hashlib.sha256(body).hexdigest(), "malformed", 0)),
+            flow_id=self.spec.flow_id, step_id=self.spec.step_id, execution_id="")
+        envelope_pb = self._envelope(message, str(exc), "MalformedMessage", "")
+        outcome = Outcome(None, error=exc, error_envelope=envelope_pb)
+        outcome.outgoing.append(self._dead_letter(message, envelope_pb))
+        return outcome
+
+    def _envelope(self, message: Message, text: str, kind: str,
+                  stack: str) -> message_pb2.ErrorEnvelope:
+        result = message_pb2.ErrorEnvelope(message=text, error_type=kind, stack=stack,
+                                           attempt=message.attempt)
+        try:
+            json_format.ParseDict(message.body(), result.input, ignore_unknown_fields=True)
+        except json_format.ParseError:  # e.g. odd attachments: keep the payload at least
+            result.input.Clear()
+            json_format.ParseDict({"id": message.id, "data": message.data}, result.input)
+        result.headers.CopyFrom(message_pb2.MessageHeaders(
+            flow_id=message.flow_id, step_id=message.step_id, execution_id=message.execution_id,
+            message_id=message.id, parent_message_id=message.parent_message_id,
+            attempt=message.attempt, trace=message.trace))
+        result.time.FromDatetime(datetime.now(UTC))
+        return result
+
+    def _dead_letter(self, message: Message,
+                     envelope_pb: message_pb2.ErrorEnvelope) -> Outgoing:
+        return Outgoing(topology.dead_key(self.spec.step_id),
+                        json_format.MessageToJson(envelope_pb, indent=None).encode(),
+                        envelope.properties_of(message))
