@@ -7,11 +7,9 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import grpc
 from sqlalchemy.engine import Engine
 
 from oih.flows.v1 import flows_pb2, flows_pb2_grpc
-from oih.iam.v1 import iam_pb2_grpc
 from oih_flows.components import ComponentDirectory
 from oih_flows.events import HANDLERS
 from oih_flows.graph import ComponentLookup
@@ -20,11 +18,12 @@ from oih_flows.servicer import FlowServicer
 from oih_flows.settings import FlowsSettings
 from oih_flows.sweeper import Sweeper
 from oih_runtime import server
-from oih_runtime.bus import DEFAULT_EXCHANGE, Consumer, Relay
-from oih_runtime.clients import ServiceToken, authenticated_channel, iam_jwks_source
+from oih_runtime.bus import Consumer, Relay
+from oih_runtime.clients import authenticated_channel
 from oih_runtime.db import make_engine
+from oih_runtime.identity import PlatformIdentity, platform_identity
 from oih_runtime.settings import ServiceSettings
-from oih_runtime.tokens import KeyCache, TokenVerifier
+from oih_runtime.tokens import TokenVerifier
 
 log = logging.getLogger(__name__)
 
@@ -44,39 +43,37 @@ class Built:
     start_background: Callable[[], None] = field(default=lambda: None)
 
 
-def _verifier(settings: ServiceSettings) -> TokenVerifier:
-    iam = iam_pb2_grpc.IamServiceStub(grpc.insecure_channel(settings.iam_address))
-    return TokenVerifier(KeyCache(iam_jwks_source(iam)), issuer=settings.jwt_issuer,
-                         audience=settings.jwt_audience)
-
-
-def _components(settings: ServiceSettings, flows_settings: FlowsSettings) -> ComponentLookup:
-    iam = iam_pb2_grpc.IamServiceStub(grpc.insecure_channel(settings.iam_address))
-    token = ServiceToken(iam, settings.client_id, settings.client_secret)
-    return ComponentDirectory(authenticated_channel(flows_settings.components_address, token.get))
+def _components(identity: PlatformIdentity, flows_settings: FlowsSettings) -> ComponentLookup:
+    channel = authenticated_channel(flows_settings.components_address, identity.token.get)
+    return ComponentDirectory(channel)
 
 
 def build(settings: ServiceSettings, flows_settings: FlowsSettings, *,
           verifier: TokenVerifier | None = None, components: ComponentLookup | None = None,
-          bus: bool = True, exchange: str = DEFAULT_EXCHANGE, consumer_name: str = "flows"
+          bus: bool = True, exchange: str | None = None, consumer_name: str | None = None
           ) -> Built:
     """Everything the service needs; `start_background()` starts its threads. Tests pass their
     own `verifier` and `components`, `bus=False` to run without RabbitMQ (the outbox still
     records every event), or an exchange and consumer name of their own on a shared broker."""
     engine = make_engine(settings.database_url)
-    verifier = verifier or _verifier(settings)
-    flows = Flows(engine, components or _components(settings, flows_settings))
+    exchange = exchange or settings.events_exchange
+    consumer_name = consumer_name or settings.event_consumer
+    identity = platform_identity(settings, exchange=exchange)
+    flows = Flows(engine, components or _components(identity, flows_settings))
     servicer = FlowServicer(flows)
     sweeper = Sweeper(engine, flows_settings.transition_timeout, flows_settings.sweep_interval)
     service = server.Service(
         name="flows",
         registrations=[lambda s: flows_pb2_grpc.add_FlowServiceServicer_to_server(servicer, s)],
         service_names=[SERVICE_NAME],
-        verifier=verifier,
+        verifier=verifier or identity.verifier,
     )
     built = Built(service, engine, flows, servicer, sweeper)
     background: list[Callable[[], None]] = [sweeper.start]
     service.on_stop.append(sweeper.stop)
+    if verifier is None:  # our own verifier: keep its revocation list current
+        background.append(identity.feed.start)
+        service.on_stop.append(identity.feed.stop)
     if bus:
         built.relay = Relay(engine, url=settings.rabbitmq_url, exchange=exchange,
                             name="oih-flows-relay")

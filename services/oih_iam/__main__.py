@@ -8,9 +8,10 @@ from oih_runtime import logs, server, settings
 def main() -> None:
     config = settings.load("iam")
     logs.configure("iam", config.log_level)
-    service = build(config, IamSettings.from_env()).service
-    running = server.start(service, host=config.host, port=config.port,
+    built = build(config, IamSettings.from_env())
+    running = server.start(built.service, host=config.host, port=config.port,
                            max_workers=config.max_workers, grace=config.grace_seconds)
+    built.start_background()
     server.run_until_signalled(running)
 
 

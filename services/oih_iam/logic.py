@@ -11,13 +11,15 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import TypeVar
 
+from google.protobuf.message import Message
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, SQLModel, col, or_, select
 
+from oih.events.v1 import iam_pb2 as events
 from oih_iam import permissions as catalogue
 from oih_iam.credentials import (
     Passwords,
@@ -36,6 +38,7 @@ from oih_iam.models import (
 from oih_iam.settings import IamSettings
 from oih_iam.tokens import Issued, TokenIssuer
 from oih_runtime import paging
+from oih_runtime.bus import Outbox
 from oih_runtime.db import transaction
 from oih_runtime.errors import (
     AlreadyExists,
@@ -77,6 +80,11 @@ def _aware(moment: datetime | None) -> datetime | None:
     return moment
 
 
+def revocation_message(row: RevocationRow) -> events.TokensRevoked:
+    return events.TokensRevoked(token_id=row.token_id, subject=row.subject,
+                                issued_before=row.issued_before, expires=row.expires)
+
+
 class Iam:
     def __init__(self, engine: Engine, settings: IamSettings, issuer: TokenIssuer,
                  revocations: RevocationList) -> None:
@@ -85,8 +93,13 @@ class Iam:
         self.issuer = issuer
         self.passwords = Passwords(settings)
         self.revocations = revocations
-        #: Called after a commit that revoked tokens (the event bus announces it to services).
-        self.on_revoked: list[Callable[[RevocationRow], None]] = []
+        self.outbox = Outbox("oih-iam")
+
+    def _emit(self, session: Session, event_type: str, payload: Message, *, tenant_id: str = "",
+              subject: str = "") -> None:
+        """Announce a change in the transaction that makes it (transactional outbox)."""
+        self.outbox.add(session, event_type, payload, tenant=tenant_name(tenant_id),
+                        subject=subject)
 
     # ----------------------------------------------------------------- bootstrap
 
@@ -152,6 +165,8 @@ class Iam:
                 if user is not None:
                     self._count_failure(user, now)
                     session.add(user)
+                self._emit(session, "oih.iam.login.failed", events.LoginFailed(username=username),
+                           tenant_id=user.tenant_id if user else "")
                 failure = Unauthenticated("wrong username or password", reason="BAD_CREDENTIALS")
             else:
                 assert user is not None
@@ -216,17 +231,27 @@ class Iam:
 
     def revoke(self, *, token_id: str = "", subject: str = "", expires: int,
                session: Session | None = None) -> None:
-        """Refuse a token id, or every token a subject holds now, in every service."""
+        """Refuse a token id, or every token a subject holds now, in every service: the row
+        and the `oih.iam.token.revoked` event commit together; services follow the event."""
         row = RevocationRow(token_id=token_id, subject=subject, expires=expires,
                             issued_before=int(time.time()) + 1 if subject else 0)
         if session is None:
             with transaction(self.engine) as own:
-                own.add(row)
+                self._store_revocation(own, row)
         else:
-            session.add(row)
+            self._store_revocation(session, row)
         self._remember(row)
-        for callback in self.on_revoked:
-            callback(row)
+
+    def _store_revocation(self, session: Session, row: RevocationRow) -> None:
+        session.add(row)
+        self._emit(session, "oih.iam.token.revoked", revocation_message(row),
+                   subject=row.subject or row.token_id)
+
+    def list_revocations(self) -> list[events.TokensRevoked]:
+        """The revocations whose tokens may still be unexpired."""
+        with Session(self.engine) as session:
+            rows = session.exec(select(RevocationRow).where(RevocationRow.expires > time.time()))
+            return [revocation_message(row) for row in rows]
 
     def _remember(self, row: RevocationRow) -> None:
         if row.token_id:
@@ -302,6 +327,9 @@ class Iam:
                 raise AlreadyExists(f"a tenant named {display_name!r} exists")
             row = TenantRow(id=uuid.uuid4().hex, display_name=display_name)
             session.add(row)
+            self._emit(session, "oih.iam.tenant.created",
+                       events.TenantChanged(tenant=tenant_name(row.id)), tenant_id=row.id,
+                       subject=tenant_name(row.id))
         return row
 
     def get_tenant(self, caller: Principal, name: str) -> TenantRow:
@@ -336,6 +364,8 @@ class Iam:
                 row.state = state or ACTIVE
             row.update_time = utcnow()
             session.add(row)
+            self._emit(session, "oih.iam.tenant.updated",
+                       events.TenantChanged(tenant=name), tenant_id=row.id, subject=name)
         return row
 
     def delete_tenant(self, name: str) -> None:
@@ -357,6 +387,9 @@ class Iam:
             for role in session.exec(select(RoleRow).where(RoleRow.tenant_id == tenant_id)):
                 session.delete(role)
             session.delete(row)
+            # Other services remove the tenant's flows, components, schedules and snapshots.
+            self._emit(session, "oih.iam.tenant.deleted", events.TenantChanged(tenant=name),
+                       tenant_id=tenant_id, subject=name)
 
     # ----------------------------------------------------------------- users
 
@@ -383,7 +416,14 @@ class Iam:
                 state=state or ACTIVE, password_hash=self.passwords.hash(password),
             )
             session.add(row)
+            self._emit_user(session, "oih.iam.user.created", row)
         return row
+
+    def _emit_user(self, session: Session, event_type: str, row: UserRow) -> None:
+        name = f"users/{row.id}"
+        self._emit(session, event_type,
+                   events.UserChanged(user=name, tenant=tenant_name(row.tenant_id)),
+                   tenant_id=row.tenant_id, subject=name)
 
     def get_user(self, caller: Principal, name: str) -> UserRow:
         with Session(self.engine) as session:
@@ -425,6 +465,9 @@ class Iam:
                 row.failed_logins, row.locked_until = 0, None
             row.update_time = utcnow()
             session.add(row)
+            disabled = "state" in chosen and row.state == DISABLED
+            self._emit_user(session, "oih.iam.user.disabled" if disabled
+                            else "oih.iam.user.updated", row)
         return row
 
     def delete_user(self, caller: Principal, name: str) -> None:
@@ -435,6 +478,7 @@ class Iam:
             row = self._get_scoped(session, UserRow, name, "users", "user", caller)
             self._revoke_subject(session, name)
             session.delete(row)
+            self._emit_user(session, "oih.iam.user.deleted", row)
 
     # ----------------------------------------------------------------- roles
 
@@ -530,7 +574,14 @@ class Iam:
                 state=state or ACTIVE, secret_hash=hash_client_secret(secret),
             )
             session.add(row)
+            self._emit_account(session, "oih.iam.service_account.created", row)
         return row, secret
+
+    def _emit_account(self, session: Session, event_type: str, row: ServiceAccountRow) -> None:
+        name = f"service-accounts/{row.id}"
+        self._emit(session, event_type, events.ServiceAccountChanged(
+            service_account=name, tenant=tenant_name(row.tenant_id)),
+            tenant_id=row.tenant_id, subject=name)
 
     def get_service_account(self, caller: Principal, name: str) -> ServiceAccountRow:
         with Session(self.engine) as session:
@@ -570,6 +621,7 @@ class Iam:
                     self._revoke_subject(session, name)
             row.update_time = utcnow()
             session.add(row)
+            self._emit_account(session, "oih.iam.service_account.updated", row)
         return row
 
     def delete_service_account(self, caller: Principal, name: str) -> None:
@@ -578,6 +630,7 @@ class Iam:
                                    "service_account", caller)
             self._revoke_subject(session, name)
             session.delete(row)
+            self._emit_account(session, "oih.iam.service_account.deleted", row)
 
     def reset_secret(self, caller: Principal, name: str) -> tuple[ServiceAccountRow, str]:
         secret = new_client_secret()

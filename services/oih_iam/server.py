@@ -13,8 +13,10 @@ from oih_iam.servicer import IamServicer
 from oih_iam.settings import IamSettings
 from oih_iam.tokens import TokenIssuer
 from oih_runtime import server
+from oih_runtime.bus import Relay
 from oih_runtime.db import make_engine
 from oih_runtime.revocation import RevocationList
+from oih_runtime.revocation_feed import RevocationFeed
 from oih_runtime.settings import ServiceSettings
 from oih_runtime.tokens import KeyCache, TokenVerifier
 
@@ -28,6 +30,13 @@ class Built:
     service: server.Service
     iam: Iam
     servicer: IamServicer
+    relay: Relay
+    feed: RevocationFeed
+
+    def start_background(self) -> None:
+        """Relay IAM's events and follow revocations made by other IAM replicas."""
+        self.relay.start()
+        self.feed.start()
 
 
 def build(settings: ServiceSettings, iam_settings: IamSettings) -> Built:
@@ -49,10 +58,15 @@ def build(settings: ServiceSettings, iam_settings: IamSettings) -> Built:
             file=sys.stderr, flush=True,
         )
     servicer = IamServicer(iam, keys, verifier)
+    relay = Relay(engine, url=settings.rabbitmq_url, exchange=settings.events_exchange,
+                  name="oih-iam-relay")
+    feed = RevocationFeed(revocations, iam.list_revocations, settings.rabbitmq_url,
+                          settings.events_exchange, name="oih-iam-revocations")
     service = server.Service(
         name="iam",
         registrations=[lambda s: iam_pb2_grpc.add_IamServiceServicer_to_server(servicer, s)],
         service_names=[SERVICE_NAME],
         verifier=verifier,
+        on_stop=[feed.stop, relay.stop],
     )
-    return Built(service, iam, servicer)
+    return Built(service, iam, servicer, relay, feed)

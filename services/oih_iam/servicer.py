@@ -75,6 +75,10 @@ class IamServicer(iam_pb2_grpc.IamServiceServicer):
         self.iam.revoke(token_id=target.token_id, expires=target.expires_at)
         return empty_pb2.Empty()
 
+    def ListRevocations(self, request: iam_pb2.ListRevocationsRequest,
+                        context: Context) -> iam_pb2.ListRevocationsResponse:
+        return iam_pb2.ListRevocationsResponse(revocations=self.iam.list_revocations())
+
     def RotateSigningKey(self, request: iam_pb2.RotateSigningKeyRequest,
                          context: Context) -> iam_pb2.SigningKey:
         row = self.keys.rotate()

@@ -45,6 +45,18 @@ class ServiceSettings:
     #: Client credentials of the platform's internal service account, for calls to other services.
     client_id: str
     client_secret: str
+    #: Separates platforms sharing one broker (tests, several dev stacks): their event exchange
+    #: and event queues get this suffix. Empty in a normal deployment.
+    bus_namespace: str = ""
+
+    @property
+    def events_exchange(self) -> str:
+        return f"oih.events.{self.bus_namespace}" if self.bus_namespace else "oih.events"
+
+    @property
+    def event_consumer(self) -> str:
+        """The consumer name of this service on the bus (its queue is `oih.<name>.events`)."""
+        return f"{self.bus_namespace}.{self.service}" if self.bus_namespace else self.service
 
     def own(self, name: str, default: str) -> str:
         """A service-specific variable, `OIH_<SERVICE>_<NAME>`."""
@@ -74,4 +86,5 @@ def load(service: str, env: Mapping[str, str] | None = None) -> ServiceSettings:
         grace_seconds=float(env.get("OIH_GRACE_SECONDS", "5")),
         client_id=env.get("OIH_SERVICE_CLIENT_ID", ""),
         client_secret=env.get("OIH_SERVICE_CLIENT_SECRET", ""),
+        bus_namespace=env.get("OIH_BUS_NAMESPACE", ""),
     )

@@ -3,12 +3,15 @@ same way `oih up` starts them (oih_cli.platform), on free ports in a temporary d
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 
 import httpx
+import pika
 import pytest
 
 from oih_cli.platform import Platform
+from oih_runtime.bus import RetryPolicy, ServiceQueues
 from oih_runtime.settings import DEFAULT_PORTS
 from tests.gateway.conftest import free_port
 
@@ -17,7 +20,24 @@ ADMIN_PASSWORD = "e2e-admin-password"
 PASSWORD = "correct horse battery staple"
 
 #: The services the end-to-end suite runs (all implemented ones as they land).
-E2E_SERVICES = ["iam"]
+E2E_SERVICES = ["iam", "components", "flows"]
+
+
+NAMESPACE = f"e2e{uuid.uuid4().hex[:8]}"
+EXCHANGE = f"oih.events.{NAMESPACE}"
+
+
+def remove_bus_namespace(url: str) -> None:
+    """Delete the exchange and event queues this run's services declared."""
+    with pika.BlockingConnection(pika.URLParameters(url)) as connection:
+        channel = connection.channel()
+        for service in DEFAULT_PORTS:
+            queues = ServiceQueues(f"{NAMESPACE}.{service}")
+            names = [queues.main, queues.dead,
+                     *(queues.retry(d) for d in RetryPolicy().delays_ms())]
+            for name in names:
+                channel.queue_delete(name)
+        channel.exchange_delete(EXCHANGE)
 
 
 @pytest.fixture(scope="session")
@@ -36,10 +56,13 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
             "OIH_IAM_ARGON2_MEMORY_KIB": "1024",
             "OIH_IAM_ARGON2_TIME_COST": "1",
             "OIH_LOG_LEVEL": "WARNING",
+            # Each e2e run uses its own event exchange, so it never sees another run's events.
+            "OIH_BUS_NAMESPACE": NAMESPACE,
         },
     )
     with running:
         yield running
+    remove_bus_namespace(running.rabbitmq_url)
 
 
 @pytest.fixture(scope="session")

@@ -75,6 +75,11 @@ class IamServiceStub:
                 request_serializer=oih_dot_iam_dot_v1_dot_iam__pb2.RevokeTokenRequest.SerializeToString,
                 response_deserializer=google_dot_protobuf_dot_empty__pb2.Empty.FromString,
                 _registered_method=True)
+        self.ListRevocations = channel.unary_unary(
+                '/oih.iam.v1.IamService/ListRevocations',
+                request_serializer=oih_dot_iam_dot_v1_dot_iam__pb2.ListRevocationsRequest.SerializeToString,
+                response_deserializer=oih_dot_iam_dot_v1_dot_iam__pb2.ListRevocationsResponse.FromString,
+                _registered_method=True)
         self.RotateSigningKey = channel.unary_unary(
                 '/oih.iam.v1.IamService/RotateSigningKey',
                 request_serializer=oih_dot_iam_dot_v1_dot_iam__pb2.RotateSigningKeyRequest.SerializeToString,
@@ -250,6 +255,15 @@ class IamServiceServicer:
     def RevokeToken(self, request, context):
         """Revokes an access token at once, in every service (by token id). A principal may revoke
         its own tokens; revoking another's needs "iam.token.delete".
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListRevocations(self, request, context):
+        """Lists the revocations in force: revoked token ids, and subjects whose earlier tokens are
+        refused. Every service loads them at start and then follows `oih.iam.token.revoked` events,
+        so a revocation takes effect everywhere at once, not only when the token expires.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -458,6 +472,11 @@ def add_IamServiceServicer_to_server(servicer, server):
                     servicer.RevokeToken,
                     request_deserializer=oih_dot_iam_dot_v1_dot_iam__pb2.RevokeTokenRequest.FromString,
                     response_serializer=google_dot_protobuf_dot_empty__pb2.Empty.SerializeToString,
+            ),
+            'ListRevocations': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListRevocations,
+                    request_deserializer=oih_dot_iam_dot_v1_dot_iam__pb2.ListRevocationsRequest.FromString,
+                    response_serializer=oih_dot_iam_dot_v1_dot_iam__pb2.ListRevocationsResponse.SerializeToString,
             ),
             'RotateSigningKey': grpc.unary_unary_rpc_method_handler(
                     servicer.RotateSigningKey,
@@ -729,6 +748,33 @@ class IamService:
             '/oih.iam.v1.IamService/RevokeToken',
             oih_dot_iam_dot_v1_dot_iam__pb2.RevokeTokenRequest.SerializeToString,
             google_dot_protobuf_dot_empty__pb2.Empty.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListRevocations(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/oih.iam.v1.IamService/ListRevocations',
+            oih_dot_iam_dot_v1_dot_iam__pb2.ListRevocationsRequest.SerializeToString,
+            oih_dot_iam_dot_v1_dot_iam__pb2.ListRevocationsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -70,6 +70,11 @@ class IamServiceStub:
     """Revokes an access token at once, in every service (by token id). A principal may revoke
     its own tokens; revoking another's needs "iam.token.delete".
     """
+    ListRevocations: _grpc.UnaryUnaryMultiCallable[_iam_pb2.ListRevocationsRequest, _iam_pb2.ListRevocationsResponse]
+    """Lists the revocations in force: revoked token ids, and subjects whose earlier tokens are
+    refused. Every service loads them at start and then follows `oih.iam.token.revoked` events,
+    so a revocation takes effect everywhere at once, not only when the token expires.
+    """
     RotateSigningKey: _grpc.UnaryUnaryMultiCallable[_iam_pb2.RotateSigningKeyRequest, _iam_pb2.SigningKey]
     """Starts signing with a new key. The previous key stays in the JWKS until the tokens it signed
     have expired, so rotation invalidates nothing.
@@ -173,6 +178,11 @@ class IamServiceAsyncStub(IamServiceStub):
     RevokeToken: _aio.UnaryUnaryMultiCallable[_iam_pb2.RevokeTokenRequest, _empty_pb2.Empty]  # type: ignore[assignment]
     """Revokes an access token at once, in every service (by token id). A principal may revoke
     its own tokens; revoking another's needs "iam.token.delete".
+    """
+    ListRevocations: _aio.UnaryUnaryMultiCallable[_iam_pb2.ListRevocationsRequest, _iam_pb2.ListRevocationsResponse]  # type: ignore[assignment]
+    """Lists the revocations in force: revoked token ids, and subjects whose earlier tokens are
+    refused. Every service loads them at start and then follows `oih.iam.token.revoked` events,
+    so a revocation takes effect everywhere at once, not only when the token expires.
     """
     RotateSigningKey: _aio.UnaryUnaryMultiCallable[_iam_pb2.RotateSigningKeyRequest, _iam_pb2.SigningKey]  # type: ignore[assignment]
     """Starts signing with a new key. The previous key stays in the JWKS until the tokens it signed
@@ -304,6 +314,17 @@ class IamServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_empty_pb2.Empty, _abc.Awaitable[_empty_pb2.Empty]]:
         """Revokes an access token at once, in every service (by token id). A principal may revoke
         its own tokens; revoking another's needs "iam.token.delete".
+        """
+
+    @_abc_1.abstractmethod
+    def ListRevocations(
+        self,
+        request: _iam_pb2.ListRevocationsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_iam_pb2.ListRevocationsResponse, _abc.Awaitable[_iam_pb2.ListRevocationsResponse]]:
+        """Lists the revocations in force: revoked token ids, and subjects whose earlier tokens are
+        refused. Every service loads them at start and then follows `oih.iam.token.revoked` events,
+        so a revocation takes effect everywhere at once, not only when the token expires.
         """
 
     @_abc_1.abstractmethod
