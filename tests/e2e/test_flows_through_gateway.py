@@ -12,8 +12,8 @@ from typing import Any
 import httpx
 import pika
 import pytest
-from oih.events.v1 import event_pb2, orchestrator_pb2
 
+from oih.events.v1 import event_pb2, orchestrator_pb2
 from oih_cli.platform import Platform
 from tests.e2e.conftest import EXCHANGE, PASSWORD, auth, login
 from tests.e2e.test_iam_through_gateway import create_tenant_with_admin, unique
