@@ -8,10 +8,7 @@ def main() -> None:
     config = settings.load("components")
     logs.configure("components", config.log_level)
     built = build(config)
-    built.start_bus()
-    running = server.start(built.service, host=config.host, port=config.port,
-                           max_workers=config.max_workers, grace=config.grace_seconds)
-    server.run_until_signalled(running)
+    server.serve(config, built.service, built.start_bus)
 
 
 if __name__ == "__main__":

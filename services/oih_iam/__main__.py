@@ -9,10 +9,7 @@ def main() -> None:
     config = settings.load("iam")
     logs.configure("iam", config.log_level)
     built = build(config, IamSettings.from_env())
-    running = server.start(built.service, host=config.host, port=config.port,
-                           max_workers=config.max_workers, grace=config.grace_seconds)
-    built.start_background()
-    server.run_until_signalled(running)
+    server.serve(config, built.service, built.start_background)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from oih_runtime.interceptors import server_interceptors
+from oih_runtime.settings import ServiceSettings
 from oih_runtime.tokens import TokenVerifier
 
 log = logging.getLogger(__name__)
@@ -90,6 +91,16 @@ def start(service: Service, *, host: str, port: int, max_workers: int = 16,
     server.start()
     log.info("listening", extra={"server": service.name, "address": f"{host}:{bound}"})
     return running
+
+
+def serve(config: ServiceSettings, service: Service,
+          start_background: Callable[[], None] = lambda: None) -> None:
+    """A service's whole life in `python -m oih_<service>`: listen, start its background work
+    (event relay, consumers, timers), serve until SIGTERM/SIGINT, stop gracefully."""
+    running = start(service, host=config.host, port=config.port,
+                    max_workers=config.max_workers, grace=config.grace_seconds)
+    start_background()
+    run_until_signalled(running)
 
 
 def run_until_signalled(running: RunningServer) -> None:

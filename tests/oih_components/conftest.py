@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 import grpc
@@ -19,7 +19,7 @@ from oih_components.servicer import ComponentServicer
 from oih_runtime import settings as runtime_settings
 from oih_runtime.interceptors import server_interceptors
 from tests.support import postgres
-from tests.support.tokens import TestIssuer, bearer
+from tests.support.tokens import Caller, TestIssuer, caller_factory
 
 WRITER = ("components.read", "components.create", "components.update", "components.delete")
 TENANT_ADMIN = (*WRITER, "tenant.account.update")
@@ -70,28 +70,9 @@ def grpc_stub_cls() -> type[components_pb2_grpc.ComponentServiceStub]:
     return components_pb2_grpc.ComponentServiceStub
 
 
-@dataclass(frozen=True)
-class Caller:
-    """A principal with its token and the call metadata carrying it."""
-
-    subject: str
-    tenant: str
-    token: str
-
-    @property
-    def md(self) -> tuple[tuple[str, str]]:
-        return bearer(self.token)
-
-
 @pytest.fixture(scope="module")
 def make_caller(issuer: TestIssuer) -> Callable[..., Caller]:
-    def make(tenant: str = "", permissions: tuple[str, ...] = WRITER, *,
-             subject: str = "", typ: str = "user") -> Caller:
-        subject = subject or f"users/{uuid.uuid4().hex[:8]}"
-        tenant = tenant or f"tenants/{uuid.uuid4().hex[:8]}"
-        token = issuer.token(subject=subject, tenant=tenant, permissions=permissions, typ=typ)
-        return Caller(subject, tenant, token)
-    return make
+    return caller_factory(issuer, WRITER)
 
 
 def entry_point_component(**fields: object) -> pb.Component:

@@ -30,7 +30,7 @@ from oih_runtime.bus import OutboxEvent
 from oih_runtime.clients import authenticated_channel
 from oih_runtime.interceptors import server_interceptors
 from tests.support import postgres
-from tests.support.tokens import TestIssuer, bearer
+from tests.support.tokens import Caller, TestIssuer, caller_factory
 
 FLOW_WRITER = ("flows.read", "flows.write", "flows.control", "flows.execute",
                "components.read", "components.create")
@@ -105,26 +105,9 @@ def grpc_stub_cls() -> type[flows_pb2_grpc.FlowServiceStub]:
     return flows_pb2_grpc.FlowServiceStub
 
 
-@dataclass(frozen=True)
-class Caller:
-    subject: str
-    tenant: str
-    token: str
-
-    @property
-    def md(self) -> tuple[tuple[str, str]]:
-        return bearer(self.token)
-
-
 @pytest.fixture(scope="module")
 def make_caller(issuer: TestIssuer) -> Callable[..., Caller]:
-    def make(tenant: str = "", permissions: tuple[str, ...] = FLOW_WRITER, *,
-             subject: str = "", typ: str = "user") -> Caller:
-        subject = subject or f"users/{uuid.uuid4().hex[:8]}"
-        tenant = tenant or f"tenants/{uuid.uuid4().hex[:8]}"
-        token = issuer.token(subject=subject, tenant=tenant, permissions=permissions, typ=typ)
-        return Caller(subject, tenant, token)
-    return make
+    return caller_factory(issuer, FLOW_WRITER)
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import jwt
@@ -40,3 +42,31 @@ class TestIssuer:
 
 def bearer(token: str) -> tuple[tuple[str, str]]:
     return (("authorization", f"Bearer {token}"),)
+
+
+@dataclass(frozen=True)
+class Caller:
+    """A principal with its token and the call metadata carrying it."""
+
+    subject: str
+    tenant: str
+    token: str
+
+    @property
+    def md(self) -> tuple[tuple[str, str]]:
+        return bearer(self.token)
+
+
+def caller_factory(issuer: TestIssuer, default_permissions: tuple[str, ...]
+                   ) -> Callable[..., Caller]:
+    """`make(tenant="", permissions=default, *, subject="", typ="user") -> Caller`; a fresh
+    subject and tenant unless given."""
+
+    def make(tenant: str = "", permissions: tuple[str, ...] = default_permissions, *,
+             subject: str = "", typ: str = "user") -> Caller:
+        subject = subject or f"users/{uuid.uuid4().hex[:8]}"
+        tenant = tenant or f"tenants/{uuid.uuid4().hex[:8]}"
+        token = issuer.token(subject=subject, tenant=tenant, permissions=permissions, typ=typ)
+        return Caller(subject, tenant, token)
+
+    return make
