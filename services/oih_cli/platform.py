@@ -6,6 +6,7 @@ Used by `oih up` and by the end-to-end tests, so both run the platform the same 
 
 from __future__ import annotations
 
+import base64
 import importlib.util
 import logging
 import os
@@ -14,6 +15,8 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.parse
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -59,6 +62,9 @@ class Platform:
     services: list[str] = field(default_factory=implemented_services)
     rabbitmq_url: str = field(
         default_factory=lambda: os.environ.get("OIH_RABBITMQ_URL", DEFAULT_RABBITMQ_URL))
+    #: RabbitMQ's management API (the orchestrator creates a broker user per flow step there).
+    management_url: str = field(
+        default_factory=lambda: os.environ.get("OIH_RABBITMQ_MANAGEMENT_URL", ""))
     extra_env: dict[str, str] = field(default_factory=dict)
     children: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict, init=False)
     envoy: EnvoyProcess | None = field(default=None, init=False)
@@ -92,10 +98,13 @@ class Platform:
             raise
 
     def _start_broker(self) -> None:
-        if broker.broker_answers(self.rabbitmq_url):
+        if broker.broker_answers(self.rabbitmq_url) and (
+            "orchestrator" not in self.services or self._management_answers()
+        ):
             return
         private = broker.PrivateBroker(self.data_dir / "rabbitmq")
-        log.warning("no RabbitMQ at the configured URL; starting a private node")
+        log.warning("no RabbitMQ with the management plugin at the configured URL; "
+                    "starting a private node")
         try:
             private.start()
         except broker.BrokerError as error:
@@ -105,6 +114,21 @@ class Platform:
             ) from error
         self.private_broker = private
         self.rabbitmq_url = private.url
+        self.management_url = private.management_url
+
+    def _management_answers(self) -> bool:
+        """Whether the management API beside the broker answers (with the AMQP credentials)."""
+        parsed = urllib.parse.urlparse(self.rabbitmq_url)
+        url = self.management_url or f"http://{parsed.hostname}:15672/"
+        request = urllib.request.Request(urllib.parse.urljoin(url, "api/overview"))  # noqa: S310
+        token = base64.b64encode(
+            f"{parsed.username or 'guest'}:{parsed.password or 'guest'}".encode()).decode()
+        request.add_header("authorization", f"Basic {token}")
+        try:
+            with urllib.request.urlopen(request, timeout=3) as reply:  # noqa: S310
+                return bool(reply.status == 200)
+        except OSError:
+            return False
 
     def _internal_secret(self) -> str:
         """The platform services' own client secret, made once per data directory."""
@@ -119,6 +143,7 @@ class Platform:
         env.update({
             "OIH_DATA_DIR": str(self.data_dir),
             "OIH_RABBITMQ_URL": self.rabbitmq_url,
+            **({"OIH_RABBITMQ_MANAGEMENT_URL": self.management_url} if self.management_url else {}),
             "OIH_IAM_ADDRESS": self.address("iam"),
             "OIH_SERVICE_CLIENT_ID": INTERNAL_CLIENT_ID,
             "OIH_SERVICE_CLIENT_SECRET": self._internal_secret(),
