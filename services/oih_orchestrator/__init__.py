@@ -1,0 +1,1 @@
+"""The Component Orchestrator: runs started flows (topology, broker users, workers)."""

@@ -1,0 +1,62 @@
+"""How workers are run: the `Driver` protocol every driver implements, and `WorkerInfo`.
+
+A driver only runs workers; it knows nothing of flows' states, broker users or events. The
+orchestrator decides WHAT should run (its deployments table) and the reconciler makes the
+driver agree: missing workers are deployed again, workers of flows that are not running are
+removed. So a driver must be able to say what it runs (`flows`, `workers`) from the real world
+(processes, pods), not only from memory, and `deploy`/`remove` must be idempotent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol, runtime_checkable
+
+from oih.components.v1 import components_pb2
+from oih_worker.spec import StepSpec
+
+# Worker states, the names of `oih.orchestrator.v1.Worker.State` without the prefix.
+STARTING, RUNNING, RESTARTING, STOPPING, FAILED = (
+    "STARTING", "RUNNING", "RESTARTING", "STOPPING", "FAILED")
+
+
+@dataclass(frozen=True)
+class WorkerInfo:
+    step_id: str
+    #: One of the state names above.
+    state: str
+    #: "pid:1234" (local) or the pod name (kubernetes).
+    instance: str
+    #: Restarts since the flow was deployed.
+    restarts: int = 0
+    #: When the current process or pod started.
+    start_time: datetime | None = None
+    #: Why the worker is RESTARTING or FAILED (exit code, last log line, pod condition).
+    state_reason: str = ""
+
+
+@runtime_checkable
+class Driver(Protocol):
+    #: "local" or "kubernetes" (shown in FlowRuntime.driver).
+    name: str
+
+    def deploy(self, flow_id: str, specs: Sequence[StepSpec],
+               components: Mapping[str, components_pb2.Component]) -> None:
+        """Run one worker per spec (each spec carries its step's broker credentials in
+        `amqp_url`). `components` maps each spec's step id to its component (image, pull
+        policy, resources). A step that already has a worker gets it replaced by one with the
+        new spec; the flow's other steps are left alone. Returns once the workers are
+        created; whether they consume is checked by the caller (queue consumers)."""
+
+    def remove(self, flow_id: str) -> None:
+        """Stop the flow's workers gracefully (SIGTERM: they finish and ack what they hold)
+        and delete everything the driver made for them (spec files, Secrets). Removing a
+        flow that has nothing is a no-op."""
+
+    def workers(self, flow_id: str) -> list[WorkerInfo]:
+        """The flow's workers as they are now (empty when there are none)."""
+
+    def flows(self) -> set[str]:
+        """Every flow id with at least one worker (or leftover) of this driver."""

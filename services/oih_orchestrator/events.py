@@ -1,0 +1,72 @@
+"""Handlers of the events the orchestrator consumes, as `(session, event, payload)` functions
+bound to one Orchestrator. The bus runs each in a transaction that also records the event id,
+so a redelivered event is a no-op, and the events a handler owes commit with its state."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from google.protobuf import json_format
+from sqlmodel import Session
+
+from oih.events.v1 import event_pb2, orchestrator_pb2
+from oih.events.v1 import flows_pb2 as flow_events
+from oih_runtime.bus import Consumer, PermanentError
+from oih_runtime.errors import DomainError
+
+from . import execute
+from .amqp import Amqp
+from .deployments import SOURCE, Orchestrator
+
+log = logging.getLogger(__name__)
+
+Event = event_pb2.Event
+
+
+def _flow_id(name: str) -> str:
+    flow_id = name.removeprefix("flows/")
+    if not name.startswith("flows/") or not flow_id or "/" in flow_id:
+        raise PermanentError(f"not a flow name: {name!r}")  # retrying cannot fix it
+    return flow_id
+
+
+def register(consumer: Consumer, orchestrator: Orchestrator, amqp: Amqp) -> None:
+    def starting(session: Session, event: Event, payload: flow_events.FlowStarting) -> None:
+        _flow_id(payload.flow.name)
+        orchestrator.start(session, payload.flow, payload.started_by)
+
+    def stopping(session: Session, event: Event, payload: flow_events.FlowStopping) -> None:
+        _flow_id(payload.flow.name)
+        orchestrator.stop(session, payload.flow)
+
+    def failed(session: Session, event: Event, payload: orchestrator_pb2.FlowFailed) -> None:
+        if event.source == SOURCE:
+            return  # our own: we cleaned up before we sent it
+        orchestrator.failed_elsewhere(session, _flow_id(payload.flow), payload.reason)
+
+    def execute_flow(session: Session, event: Event, payload: flow_events.FlowExecute) -> None:
+        flow_id = _flow_id(payload.flow)
+        try:
+            execute.start_execution(
+                orchestrator.engine, amqp, flow_id, caller=None,
+                data=json_format.MessageToDict(payload.data),
+                metadata=json_format.MessageToDict(payload.metadata),
+                execution_id=payload.execution_id, source=payload.source or "api",
+                reply_to=payload.reply_to, session=session)
+        except DomainError as error:
+            # Not ACTIVE here (stopped meanwhile) or unknown: nothing to run, and retrying
+            # will not change that. Logged, not dead-lettered: it is not a poison message.
+            log.warning("execution not started", extra={
+                "flow": payload.flow, "execution_id": payload.execution_id,
+                "reason": error.message})
+
+    handlers: dict[str, tuple[Callable[[Session, Event, Any], None], type[Any]]] = {
+        "oih.flow.starting": (starting, flow_events.FlowStarting),
+        "oih.flow.stopping": (stopping, flow_events.FlowStopping),
+        "oih.flow.failed": (failed, orchestrator_pb2.FlowFailed),
+        "oih.flow.execute": (execute_flow, flow_events.FlowExecute),
+    }
+    for event_type, (handler, payload_type) in handlers.items():
+        consumer.on(event_type, handler, payload_type)

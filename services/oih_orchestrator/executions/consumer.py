@@ -1,0 +1,217 @@
+"""ReportsConsumer: a thread consuming the `reports` queue of every flow it is told to follow.
+
+- One connection; one channel per followed flow, because a channel error (the queue does not
+  exist yet, or was deleted when the flow stopped) closes only that channel. Such a flow is
+  tried again every `retry_seconds` while it is followed.
+- The queues are declared passively: the orchestrator owns the topology, and declaring here
+  would re-create a queue that a stopping flow just deleted.
+- A batch is acked after the transaction that merged it committed (at-least-once); its id makes
+  a redelivery a no-op. A body that is not a StepReportBatch is logged and dropped (reports
+  are a view, not a ledger). A database outage nacks the batch back to the queue and backs off.
+- `follow`/`unfollow` may be called from any thread: they only change a dict, and the
+  consumer thread (which alone touches pika, which is not thread-safe) reconciles it.
+- A lost connection is re-opened with back-off, and every followed flow re-subscribed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import pika
+import pika.exceptions
+from google.protobuf import json_format
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlmodel import Session
+
+from oih.component.v1 import message_pb2
+from oih_runtime.bus.topology import connection_parameters, rabbitmq_url, redact_url
+from oih_runtime.db import transaction
+from oih_worker import topology
+from oih_worker.spec import StepSpec
+
+from .ingest import ingest
+from .models import ReportBatchRow
+from .state import FlowShape
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class _Followed:
+    tenant: str
+    shape: FlowShape | None
+
+
+@dataclass
+class _Subscription:
+    channel: Any
+    tag: str
+
+
+class ReportsConsumer:
+    def __init__(self, engine: Engine, url: str | None = None, *, prefetch: int = 100,
+                 poll_seconds: float = 0.2, retry_seconds: float = 2.0,
+                 reconnect_initial: float = 0.5, reconnect_max: float = 30.0) -> None:
+        self.engine = engine
+        self.url = url or rabbitmq_url()
+        self.prefetch = prefetch
+        self.poll_seconds = poll_seconds
+        self.retry_seconds = retry_seconds
+        self.reconnect_initial = reconnect_initial
+        self.reconnect_max = reconnect_max
+        self._lock = threading.Lock()
+        self._followed: dict[str, _Followed] = {}
+        self._subscriptions: dict[str, _Subscription] = {}
+        self._next_try: dict[str, float] = {}
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # --- what to follow (any thread) --------------------------------------------------------
+
+    def follow(self, flow_id: str, tenant: str, specs: Sequence[StepSpec] | None = None) -> None:
+        """Count the reports of `flow_id` for `tenant`. `specs` (the running version's step
+        specs) give the graph the state rule needs; without them executions stay RUNNING until
+        `retention.settle` closes them."""
+        shape = FlowShape.from_specs(specs) if specs else None
+        with self._lock:
+            self._followed[flow_id] = _Followed(tenant, shape)
+            self._next_try.pop(flow_id, None)
+
+    def unfollow(self, flow_id: str) -> None:
+        with self._lock:
+            self._followed.pop(flow_id, None)
+
+    def following(self, flow_id: str) -> bool:
+        """Whether the flow's reports queue is being consumed right now."""
+        with self._lock:
+            return flow_id in self._subscriptions
+
+    # --- lifecycle --------------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._thread is not None:
+            return
+        self._stopping.clear()
+        self._thread = threading.Thread(target=self.run, name="oih-orchestrator-reports",
+                                        daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Finish the batch in hand; unacked prefetched batches go back to their queues."""
+        self._stopping.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    def run(self) -> None:
+        delay = self.reconnect_initial
+        while not self._stopping.is_set():
+            connection: pika.BlockingConnection | None = None
+            try:
+                connection = pika.BlockingConnection(connection_parameters(self.url))
+                delay = self.reconnect_initial
+                while not self._stopping.is_set():
+                    self._reconcile(connection)
+                    connection.process_data_events(time_limit=self.poll_seconds)
+            except (pika.exceptions.AMQPError, OSError) as exc:
+                log.warning("reports consumer: RabbitMQ unavailable at %s (%s); reconnecting "
+                            "in %.1fs", redact_url(self.url), type(exc).__name__, delay)
+            except Exception:
+                log.exception("reports consumer: unexpected error; reconnecting in %.1fs", delay)
+            finally:
+                with self._lock:
+                    self._subscriptions.clear()
+                    self._next_try.clear()
+                if connection is not None and connection.is_open:
+                    with contextlib.suppress(pika.exceptions.AMQPError, OSError):
+                        connection.close()
+            if self._stopping.wait(delay):
+                break
+            delay = min(delay * 2, self.reconnect_max)
+
+    # --- subscriptions (consumer thread only) -----------------------------------------------
+
+    def _reconcile(self, connection: pika.BlockingConnection) -> None:
+        with self._lock:
+            wanted = set(self._followed)
+            current = dict(self._subscriptions)
+        for flow_id, sub in current.items():
+            gone = not sub.channel.is_open or sub.tag not in sub.channel.consumer_tags
+            if flow_id not in wanted or gone:
+                self._drop(flow_id, sub)
+        now = time.monotonic()
+        for flow_id in wanted - set(self._subscriptions):
+            if self._next_try.get(flow_id, 0.0) <= now:
+                self._subscribe(connection, flow_id)
+
+    def _subscribe(self, connection: pika.BlockingConnection, flow_id: str) -> None:
+        channel = connection.channel()
+        queue = topology.reports_queue(flow_id)
+        try:
+            channel.queue_declare(queue, passive=True)
+            channel.basic_qos(prefetch_count=self.prefetch)
+            tag = channel.basic_consume(queue, partial(self._on_message, flow_id))
+        except pika.exceptions.ChannelClosedByBroker as exc:
+            # 404: the flow's topology is not (or no longer) there.
+            log.debug("reports queue of flow %s unavailable (%s)", flow_id, exc.reply_text)
+            self._next_try[flow_id] = time.monotonic() + self.retry_seconds
+            return
+        with self._lock:
+            self._subscriptions[flow_id] = _Subscription(channel, tag)
+        log.info("consuming the reports of flow %s", flow_id)
+
+    def _drop(self, flow_id: str, sub: _Subscription) -> None:
+        with self._lock:
+            self._subscriptions.pop(flow_id, None)
+        self._next_try[flow_id] = time.monotonic() + self.retry_seconds
+        if sub.channel.is_open:
+            with contextlib.suppress(pika.exceptions.AMQPError):
+                sub.channel.close()  # unacked deliveries go back to the queue
+
+    # --- one batch --------------------------------------------------------------------------
+
+    def _on_message(self, flow_id: str, channel: Any, method: Any, _properties: Any,
+                    body: bytes) -> None:
+        with self._lock:
+            followed = self._followed.get(flow_id)
+        if followed is None:  # unfollowed meanwhile: leave it for whoever follows it next
+            channel.basic_nack(method.delivery_tag, requeue=True)
+            return
+        batch = message_pb2.StepReportBatch()
+        try:
+            json_format.Parse(body, batch, ignore_unknown_fields=True)
+        except (json_format.ParseError, UnicodeDecodeError) as exc:
+            log.warning("dropped a malformed report batch of flow %s: %s", flow_id, exc)
+            channel.basic_ack(method.delivery_tag)
+            return
+        try:
+            self._ingest(batch, followed, flow_id)
+        except OperationalError:
+            log.exception("database unavailable; batch %s returned to the queue", batch.id)
+            channel.basic_nack(method.delivery_tag, requeue=True)
+            self._stopping.wait(self.retry_seconds)
+            return
+        except Exception:
+            # A batch that breaks the merge would break it again on every redelivery.
+            log.exception("dropped report batch %s of flow %s", batch.id, flow_id)
+        channel.basic_ack(method.delivery_tag)
+
+    def _ingest(self, batch: message_pb2.StepReportBatch, followed: _Followed,
+                flow_id: str) -> None:
+        try:
+            with transaction(self.engine) as session:
+                ingest(session, batch, followed.tenant, flow_id=flow_id, shape=followed.shape)
+        except IntegrityError:
+            # Another replica counted the same batch and committed first: nothing to do.
+            with Session(self.engine) as session:
+                if batch.id and session.get(ReportBatchRow, batch.id) is not None:
+                    return
+            raise

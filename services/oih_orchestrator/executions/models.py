@@ -1,0 +1,77 @@
+"""The executions view's tables (`orch_*`): executions, their steps, and counted batch ids.
+
+Counters are sums over every StepReport of a (flow, execution, step). Samples and the last
+error are JSON because they are read and written whole. Rows are keyed by flow AND execution
+id: callers may choose execution ids (StartExecution), so an id is unique only within a flow.
+"""
+
+# No `from __future__ import annotations`: SQLModel reads the annotations at runtime.
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import JSON, Column, DateTime
+from sqlmodel import Field, SQLModel
+
+RUNNING, SUCCEEDED, FAILED = "RUNNING", "SUCCEEDED", "FAILED"
+
+_WHEN = DateTime(timezone=True)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def aware(moment: datetime) -> datetime:
+    """SQLite hands datetimes back without a zone; they were stored as UTC."""
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+class ExecutionRow(SQLModel, table=True):
+    __tablename__ = "orch_execution"
+
+    flow_id: str = Field(primary_key=True, max_length=64)
+    execution_id: str = Field(primary_key=True, max_length=64)
+    tenant: str = Field(index=True, max_length=200)
+    state: str = Field(default=RUNNING, index=True, max_length=16)
+    #: Why the state rule says what it says (see state.py): settled, ambiguous, outstanding,
+    #: unknown. `settle()` uses it to close executions that reports alone cannot close.
+    progress: str = Field(default="outstanding", max_length=16)
+    source: str = Field(default="", max_length=32)
+    flow_version: int = 0
+    #: Messages fed to the entry step from outside (the trigger's message).
+    triggers: int = 1
+    #: Next `StepExecutionRow.position` (steps are shown in the order first reported).
+    next_position: int = 0
+    create_time: datetime = Field(default_factory=utcnow, index=True, sa_type=_WHEN)
+    update_time: datetime = Field(default_factory=utcnow, index=True, sa_type=_WHEN)
+    end_time: datetime | None = Field(default=None, sa_type=_WHEN)
+
+
+class StepExecutionRow(SQLModel, table=True):
+    __tablename__ = "orch_step_execution"
+
+    flow_id: str = Field(primary_key=True, max_length=64)
+    execution_id: str = Field(primary_key=True, max_length=64)
+    step_id: str = Field(primary_key=True, max_length=64)
+    position: int = 0
+    messages_in: int = 0
+    messages_out: int = 0
+    errors: int = 0
+    dead_lettered: int = 0
+    #: Dead letters of this step replayed into it again (each is one more input to expect).
+    replayed: int = 0
+    input_samples: list[dict[str, Any]] = Field(default_factory=list,
+                                                sa_column=Column(JSON, nullable=False))
+    output_samples: list[dict[str, Any]] = Field(default_factory=list,
+                                                 sa_column=Column(JSON, nullable=False))
+    #: ErrorRecord as JSON (proto3 JSON form), or None.
+    last_error: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
+
+
+class ReportBatchRow(SQLModel, table=True):
+    """A StepReportBatch already counted: a redelivered batch is ignored."""
+
+    __tablename__ = "orch_report_batch"
+
+    id: str = Field(primary_key=True, max_length=64)
+    receive_time: datetime = Field(default_factory=utcnow, index=True, sa_type=_WHEN)

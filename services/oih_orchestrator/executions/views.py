@@ -1,0 +1,119 @@
+"""ListExecutions and GetExecution: plain functions over the view, returning protos.
+
+Visibility follows the tenant stored on each execution (the flow's tenant when it ran): a
+principal sees its own tenant's executions, a platform admin every tenant's. Another tenant's
+execution is NOT_FOUND, never PERMISSION_DENIED, so ids of other tenants are not confirmed.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Any
+
+from google.protobuf import json_format
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, col, select
+
+from oih.orchestrator.v1 import orchestrator_pb2
+from oih_runtime import filtering, paging
+from oih_runtime.errors import InvalidArgument, NotFound
+from oih_runtime.principal import Principal
+
+from .ingest import steps_of
+from .models import ExecutionRow, StepExecutionRow, aware
+
+_PARENT = re.compile(r"^flows/(?P<flow>[^/]+)$")
+_NAME = re.compile(r"^flows/(?P<flow>[^/]+)/executions/(?P<execution>[^/]+)$")
+_STATES = {"RUNNING", "SUCCEEDED", "FAILED"}
+
+#: `flow id → its tenant`, or None when the flow does not exist (or is unknown here).
+FlowTenant = Callable[[str], str | None]
+
+
+def parse_parent(parent: str) -> str:
+    """`flows/{flow}` → flow id; `-` means every visible flow."""
+    match = _PARENT.match(parent)
+    if match is None:
+        raise InvalidArgument.field("parent", "must be flows/{flow} or flows/-")
+    return match["flow"]
+
+
+def parse_name(name: str) -> tuple[str, str]:
+    match = _NAME.match(name)
+    if match is None:
+        raise InvalidArgument.field("name", "must be flows/{flow}/executions/{execution}")
+    return match["flow"], match["execution"]
+
+
+def list_executions(engine: Engine, principal: Principal,
+                    request: orchestrator_pb2.ListExecutionsRequest,
+                    flow_tenant: FlowTenant | None = None
+                    ) -> orchestrator_pb2.ListExecutionsResponse:
+    """Newest first. With `flow_tenant`, a named flow the caller may not see is NOT_FOUND;
+    without it, the list is simply empty."""
+    flow_id = parse_parent(request.parent)
+    query = select(ExecutionRow)
+    if flow_id != "-":
+        if flow_tenant is not None:
+            tenant = flow_tenant(flow_id)
+            if tenant is None or not principal.sees_tenant(tenant):
+                raise NotFound("flow", f"flows/{flow_id}")
+        query = query.where(ExecutionRow.flow_id == flow_id)
+    if not principal.is_platform_admin:
+        query = query.where(ExecutionRow.tenant == principal.tenant)
+    for condition in filtering.conditions(request.filter, {"state": _state, "source": _source}):
+        query = query.where(condition)
+    query = query.order_by(col(ExecutionRow.create_time).desc(),
+                           col(ExecutionRow.execution_id).desc())
+    with Session(engine) as session:
+        rows, token = paging.page(session, query, request.page_size, request.page_token,
+                                  fingerprint=f"{request.parent}|{request.filter}")
+        return orchestrator_pb2.ListExecutionsResponse(
+            executions=[to_proto(row, steps_of(session, row)) for row in rows],
+            next_page_token=token)
+
+
+def get_execution(engine: Engine, principal: Principal,
+                  request: orchestrator_pb2.GetExecutionRequest) -> orchestrator_pb2.Execution:
+    flow_id, execution_id = parse_name(request.name)
+    with Session(engine) as session:
+        row = session.get(ExecutionRow, (flow_id, execution_id))
+        if row is None or not principal.sees_tenant(row.tenant):
+            raise NotFound("execution", request.name)
+        return to_proto(row, steps_of(session, row))
+
+
+def to_proto(row: ExecutionRow, steps: list[StepExecutionRow]) -> orchestrator_pb2.Execution:
+    result = orchestrator_pb2.Execution(
+        name=f"flows/{row.flow_id}/executions/{row.execution_id}", flow=f"flows/{row.flow_id}",
+        state=orchestrator_pb2.Execution.State.Value(f"STATE_{row.state}"),
+        source=row.source, flow_version=row.flow_version)
+    result.create_time.FromDatetime(aware(row.create_time))
+    result.update_time.FromDatetime(aware(row.update_time))
+    if row.end_time is not None:
+        result.end_time.FromDatetime(aware(row.end_time))
+    for step in steps:
+        item = result.steps.add(step_id=step.step_id, messages_in=step.messages_in,
+                                messages_out=step.messages_out, errors=step.errors,
+                                dead_lettered=step.dead_lettered)
+        for data in step.input_samples:
+            item.input_samples.add().update(data)
+        for data in step.output_samples:
+            item.output_samples.add().update(data)
+        if step.last_error:
+            json_format.ParseDict(step.last_error, item.last_error, ignore_unknown_fields=True)
+    return result
+
+
+def _state(op: str, value: str) -> Any:
+    value = value.upper().removeprefix("STATE_")
+    if op not in ("=", "!=") or value not in _STATES:
+        raise ValueError("use state=RUNNING, SUCCEEDED or FAILED")
+    return filtering.compare(ExecutionRow.state, op, value)
+
+
+def _source(op: str, value: str) -> Any:
+    if op not in ("=", "!="):
+        raise ValueError('use source="scheduler" (= or !=)')
+    return filtering.compare(ExecutionRow.source, op, value)

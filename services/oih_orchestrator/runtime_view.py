@@ -1,0 +1,59 @@
+"""The FlowRuntime view: the driver's workers and the broker's queue depths of one flow."""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+
+from oih.orchestrator.v1 import orchestrator_pb2 as pb
+from oih_worker import topology
+from oih_worker.spec import StepSpec
+
+from .amqp import Amqp
+from .drivers import Driver, WorkerInfo
+from .management import Management, ManagementError
+from .models import DeploymentRow
+
+log = logging.getLogger(__name__)
+
+
+def worker(info: WorkerInfo) -> pb.Worker:
+    proto = pb.Worker(step_id=info.step_id, state=pb.Worker.State.Value(f"STATE_{info.state}"),
+                      instance=info.instance, restarts=info.restarts,
+                      state_reason=info.state_reason)
+    if info.start_time is not None:
+        proto.start_time.FromDatetime(info.start_time)
+    return proto
+
+
+def queue_depth(amqp: Amqp, management: Management, vhost: str, spec: StepSpec) -> pb.QueueDepth:
+    flow_id, step_id = spec.flow_id, spec.step_id
+    name = topology.step_queue(flow_id, step_id)
+
+    def ready(queue: str) -> int:
+        count = amqp.count(queue)
+        return count.messages if count is not None else 0
+
+    depth = pb.QueueDepth(step_id=step_id, queue=name, ready=ready(name))
+    # Only the management API knows unacked counts (refreshed every few seconds by the
+    # broker's statistics); the view stays useful without it.
+    try:
+        stats = management.queue(vhost, name) or {}
+        depth.unacked = int(stats.get("messages_unacknowledged", 0))
+    except ManagementError as error:
+        log.info("queue stats unavailable", extra={"queue": name, "error": str(error)})
+    depth.retrying = sum(ready(topology.retry_queue(flow_id, step_id, level))
+                         for level in range(1, spec.retry.retry_levels + 1))
+    depth.dead_lettered = ready(topology.dead_queue(flow_id, step_id))
+    return depth
+
+
+def flow_runtime(row: DeploymentRow, driver: Driver, amqp: Amqp, management: Management,
+                 vhost: str) -> pb.FlowRuntime:
+    runtime = pb.FlowRuntime(name=f"flows/{row.flow_id}/runtime", driver=row.driver,
+                             flow_version=row.flow_version,
+                             workers=[worker(w) for w in driver.workers(row.flow_id)])
+    for raw in row.specs:
+        runtime.queues.append(queue_depth(amqp, management, vhost, StepSpec.from_dict(raw)))
+    runtime.observe_time.FromDatetime(datetime.now(UTC))
+    return runtime

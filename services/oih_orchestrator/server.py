@@ -1,0 +1,154 @@
+"""Wires the orchestrator: database, driver, broker connection and management API, the
+orchestrator logic, the servicer, the event bus (outbox relay and consumer), the reconciler and
+the registration of the built-in components."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import grpc
+from sqlalchemy.engine import Engine
+
+from oih.components.v1 import components_pb2_grpc
+from oih.iam.v1 import iam_pb2_grpc
+from oih.orchestrator.v1 import orchestrator_pb2, orchestrator_pb2_grpc
+from oih_runtime import server
+from oih_runtime.bus import DEFAULT_EXCHANGE, Consumer, Relay
+from oih_runtime.clients import ServiceToken, authenticated_channel, iam_jwks_source
+from oih_runtime.db import make_engine
+from oih_runtime.settings import ServiceSettings
+from oih_runtime.tokens import KeyCache, TokenVerifier
+
+from . import events
+from .amqp import Amqp
+from .components import ComponentDirectory, ComponentLookup, register_builtins
+from .deployments import Orchestrator
+from .drivers import Driver
+from .execute import executions_package
+from .local import LocalDriver
+from .management import Management
+from .reconciler import Periodic, UntilDone
+from .servicer import OrchestratorServicer, ServiceContext
+from .settings import OrchestratorSettings
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = orchestrator_pb2.DESCRIPTOR.services_by_name["OrchestratorService"].full_name
+
+
+@dataclass
+class Built:
+    service: server.Service
+    engine: Engine
+    orchestrator: Orchestrator
+    driver: Driver
+    amqp: Amqp
+    servicer: OrchestratorServicer
+    reconciler: Periodic
+    builtins: UntilDone | None = None
+    consumer: Consumer | None = None
+    relay: Relay | None = None
+    #: Starts the background work; `service.on_stop` stops it (workers keep running).
+    start_background: Callable[[], None] = field(default=lambda: None)
+
+
+def _verifier(settings: ServiceSettings) -> TokenVerifier:
+    iam = iam_pb2_grpc.IamServiceStub(grpc.insecure_channel(settings.iam_address))
+    return TokenVerifier(KeyCache(iam_jwks_source(iam)), issuer=settings.jwt_issuer,
+                         audience=settings.jwt_audience)
+
+
+def _components_channel(settings: ServiceSettings, own: OrchestratorSettings) -> grpc.Channel:
+    iam = iam_pb2_grpc.IamServiceStub(grpc.insecure_channel(settings.iam_address))
+    token = ServiceToken(iam, settings.client_id, settings.client_secret)
+    return authenticated_channel(own.components_address, token.get)
+
+
+def make_driver(settings: ServiceSettings, own: OrchestratorSettings) -> Driver:
+    if own.driver == "local":
+        return LocalDriver(settings.data_dir)
+    if own.driver == "kubernetes":
+        # Imported only when chosen: the kubernetes client is an optional dependency.
+        kubernetes: Any = importlib.import_module("oih_orchestrator.kubernetes")
+        return kubernetes.KubernetesDriver(  # type: ignore[no-any-return]
+            namespace=own.kubernetes_namespace or kubernetes.DEFAULT_NAMESPACE)
+    raise ValueError(f"unknown driver {own.driver!r}: use local or kubernetes")
+
+
+def build(settings: ServiceSettings, own: OrchestratorSettings, *,
+          verifier: TokenVerifier | None = None, components: ComponentLookup | None = None,
+          components_channel: grpc.Channel | None = None, driver: Driver | None = None,
+          bus: bool = True, exchange: str = DEFAULT_EXCHANGE,
+          consumer_name: str = "orchestrator") -> Built:
+    """Everything the service needs; `start_background()` starts its threads. Tests pass their
+    own `verifier`, `components` lookup or `components_channel` (with a token of their
+    issuer), a driver, or an exchange and consumer name of their own on a shared broker."""
+    # Imported before the engine is made: make_engine creates the tables of imported models.
+    views = executions_package()
+    engine = make_engine(settings.database_url)
+    verifier = verifier or _verifier(settings)
+    if components is None or own.register_builtins:
+        components_channel = components_channel or _components_channel(settings, own)
+    lookup = components or ComponentDirectory(components_channel)  # type: ignore[arg-type]
+    driver = driver or make_driver(settings, own)
+    amqp = Amqp(settings.rabbitmq_url)
+    management = Management.for_broker(own.management_url, settings.rabbitmq_url)
+    orchestrator = Orchestrator(engine, driver, amqp, management, lookup,
+                                worker_amqp_url=own.worker_amqp_url or settings.rabbitmq_url,
+                                start_timeout=own.start_timeout)
+    servicer = OrchestratorServicer(ServiceContext(engine, amqp, orchestrator))
+    service = server.Service(
+        name="orchestrator",
+        registrations=[lambda s: orchestrator_pb2_grpc.add_OrchestratorServiceServicer_to_server(
+            servicer, s)],
+        service_names=[SERVICE_NAME],
+        verifier=verifier,
+    )
+    reconciler = Periodic(orchestrator.reconcile, own.reconcile_seconds, "oih-reconciler")
+    built = Built(service, engine, orchestrator, driver, amqp, servicer, reconciler)
+    background: list[Callable[[], None]] = []
+    stops: list[Callable[[], None]] = []
+    if views is not None and bus:
+        # The executions view: reports of every running flow, and its retention.
+        reports = views.ReportsConsumer(engine, settings.rabbitmq_url)
+        orchestrator.reports = reports
+        sweeper = Periodic(lambda: views.sweep(engine, datetime.now(UTC)), 60.0,
+                           "oih-executions-sweep")
+        background += [reports.start, sweeper.start]
+        stops += [reports.stop, sweeper.stop]
+    if hasattr(driver, "start"):
+        background.append(driver.start)
+    if own.register_builtins and components_channel is not None:
+        stub = components_pb2_grpc.ComponentServiceStub(components_channel)
+        built.builtins = UntilDone(lambda: register_builtins(stub), "oih-register-builtins")
+        background.append(built.builtins.start)
+        stops.append(built.builtins.stop)
+    if bus:
+        built.relay = Relay(engine, url=settings.rabbitmq_url, exchange=exchange,
+                            name="oih-orchestrator-relay")
+        built.consumer = Consumer(engine, consumer_name, url=settings.rabbitmq_url,
+                                  exchange=exchange)
+        events.register(built.consumer, orchestrator, amqp)
+        background += [built.relay.start, built.consumer.start]
+        # Stop taking events first (finish the current one), then relay what is left.
+        stops += [built.consumer.stop, reconciler.stop, built.relay.stop]
+    else:
+        stops.append(reconciler.stop)
+    # Reconcile after the driver adopted what still runs; workers outlive the service.
+    background.append(reconciler.start)
+    if hasattr(driver, "close"):
+        stops.append(driver.close)
+    stops.append(amqp.close)
+    service.on_stop.extend(stops)
+
+    def start_background() -> None:
+        for start in background:
+            start()
+
+    built.start_background = start_background
+    return built

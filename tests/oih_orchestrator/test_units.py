@@ -1,0 +1,74 @@
+"""Small pieces without a broker: settings, names, built-in registration."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+import pytest
+
+from oih.components.v1 import components_pb2 as cpb
+from oih.components.v1 import components_pb2_grpc
+from oih.flows.v1 import flows_pb2
+from oih_orchestrator.components import builtin_component, register_builtins
+from oih_orchestrator.deployments import (
+    StartFailed,
+    entry_step,
+    with_credentials,
+    without_credentials,
+)
+from oih_orchestrator.management import vhost_of
+from oih_orchestrator.settings import OrchestratorSettings, management_url_for
+
+
+def test_management_url_defaults_to_the_broker_host_with_its_credentials() -> None:
+    assert management_url_for("amqp://bob:secret@rabbit.example:5672/%2F") == \
+        "http://bob:secret@rabbit.example:15672/"
+    own = OrchestratorSettings.from_env({}, amqp_url="amqp://guest:guest@10.0.0.5:5672/%2F")
+    assert own.management_url == "http://guest:guest@10.0.0.5:15672/"
+    assert own.driver == "local" and own.reconcile_seconds == 10
+    explicit = OrchestratorSettings.from_env({"OIH_RABBITMQ_MANAGEMENT_URL": "http://m:1/",
+                                              "OIH_ORCHESTRATOR_RECONCILE_SECONDS": "2.5"})
+    assert explicit.management_url == "http://m:1/" and explicit.reconcile_seconds == 2.5
+
+
+def test_worker_urls_carry_only_the_steps_credentials() -> None:
+    base = without_credentials("amqp://admin:root@rabbit:5672/tenant-vhost")
+    assert base == "amqp://rabbit:5672/tenant-vhost"
+    assert with_credentials(base, "oih-flow-f.s", "p/w") == \
+        "amqp://oih-flow-f.s:p%2Fw@rabbit:5672/tenant-vhost"
+    assert vhost_of("amqp://a:b@h:1/%2F") == "/"
+    assert vhost_of("amqp://a:b@h:1") == "/"
+    assert vhost_of("amqp://a:b@h:1/prod") == "prod"
+
+
+def test_entry_step_is_the_node_no_edge_points_to() -> None:
+    flow = flows_pb2.Flow(graph=flows_pb2.Graph(
+        nodes=[flows_pb2.Node(id="b"), flows_pb2.Node(id="a")],
+        edges=[flows_pb2.Edge(source="a", target="b")]))
+    assert entry_step(flow) == "a"
+    flow.graph.edges.add(source="b", target="a")
+    with pytest.raises(StartFailed):
+        entry_step(flow)
+
+
+def test_builtin_components_are_public_python_entry_points() -> None:
+    from oih_builtins import BUILTIN_COMPONENTS
+
+    transform = next(builtin_component(c) for c in BUILTIN_COMPONENTS
+                     if c["name"] == "transform")
+    assert transform.access == cpb.ACCESS_PUBLIC
+    assert transform.python_entry_point.object_reference == "oih_builtins.transform:component"
+    assert [a.name for a in transform.actions] == ["transform"]
+    assert "expression" in transform.actions[0].config_schema["properties"]
+
+
+def test_registering_builtins_twice_creates_each_once(components_channel: grpc.Channel,
+                                                      builtins: dict[str, str]) -> None:
+    stub: Any = components_pb2_grpc.ComponentServiceStub(components_channel)
+    assert register_builtins(stub) == builtins
+    listed = stub.ListComponents(cpb.ListComponentsRequest(filter="access=PUBLIC",
+                                                           page_size=1000)).components
+    names = [c.display_name for c in listed if c.display_name in builtins]
+    assert sorted(names) == sorted(builtins)
+    assert {"trigger", "transform", "sink"} <= set(builtins)
