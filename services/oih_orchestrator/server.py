@@ -15,14 +15,14 @@ import grpc
 from sqlalchemy.engine import Engine
 
 from oih.components.v1 import components_pb2_grpc
-from oih.iam.v1 import iam_pb2_grpc
 from oih.orchestrator.v1 import orchestrator_pb2, orchestrator_pb2_grpc
 from oih_runtime import server
-from oih_runtime.bus import DEFAULT_EXCHANGE, Consumer, Relay
-from oih_runtime.clients import ServiceToken, authenticated_channel, iam_jwks_source
+from oih_runtime.bus import Consumer, Relay
+from oih_runtime.clients import authenticated_channel
 from oih_runtime.db import make_engine
+from oih_runtime.identity import platform_identity
 from oih_runtime.settings import ServiceSettings
-from oih_runtime.tokens import KeyCache, TokenVerifier
+from oih_runtime.tokens import TokenVerifier
 
 from . import events
 from .amqp import Amqp
@@ -57,16 +57,6 @@ class Built:
     start_background: Callable[[], None] = field(default=lambda: None)
 
 
-def _verifier(settings: ServiceSettings) -> TokenVerifier:
-    iam = iam_pb2_grpc.IamServiceStub(grpc.insecure_channel(settings.iam_address))
-    return TokenVerifier(KeyCache(iam_jwks_source(iam)), issuer=settings.jwt_issuer,
-                         audience=settings.jwt_audience)
-
-
-def _components_channel(settings: ServiceSettings, own: OrchestratorSettings) -> grpc.Channel:
-    iam = iam_pb2_grpc.IamServiceStub(grpc.insecure_channel(settings.iam_address))
-    token = ServiceToken(iam, settings.client_id, settings.client_secret)
-    return authenticated_channel(own.components_address, token.get)
 
 
 def make_driver(settings: ServiceSettings, own: OrchestratorSettings) -> Driver:
@@ -83,17 +73,22 @@ def make_driver(settings: ServiceSettings, own: OrchestratorSettings) -> Driver:
 def build(settings: ServiceSettings, own: OrchestratorSettings, *,
           verifier: TokenVerifier | None = None, components: ComponentLookup | None = None,
           components_channel: grpc.Channel | None = None, driver: Driver | None = None,
-          bus: bool = True, exchange: str = DEFAULT_EXCHANGE,
-          consumer_name: str = "orchestrator") -> Built:
+          bus: bool = True, exchange: str | None = None,
+          consumer_name: str | None = None) -> Built:
     """Everything the service needs; `start_background()` starts its threads. Tests pass their
     own `verifier`, `components` lookup or `components_channel` (with a token of their
     issuer), a driver, or an exchange and consumer name of their own on a shared broker."""
     # Imported before the engine is made: make_engine creates the tables of imported models.
     views = executions_package()
+    exchange = exchange or settings.events_exchange
+    consumer_name = consumer_name or settings.event_consumer
     engine = make_engine(settings.database_url)
-    verifier = verifier or _verifier(settings)
+    identity = platform_identity(settings, exchange=exchange)
+    own_verifier = verifier is None
+    verifier = verifier or identity.verifier
     if components is None or own.register_builtins:
-        components_channel = components_channel or _components_channel(settings, own)
+        components_channel = components_channel or authenticated_channel(
+            own.components_address, identity.token.get)
     lookup = components or ComponentDirectory(components_channel)  # type: ignore[arg-type]
     driver = driver or make_driver(settings, own)
     amqp = Amqp(settings.rabbitmq_url)
@@ -113,6 +108,9 @@ def build(settings: ServiceSettings, own: OrchestratorSettings, *,
     built = Built(service, engine, orchestrator, driver, amqp, servicer, reconciler)
     background: list[Callable[[], None]] = []
     stops: list[Callable[[], None]] = []
+    if own_verifier:  # keep its revocation list current
+        background.append(identity.feed.start)
+        stops.append(identity.feed.stop)
     if views is not None and bus:
         # The executions view: reports of every running flow, and its retention.
         reports = views.ReportsConsumer(engine, settings.rabbitmq_url)

@@ -21,26 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from oih.iam.v1 import iam_pb2, iam_pb2_grpc
 from oih_cli.platform import Platform
-from tests.e2e.conftest import PASSWORD, auth, login
-
-
-def unique(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:8]}"
-
-
-def create_tenant_with_admin(rest: httpx.Client, admin_token: str) -> tuple[str, str, str]:
-    """(tenant name, tenant admin user name, tenant admin token)."""
-    tenant = rest.post("/v1/tenants", json={"display_name": unique("acme")},
-                       headers=auth(admin_token))
-    assert tenant.status_code == 200, tenant.text
-    username = f"{unique('owner')}@acme.example"
-    user = rest.post("/v1/users", headers=auth(admin_token), json={
-        "user": {"username": username, "tenant": tenant.json()["name"],
-                 "roles": ["roles/tenant-admin"]},
-        "password": PASSWORD,
-    })
-    assert user.status_code == 200, user.text
-    return tenant.json()["name"], user.json()["name"], login(rest, username, PASSWORD)
+from tests.e2e.conftest import PASSWORD, auth, create_tenant_with_admin, unique
 
 
 @pytest.fixture(scope="module")
