@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from oih_cli.rest import Rest
@@ -86,11 +87,79 @@ def scenario_a(tenant_admin: Rest) -> dict[str, Any]:
     return {"flow": renamed, "components": [trigger, transform]}
 
 
+def wait_for(what: str, check: Callable[[], Any], timeout: float = 60.0) -> Any:
+    """Poll `check` until it returns something truthy."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"timed out waiting for {what}")
+        time.sleep(0.2)
+
+
+def scenarios_c_and_d(user: Rest, messages: int = 20) -> None:
+    """A user starts a flow (c); a flow of built-ins runs message by message (d)."""
+    print("(c) a user starts a flow", flush=True)
+
+    def builtins() -> dict[str, str] | None:
+        listed = user.get("/v1/components?filter=access%3DPUBLIC&page_size=100")
+        found = {c["display_name"]: c["name"] for c in listed.get("components", [])}
+        return found if {"trigger", "transform", "sink"} <= found.keys() else None
+
+    public = wait_for("the built-in components (the orchestrator registers them)", builtins)
+    flow = user.post("/v1/flows", {
+        "display_name": "double every number",
+        "graph": {
+            "nodes": [
+                {"id": "start", "component": public["trigger"], "function": "manual"},
+                {"id": "double", "component": public["transform"], "function": "transform",
+                 "fields": {"expression": "{'n': n, 'doubled': n * 2}"}},
+                {"id": "sink", "component": public["sink"], "function": "sink"},
+            ],
+            "edges": [{"source": "start", "target": "double"},
+                      {"source": "double", "target": "sink"}],
+        },
+    })
+    name = flow["name"]
+    step(f"created {name}: trigger -> transform -> sink")
+    step(f"started it: {user.post(f'/v1/{name}:start', {})['state']}")
+    wait_for("ACTIVE", lambda: user.get(f"/v1/{name}")["state"] == "STATE_ACTIVE")
+    workers = user.get(f"/v1/{name}/runtime")["workers"]
+    states = ", ".join(f"{w['step_id']}={w['state']}" for w in workers)
+    step(f"ACTIVE, with workers {states}")
+
+    print(f"(d) the flow runs {messages} messages over RabbitMQ", flush=True)
+    executions = [user.post(f"/v1/{name}:execute", {"data": {"n": n}})["execution"]
+                  for n in range(messages)]
+    step(f"executed it {messages} times")
+
+    def finished() -> list[dict[str, Any]] | None:
+        listed = user.get(f"/v1/{name}/executions?page_size={messages}").get("executions", [])
+        done = [e for e in listed if e["state"] != "STATE_RUNNING"]
+        return listed if len(done) == messages else None
+
+    listed = wait_for("the executions", finished)
+    succeeded = sum(e["state"] == "STATE_SUCCEEDED" for e in listed)
+    step(f"executions view: {succeeded} of {messages} SUCCEEDED")
+    steps = user.get(f"/v1/{executions[0]}")["steps"]
+    outputs = next(s for s in steps if s["step_id"] == "double")["output_samples"]
+    step(f"the transform step emitted {outputs[0] if outputs else 'nothing'} for n=0")
+    step(f"stopped it: {user.post(f'/v1/{name}:stop', {})['state']}")
+    wait_for("INACTIVE", lambda: user.get(f"/v1/{name}")["state"] == "STATE_INACTIVE")
+    step("INACTIVE: workers, queues and broker users removed")
+    if succeeded != messages:
+        raise RuntimeError(f"only {succeeded} of {messages} executions succeeded")
+
+
 def run(gateway_url: str, admin_username: str, admin_password: str) -> None:
     gateway = Rest(gateway_url)
     made = scenario_b(gateway, admin_username, admin_password)
     if gateway.call("GET", "/v1/flows").status != 503:  # the Flow Repository is running
         scenario_a(made["tenant_admin"])
+    if gateway.call("GET", "/v1/flows/-/executions").status != 503:  # the orchestrator too
+        scenarios_c_and_d(made["tenant_admin"])
     print("all scenarios passed", flush=True)
 
 
