@@ -329,3 +329,29 @@ def test_list_users_pages_through_all_users(grpc_stub: Stub, admin_token: str) -
         if not token:
             break
     assert sorted(seen) == sorted(created)
+
+
+def test_service_token_is_attached_to_calls_and_renewed_before_it_expires(
+        grpc_stub: Stub, grpc_addr: str, tenant_admin: tuple[str, str, str]) -> None:
+    from oih_runtime.clients import ServiceToken, authenticated_channel
+
+    _, _, token = tenant_admin
+    account = grpc_stub.CreateServiceAccount(iam_pb2.CreateServiceAccountRequest(
+        service_account=iam_pb2.ServiceAccount(display_name="robot",
+                                               roles=["roles/service-account"])),
+        metadata=bearer(token))
+    now = [1000.0]
+    service_token = ServiceToken(grpc_stub, account.client_id, account.client_secret,
+                                 clock=lambda: now[0])
+    first = service_token.get()
+    now[0] += 600  # 10 of 15 minutes: still fresh
+    assert service_token.get() == first
+    now[0] += 200  # less than a fifth of the lifetime left: renewed before expiry
+    renewed = service_token.get()
+    assert renewed != first
+    assert jwt.decode(renewed, options={"verify_signature": False})["sub"] == account.name
+
+    with authenticated_channel(grpc_addr, service_token.get) as channel:
+        me = iam_pb2_grpc.IamServiceStub(channel).GetCurrentPrincipal(
+            iam_pb2.GetCurrentPrincipalRequest())
+    assert me.name == account.name
