@@ -393,6 +393,24 @@ class Iam:
 
     # ----------------------------------------------------------------- users
 
+    def _update_principal(self, session: Session, caller: Principal,
+                          row: UserRow | ServiceAccountRow, name: str, chosen: Sequence[str],
+                          field: str, *, display_name: str, roles: list[str],
+                          permissions: list[str], state: int) -> None:
+        """The masked fields users and service accounts share: grants are checked, and
+        disabling revokes the principal's tokens at once."""
+        if "roles" in chosen or "permissions" in chosen:
+            new_roles = roles if "roles" in chosen else row.roles
+            new_direct = permissions if "permissions" in chosen else row.permissions
+            self._check_grants(session, caller, row.tenant_id, new_roles, new_direct, field)
+            row.roles, row.permissions = list(new_roles), list(new_direct)
+        if "display_name" in chosen:
+            row.display_name = display_name
+        if "state" in chosen:
+            row.state = state or ACTIVE
+            if row.state == DISABLED:
+                self._revoke_subject(session, name)
+
     def _check_password(self, password: str, field: str) -> None:
         if len(password) < MIN_PASSWORD_LENGTH:
             raise InvalidArgument.field(field, f"must be at least {MIN_PASSWORD_LENGTH} characters")
@@ -449,17 +467,9 @@ class Iam:
             self._check_password(password, "password")
         with transaction(self.engine) as session:
             row = self._get_scoped(session, UserRow, name, "users", "user", caller, "user.name")
-            if "roles" in chosen or "permissions" in chosen:
-                new_roles = roles if "roles" in chosen else row.roles
-                new_direct = permissions if "permissions" in chosen else row.permissions
-                self._check_grants(session, caller, row.tenant_id, new_roles, new_direct, "user")
-                row.roles, row.permissions = list(new_roles), list(new_direct)
-            if "display_name" in chosen:
-                row.display_name = display_name
-            if "state" in chosen:
-                row.state = state or ACTIVE
-                if row.state == DISABLED:
-                    self._revoke_subject(session, name)
+            self._update_principal(session, caller, row, name, chosen, "user",
+                                   display_name=display_name, roles=roles,
+                                   permissions=permissions, state=state)
             if password:
                 row.password_hash = self.passwords.hash(password)
                 row.failed_logins, row.locked_until = 0, None
@@ -607,18 +617,9 @@ class Iam:
         with transaction(self.engine) as session:
             row = self._get_scoped(session, ServiceAccountRow, name, "service-accounts",
                                    "service_account", caller, "service_account.name")
-            if "roles" in chosen or "permissions" in chosen:
-                new_roles = roles if "roles" in chosen else row.roles
-                new_direct = permissions if "permissions" in chosen else row.permissions
-                self._check_grants(session, caller, row.tenant_id, new_roles, new_direct,
-                                   "service_account")
-                row.roles, row.permissions = list(new_roles), list(new_direct)
-            if "display_name" in chosen:
-                row.display_name = display_name
-            if "state" in chosen:
-                row.state = state or ACTIVE
-                if row.state == DISABLED:
-                    self._revoke_subject(session, name)
+            self._update_principal(session, caller, row, name, chosen, "service_account",
+                                   display_name=display_name, roles=roles,
+                                   permissions=permissions, state=state)
             row.update_time = utcnow()
             session.add(row)
             self._emit_account(session, "oih.iam.service_account.updated", row)

@@ -23,7 +23,13 @@ from sqlmodel import Session, col, select
 from oih.orchestrator.v1 import orchestrator_pb2 as pb
 from oih.orchestrator.v1 import orchestrator_pb2_grpc
 from oih_runtime import principal
-from oih_runtime.errors import DomainError, FailedPrecondition, InvalidArgument, NotFound
+from oih_runtime.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    Unavailable,
+    Unimplemented,
+)
 
 from . import execute, runtime_view
 from .amqp import Amqp, Unroutable
@@ -33,16 +39,6 @@ from .models import RUNNING_STATES, STOPPING, DeploymentRow
 Context = grpc.ServicerContext
 FLOW = re.compile(r"^flows/([A-Za-z0-9_-]{1,63})$")
 RUNTIME = re.compile(r"^flows/([A-Za-z0-9_-]{1,63})/runtime$")
-
-
-class Unavailable(DomainError):
-    code = grpc.StatusCode.UNAVAILABLE
-    default_reason = "BROKER_UNAVAILABLE"
-
-
-class Unimplemented(DomainError):
-    code = grpc.StatusCode.UNIMPLEMENTED
-    default_reason = "UNIMPLEMENTED"
 
 
 @dataclass(frozen=True)
@@ -77,7 +73,7 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
             return runtime_view.flow_runtime(row, orchestrator.driver, self.context.amqp,
                                              orchestrator.management, orchestrator.vhost)
         except pika.exceptions.AMQPError as error:
-            raise Unavailable(f"the broker did not answer: {error!r}") from None
+            raise Unavailable(f"the broker did not answer: {error!r}", reason="BROKER_UNAVAILABLE") from None
 
     def StartExecution(self, request: pb.StartExecutionRequest, context: Context
                        ) -> pb.Execution:
@@ -91,7 +87,7 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
             raise FailedPrecondition(f"flow {request.flow} has no queues ({error})",
                                      reason="FLOW_NOT_ACTIVE", subject=request.flow) from None
         except pika.exceptions.AMQPError as error:
-            raise Unavailable(f"the broker did not answer: {error!r}") from None
+            raise Unavailable(f"the broker did not answer: {error!r}", reason="BROKER_UNAVAILABLE") from None
         views = execute.executions_package()
         if views is not None:
             return views.get_execution(  # type: ignore[no-any-return]

@@ -123,6 +123,18 @@ class Unauthenticated(DomainError):
     default_reason = "UNAUTHENTICATED"
 
 
+class Unavailable(DomainError):
+    """A dependency (the broker, another service) is not reachable; the caller may retry."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+    default_reason = "UNAVAILABLE"
+
+
+class Unimplemented(DomainError):
+    code = grpc.StatusCode.UNIMPLEMENTED
+    default_reason = "UNIMPLEMENTED"
+
+
 class ResourceExhausted(DomainError):
     """Too many attempts; `retry_after` seconds tells the caller when to try again."""
 
