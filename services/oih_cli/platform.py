@@ -26,6 +26,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from oih_gateway import layout
 from oih_gateway.envoy import EnvoyProcess
 from oih_gateway.render import read_rpcs, write_envoy_config
+from oih_orchestrator.local import stop_all_workers
 from oih_runtime import broker
 from oih_runtime.settings import DEFAULT_PORTS, DEFAULT_RABBITMQ_URL
 
@@ -162,6 +163,17 @@ class Platform:
                 stdout=output, stderr=subprocess.STDOUT,
             )
 
+    def kill(self, service: str) -> None:
+        """SIGKILL a service process (what a crash looks like); its children keep running."""
+        child = self.children.pop(service)
+        child.kill()
+        child.wait()
+
+    def restart(self, service: str) -> None:
+        """Start a killed or stopped service again and wait until it is healthy."""
+        self._start_service(service, self._environment())
+        self._wait_healthy(service)
+
     def log_tail(self, service: str, lines: int = 30) -> str:
         path = self.log_dir / f"{service}.log"
         if not path.exists():
@@ -224,6 +236,7 @@ class Platform:
                 child.kill()
                 child.wait()
         self.children.clear()
+        stop_all_workers(self.data_dir)
         if self.private_broker is not None:
             self.private_broker.stop()
             self.private_broker = None

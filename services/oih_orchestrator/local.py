@@ -276,6 +276,26 @@ class LocalDriver:
 
 # --- helpers ---------------------------------------------------------------------------------
 
+def stop_all_workers(data_dir: Path, timeout: float = 10.0) -> int:
+    """SIGTERM every worker started under `data_dir` (found by pid file, checked like an
+    adoption), wait for them, SIGKILL what is left; returns how many were stopped.
+
+    Workers outlive the orchestrator on purpose (a restarted orchestrator adopts them); this is
+    for ending the whole platform, after which a start reconciles ACTIVE flows again."""
+    running = [
+        pid for pid_file in (data_dir / "workers").glob("*/*.pid")
+        if (pid := _read_pid(pid_file)) and _is_worker(pid, pid_file.with_suffix(".json"))
+    ]
+    for pid in running:
+        _signal(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and any(Path(f"/proc/{pid}").exists() for pid in running):
+        time.sleep(0.1)
+    for pid in running:
+        _signal(pid, signal.SIGKILL)
+    return len(running)
+
+
 def _write_private(path: Path, text: str) -> None:
     """Write a file readable by our user only, atomically (a worker never reads half a spec)."""
     temporary = path.with_suffix(".tmp")

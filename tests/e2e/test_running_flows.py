@@ -143,3 +143,44 @@ def test_executions_of_another_tenants_flow_are_404(
                  f"/v1/{flow['name']}/deadLetters"):
         assert rest.get(path, headers=auth(stranger)).status_code == 404, path
     assert rest.get(f"/v1/{flow['name']}/executions").status_code == 401
+
+
+def test_killing_the_orchestrator_and_starting_it_again_reconciles(
+        rest: httpx.Client, platform: Platform, integrator: dict[str, str],
+        builtins: dict[str, str]) -> None:
+    token = integrator["token"]
+    keep = rest.post("/v1/flows", headers=auth(token), json=pipeline(builtins)).json()["name"]
+    drop = rest.post("/v1/flows", headers=auth(token), json=pipeline(builtins)).json()["name"]
+    for flow in (keep, drop):
+        rest.post(f"/v1/{flow}:start", headers=auth(token), json={})
+    for flow in (keep, drop):
+        wait_state(rest, token, flow, "STATE_ACTIVE", timeout=60)
+    workers = {w["step_id"]: w["instance"] for w in
+               rest.get(f"/v1/{keep}/runtime", headers=auth(token)).json()["workers"]}
+
+    platform.kill("orchestrator")
+    try:
+        # While it is down: a run of one flow and the stop of the other wait in its event queue.
+        execution = rest.post(f"/v1/{keep}:execute", headers=auth(token),
+                              json={"data": {"n": 7}}).json()["execution"]
+        assert rest.post(f"/v1/{drop}:stop", headers=auth(token),
+                         json={}).json()["state"] == "STATE_STOPPING"
+    finally:
+        platform.restart("orchestrator")
+
+    wait_state(rest, token, drop, "STATE_INACTIVE", timeout=60)
+    assert rest.get(f"/v1/{drop}/runtime", headers=auth(token)).status_code == 404
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not any(
+            line["execution_id"] == execution.rsplit("/", 1)[-1]
+            for line in sink_lines(platform, keep, "sink")):
+        time.sleep(0.2)
+    arrived = [line for line in sink_lines(platform, keep, "sink")
+               if line["execution_id"] == execution.rsplit("/", 1)[-1]]
+    assert [line["data"]["doubled"] for line in arrived] == [14]
+    # The running flow's workers were adopted, not restarted.
+    after = {w["step_id"]: w["instance"] for w in
+             rest.get(f"/v1/{keep}/runtime", headers=auth(token)).json()["workers"]}
+    assert after == workers
+    rest.post(f"/v1/{keep}:stop", headers=auth(token), json={})
+    wait_state(rest, token, keep, "STATE_INACTIVE", timeout=60)
