@@ -20,6 +20,8 @@ from oih_runtime.errors import InvalidArgument
 
 MAX_DISPLAY_NAME, MAX_DESCRIPTION, MAX_VERSION, MAX_REFERENCE = 50, 300, 100, 500
 MAX_FUNCTION_NAME = 100
+#: The owners table's column (PostgreSQL enforces it; SQLite would store anything).
+MAX_OWNER_ID = 200
 
 #: `package.module:object` (the object may be dotted, as in Python entry points).
 _DOTTED = r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*"
@@ -61,6 +63,9 @@ def _texts(c: pb.Component, prefix: str) -> Violations:
                          ("version", MAX_VERSION)):
         if len(getattr(c, field)) > limit:
             found.append((f"{prefix}.{field}", f"at most {limit} characters"))
+        elif "\x00" in getattr(c, field):
+            # PostgreSQL text cannot hold NUL (SQLite can): refuse it the same way on both.
+            found.append((f"{prefix}.{field}", "must not contain NUL characters"))
     if c.access not in ACCESS_VALUES:
         found.append((f"{prefix}.access", "must be ACCESS_PRIVATE, ACCESS_TENANT or ACCESS_PUBLIC"))
     return found
@@ -73,7 +78,8 @@ def _distribution(c: pb.Component, prefix: str) -> Violations:
                  "set container_image (kubernetes driver) or python_entry_point (local driver)")]
     if kind == "container_image":
         image, found = c.container_image, []
-        if not image.image or len(image.image) > MAX_REFERENCE or any(ch.isspace() for ch in image.image):
+        if (not image.image or len(image.image) > MAX_REFERENCE
+                or any(ch.isspace() or not ch.isprintable() for ch in image.image)):
             found.append((f"{prefix}.container_image.image",
                           "an image reference such as ghcr.io/acme/crm:1.4.0, without blanks"))
         if image.image_pull_policy not in PULL_POLICIES:
@@ -94,8 +100,10 @@ def _owners(owners: Iterable[pb.Owner], prefix: str) -> Violations:
         if expected is None:
             found.append((f"{where}.type", "must be USER, TENANT or SERVICE_ACCOUNT"))
         elif not owner.id.startswith(expected) or len(owner.id) == len(expected) \
-                or "/" in owner.id[len(expected):]:
+                or "/" in owner.id[len(expected):] or "\x00" in owner.id:
             found.append((f"{where}.id", f"must look like {expected}{{id}} for this type"))
+        elif len(owner.id) > MAX_OWNER_ID:
+            found.append((f"{where}.id", f"at most {MAX_OWNER_ID} characters"))
         elif owner.id in seen:
             found.append((f"{where}.id", f"{owner.id} is listed twice"))
         seen.add(owner.id)
@@ -125,7 +133,10 @@ def _functions(functions: Iterable[pb.ComponentFunction], prefix: str) -> Violat
 def _schema(function: pb.ComponentFunction, where: str) -> Violations:
     """A node's configuration is a JSON object, so its schema must be a valid JSON Schema that
     accepts objects (no `type`, or `type` including "object")."""
-    schema = json_format.MessageToDict(function.config_schema)
+    try:
+        schema = json_format.MessageToDict(function.config_schema)
+    except ValueError:
+        return [(where, "must not contain NaN or Infinity (JSON has neither)")]
     kind = schema.get("type", "object")
     if kind != "object" and not (isinstance(kind, list) and "object" in kind):
         return [(where, 'must describe a JSON object (its "type" must be "object")')]

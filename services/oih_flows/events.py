@@ -76,6 +76,10 @@ def flow_stopped(session: Session, event: Event,
 
 def flow_failed(session: Session, event: Event, payload: orchestrator_pb2.FlowFailed) -> None:
     """Starting or running failed: → FAILED with the reason (an INACTIVE flow stays so)."""
+    if event.source == lifecycle.SOURCE:
+        # Our own announcement (the sweeper's): the flow became FAILED in the transaction
+        # that wrote it. Arriving late (the broker was down), it would fail the next start.
+        return
     row = _flow(session, payload.flow, payload.tenant)
     if row is None:
         return

@@ -15,7 +15,8 @@ from datetime import timedelta
 import jsonata
 import jsonschema
 from croniter import croniter
-from google.protobuf import duration_pb2, json_format
+from google.protobuf import duration_pb2, json_format, struct_pb2
+from referencing.exceptions import Unresolvable
 
 from oih.components.v1 import components_pb2
 from oih.flows.v1 import flows_pb2
@@ -30,11 +31,16 @@ EDGE_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 RESOURCE = re.compile(r"[A-Za-z0-9._~-]+")
 HEADER = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+")
 MAX_DISPLAY_NAME = 200
+#: The owners table's column (PostgreSQL enforces it; SQLite would store anything).
+MAX_OWNER_ID = 300
 MAX_ATTEMPTS = 100
 MAX_MULTIPLIER = 100.0
 MAX_DELAY = timedelta(days=1)
 MAX_SYNC_TIMEOUT = timedelta(minutes=5)
 MAX_CONCURRENCY = 1000
+#: JSONata compiles in time that grows faster than the length (a 600 kB expression held a
+#: server thread for half a minute); a mapping longer than this belongs in a component.
+MAX_EXPRESSION = 10_000
 HMAC_ALGORITHMS = ("", "sha256", "sha512")
 OWNER_PREFIXES = {
     flows_pb2.OWNER_TYPE_USER: "users/",
@@ -59,6 +65,10 @@ def check_definition(flow: flows_pb2.Flow, *, tenant: str) -> Violations:
         found.append(("flow.display_name", "required field is missing"))
     elif len(name) > MAX_DISPLAY_NAME:
         found.append(("flow.display_name", f"at most {MAX_DISPLAY_NAME} characters"))
+    # PostgreSQL text cannot hold NUL (SQLite can): refuse it the same way on both.
+    for field in ("display_name", "description"):
+        if "\x00" in getattr(flow, field):
+            found.append((f"flow.{field}", "must not contain NUL characters"))
     found += check_graph(flow.graph)
     if flow.cron:
         found += _cron(flow.cron)
@@ -104,6 +114,8 @@ def _owners(owners: Iterable[flows_pb2.Owner], tenant: str) -> Violations:
         elif owner.type == flows_pb2.OWNER_TYPE_TENANT and owner.id != tenant:
             # Another tenant could never see the flow: ownership would be a lie.
             found.append((f"{field}.id", f"only the flow's own tenant ({tenant}) can own it"))
+        elif len(owner.id) > MAX_OWNER_ID:
+            found.append((f"{field}.id", f"at most {MAX_OWNER_ID} characters"))
         elif owner.id in seen:
             found.append((f"{field}.id", f"{owner.id} is listed twice"))
         seen.add(owner.id)
@@ -145,7 +157,25 @@ def _node(node: flows_pb2.Node, field: str) -> Violations:
                       f"must be between 0 (the default) and {MAX_CONCURRENCY}"))
     if settings.HasField("retry_policy"):
         found += _retry(settings.retry_policy, f"{field}.settings.retry_policy")
+    found += _finite(node.fields, f"{field}.fields")
     return found
+
+
+def _finite(struct: struct_pb2.Struct, field: str) -> Violations:
+    """NaN and infinities have no JSON form: the node's fields could not be stored or sent."""
+    found: Violations = []
+    pending: list[tuple[struct_pb2.Value, str]] = [
+        (value, f"{field}.{key}") for key, value in struct.fields.items()]
+    while pending:
+        value, path = pending.pop()
+        kind = value.WhichOneof("kind")
+        if kind == "number_value" and not math.isfinite(value.number_value):
+            found.append((path, "must be a finite number (JSON has no NaN or Infinity)"))
+        elif kind == "struct_value":
+            pending += [(v, f"{path}.{k}") for k, v in value.struct_value.fields.items()]
+        elif kind == "list_value":
+            pending += [(v, f"{path}.{i}") for i, v in enumerate(value.list_value.values)]
+    return sorted(found)
 
 
 def _retry(policy: flows_pb2.RetryPolicy, field: str) -> Violations:
@@ -176,7 +206,8 @@ def _retry(policy: flows_pb2.RetryPolicy, field: str) -> Violations:
 def _duration(value: duration_pb2.Duration, field: str, limit: timedelta) -> Violations:
     if value.seconds < 0 or value.nanos < 0 or not 0 <= value.nanos < 1_000_000_000:
         return [(field, "must not be negative")]
-    if value.ToTimedelta() > limit:
+    # Seconds first: a Duration may hold more than a timedelta (OverflowError).
+    if value.seconds > limit.total_seconds() or value.ToTimedelta() > limit:
         return [(field, f"at most {int(limit.total_seconds())} s")]
     return []
 
@@ -204,7 +235,9 @@ def _edges(graph: flows_pb2.Graph, node_ids: set[str]) -> Violations:
             sound.append((index, edge.source, edge.target))
         for end in ("condition", "mapper"):
             expression = getattr(edge, end)
-            if expression.strip():
+            if len(expression) > MAX_EXPRESSION:
+                found.append((f"{field}.{end}", f"at most {MAX_EXPRESSION} characters"))
+            elif expression.strip():
                 problem = _jsonata(expression)
                 if problem:
                     found.append((f"{field}.{end}", f"not a JSONata expression: {problem}"))
@@ -322,15 +355,19 @@ def _function(component: components_pb2.Component,
 
 
 def _fields(node: flows_pb2.Node, schema_struct: object, field: str) -> Violations:
-    schema = json_format.MessageToDict(schema_struct)  # type: ignore[arg-type]
-    fields = json_format.MessageToDict(node.fields)
+    try:
+        schema = json_format.MessageToDict(schema_struct)  # type: ignore[arg-type]
+        fields = json_format.MessageToDict(node.fields)
+    except ValueError:
+        return []  # NaN or infinity: reported by check_graph
     try:
         validator_class = jsonschema.validators.validator_for(schema)
         validator_class.check_schema(schema)
-    except jsonschema.SchemaError:
-        # The component's author is at fault, not the flow's: do not block the flow on it.
+        errors = sorted(validator_class(schema).iter_errors(fields), key=lambda e: list(e.path))
+    except (jsonschema.SchemaError, Unresolvable):
+        # The component's author is at fault (an invalid schema, a `$ref` that leads
+        # nowhere), not the flow's: do not block the flow on it.
         return []
-    errors = sorted(validator_class(schema).iter_errors(fields), key=lambda e: list(e.path))
     return [
         (".".join([field, *(str(p) for p in error.absolute_path)]), error.message)
         for error in errors

@@ -11,12 +11,14 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import TypeVar
 
 from google.protobuf.message import Message
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, SQLModel, col, or_, select
 
 from oih.events.v1 import iam_pb2 as events
@@ -78,6 +80,16 @@ def _aware(moment: datetime | None) -> datetime | None:
     if moment is not None and moment.tzinfo is None:
         return moment.replace(tzinfo=UTC)
     return moment
+
+
+@contextmanager
+def _unique(taken: AlreadyExists) -> Iterator[None]:
+    """Answer `taken` when a concurrent call inserted the same unique value between our check
+    and our insert (possible on PostgreSQL; SQLite transactions here are serialized)."""
+    try:
+        yield
+    except IntegrityError:
+        raise taken from None
 
 
 def revocation_message(row: RevocationRow) -> events.TokensRevoked:
@@ -152,36 +164,53 @@ class Iam:
 
     def login(self, username: str, password: str) -> Issued:
         username = username.strip().lower()
+        with Session(self.engine) as session:
+            user = session.exec(select(UserRow).where(UserRow.username == username)).first()
+        self._refuse_if_locked(user, utcnow())
+        # The memory-hard check runs outside the write transaction (on SQLite that holds the
+        # database's write lock); the outcome is then recorded against the row as it is now.
+        verified = self.passwords.verify(user.password_hash if user else None, password)
         now = utcnow()
         with transaction(self.engine) as session:
-            user = session.exec(select(UserRow).where(UserRow.username == username)).first()
-            locked_until = _aware(user.locked_until) if user else None
-            if user is not None and locked_until is not None and locked_until > now:
-                raise ResourceExhausted(
-                    "too many failed logins; the account is locked for a while",
-                    retry_after=(locked_until - now).total_seconds(), reason="ACCOUNT_LOCKED",
-                )
-            if not self.passwords.verify(user.password_hash if user else None, password):
-                if user is not None:
-                    self._count_failure(user, now)
-                    session.add(user)
-                self._emit(session, "oih.iam.login.failed", events.LoginFailed(username=username),
-                           tenant_id=user.tenant_id if user else "")
-                failure = Unauthenticated("wrong username or password", reason="BAD_CREDENTIALS")
-            else:
-                assert user is not None
-                user.failed_logins = 0
-                user.locked_until = None
-                session.add(user)
+            current = None
+            if user is not None:
+                current = session.exec(
+                    select(UserRow).where(UserRow.id == user.id).with_for_update()
+                ).first()
+                # Concurrent failures may have locked the account while we were checking.
+                self._refuse_if_locked(current, now)
+            # A password changed (or the user deleted) meanwhile voids the check.
+            if (verified and user is not None and current is not None
+                    and current.password_hash == user.password_hash):
+                if current.failed_logins or current.locked_until is not None:
+                    current.failed_logins = 0
+                    current.locked_until = None
+                    session.add(current)
                 failure = None
+            else:
+                if current is not None:
+                    self._count_failure(current, now)
+                    session.add(current)
+                self._emit(session, "oih.iam.login.failed", events.LoginFailed(username=username),
+                           tenant_id=current.tenant_id if current else "")
+                failure = Unauthenticated("wrong username or password", reason="BAD_CREDENTIALS")
         if failure is not None:
             log.info("login failed", extra={"username": username})
             raise failure
-        assert user is not None
+        assert current is not None
         with Session(self.engine) as session:
-            self._require_active(session, user.state, user.tenant_id)
-            return self._issue(session, f"users/{user.id}", user.tenant_id, "user",
-                               user.roles, user.permissions)
+            self._require_active(session, current.state, current.tenant_id)
+            return self._issue(session, f"users/{current.id}", current.tenant_id, "user",
+                               current.roles, current.permissions)
+
+    @staticmethod
+    def _refuse_if_locked(user: UserRow | None, now: datetime) -> None:
+        locked_until = _aware(user.locked_until) if user else None
+        if locked_until is not None and locked_until > now:
+            raise ResourceExhausted(
+                "too many failed logins; the account is locked for a while",
+                retry_after=(locked_until - now).total_seconds(), reason="ACCOUNT_LOCKED",
+            )
 
     def _count_failure(self, user: UserRow, now: datetime) -> None:
         user.failed_logins += 1
@@ -297,6 +326,18 @@ class Iam:
                 reason="GRANT_EXCEEDS_CALLER",
             )
 
+    def _check_takeover(self, session: Session, caller: Principal,
+                        row: UserRow | ServiceAccountRow, name: str) -> None:
+        """Whoever sets a principal's credentials can act as it: only a caller holding every
+        permission of that principal may (else a tenant admin could take over a more powerful
+        account of its tenant)."""
+        missing = sorted(p for p in self._effective(session, row.roles, row.permissions)
+                         if not caller.has(p))
+        if missing:
+            raise PermissionDenied(
+                f"cannot set the credentials of {name}: it holds permissions the caller does "
+                f"not: {', '.join(missing)}", reason="GRANT_EXCEEDS_CALLER")
+
     def _get_scoped(self, session: Session, model: type[Row], name: str, collection: str,
                     kind: str, caller: Principal, field: str = "name") -> Row:
         row = session.get(model, resource_id(name, collection, field))
@@ -322,9 +363,10 @@ class Iam:
         display_name = display_name.strip()
         if not display_name:
             raise InvalidArgument.field("tenant.display_name", "required field is missing")
-        with transaction(self.engine) as session:
+        taken = AlreadyExists(f"a tenant named {display_name!r} exists")
+        with _unique(taken), transaction(self.engine) as session:
             if session.exec(select(TenantRow).where(TenantRow.display_name == display_name)).first():
-                raise AlreadyExists(f"a tenant named {display_name!r} exists")
+                raise taken
             row = TenantRow(id=uuid.uuid4().hex, display_name=display_name)
             session.add(row)
             self._emit(session, "oih.iam.tenant.created",
@@ -362,11 +404,22 @@ class Iam:
                 row.display_name = display_name.strip()
             if "state" in chosen:
                 row.state = state or ACTIVE
+                if row.state == DISABLED:
+                    # Like disabling a user: its members' tokens are refused at once.
+                    self._revoke_members(session, row.id)
             row.update_time = utcnow()
             session.add(row)
             self._emit(session, "oih.iam.tenant.updated",
                        events.TenantChanged(tenant=name), tenant_id=row.id, subject=name)
         return row
+
+    def _revoke_members(self, session: Session, tenant_id: str) -> None:
+        """Revoke the tokens of every user and service account of a tenant."""
+        for user in session.exec(select(UserRow).where(UserRow.tenant_id == tenant_id)):
+            self._revoke_subject(session, f"users/{user.id}")
+        accounts = select(ServiceAccountRow).where(ServiceAccountRow.tenant_id == tenant_id)
+        for account in session.exec(accounts):
+            self._revoke_subject(session, f"service-accounts/{account.id}")
 
     def delete_tenant(self, name: str) -> None:
         tenant_id = resource_id(name, "tenants", "name")
@@ -377,12 +430,11 @@ class Iam:
             row = session.get(TenantRow, tenant_id)
             if row is None:
                 raise NotFound("tenant", name)
+            self._revoke_members(session, tenant_id)
             for user in session.exec(select(UserRow).where(UserRow.tenant_id == tenant_id)):
-                self._revoke_subject(session, f"users/{user.id}")
                 session.delete(user)
             accounts = select(ServiceAccountRow).where(ServiceAccountRow.tenant_id == tenant_id)
             for account in session.exec(accounts):
-                self._revoke_subject(session, f"service-accounts/{account.id}")
                 session.delete(account)
             for role in session.exec(select(RoleRow).where(RoleRow.tenant_id == tenant_id)):
                 session.delete(role)
@@ -422,16 +474,17 @@ class Iam:
         if "@" not in username or len(username) > 254 or " " in username:
             raise InvalidArgument.field("user.username", "must be an email address")
         self._check_password(password, "password")
-        with transaction(self.engine) as session:
+        password_hash = self.passwords.hash(password)  # slow: outside the write transaction
+        taken = AlreadyExists(f"the username {username!r} is taken", reason="USERNAME_TAKEN")
+        with _unique(taken), transaction(self.engine) as session:
             tenant_id = self._visible_tenant(session, caller, tenant, "user.tenant")
             self._check_grants(session, caller, tenant_id, roles, permissions, "user")
             if session.exec(select(UserRow).where(UserRow.username == username)).first():
-                raise AlreadyExists(f"the username {username!r} is taken",
-                                    reason="USERNAME_TAKEN")
+                raise taken
             row = UserRow(
                 id=uuid.uuid4().hex, username=username, display_name=display_name,
                 tenant_id=tenant_id, roles=list(roles), permissions=list(permissions),
-                state=state or ACTIVE, password_hash=self.passwords.hash(password),
+                state=state or ACTIVE, password_hash=password_hash,
             )
             session.add(row)
             self._emit_user(session, "oih.iam.user.created", row)
@@ -463,16 +516,21 @@ class Iam:
         set_fields = [f for f, v in (("display_name", display_name), ("roles", roles),
                                      ("permissions", permissions), ("state", state)) if v]
         chosen = self._mask(paths, set_fields, {"display_name", "roles", "permissions", "state"})
+        password_hash = ""
         if password:
             self._check_password(password, "password")
+            password_hash = self.passwords.hash(password)  # slow: outside the transaction
         with transaction(self.engine) as session:
             row = self._get_scoped(session, UserRow, name, "users", "user", caller, "user.name")
             self._update_principal(session, caller, row, name, chosen, "user",
                                    display_name=display_name, roles=roles,
                                    permissions=permissions, state=state)
-            if password:
-                row.password_hash = self.passwords.hash(password)
+            if password_hash:
+                self._check_takeover(session, caller, row, name)
+                row.password_hash = password_hash
                 row.failed_logins, row.locked_until = 0, None
+                # A new password (after a leak, say) ends the sessions of the old one.
+                self._revoke_subject(session, name)
             row.update_time = utcnow()
             session.add(row)
             disabled = "state" in chosen and row.state == DISABLED
@@ -638,6 +696,7 @@ class Iam:
         with transaction(self.engine) as session:
             row = self._get_scoped(session, ServiceAccountRow, name, "service-accounts",
                                    "service_account", caller)
+            self._check_takeover(session, caller, row, name)
             row.secret_hash = hash_client_secret(secret)
             row.update_time = utcnow()
             session.add(row)

@@ -2,6 +2,9 @@
 
 SQLite in WAL mode by default, so a laptop runs the whole mesh without a database server;
 `DATABASE_URL` points a service at PostgreSQL. Each service owns its own tables and file.
+
+Statement parameters are kept out of error messages (`hide_parameters`): an unexpected database
+error is logged with its trace, and its parameters may be password hashes or secrets.
 """
 
 from __future__ import annotations
@@ -26,10 +29,12 @@ def make_engine(url: str) -> Engine:
             url,
             # gRPC handlers run on a thread pool; SQLite's default forbids sharing connections.
             connect_args={"check_same_thread": False, "timeout": 30},
+            hide_parameters=True,
         )
         event.listen(engine, "connect", _sqlite_pragmas)
     else:
-        engine = create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+        engine = create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20,
+                               hide_parameters=True)
     SQLModel.metadata.create_all(engine)
     return engine
 
@@ -47,9 +52,19 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 
 @contextmanager
 def transaction(engine: Engine) -> Iterator[Session]:
-    """A session whose work commits on success and rolls back on any exception."""
+    """A session whose work commits on success and rolls back on any exception.
+
+    On SQLite the transaction begins IMMEDIATE, taking the database's write lock before its first
+    read: what it reads (a uniqueness check, a counter) cannot change before it writes, and
+    concurrent writers wait for the lock (busy_timeout) instead of failing. (pysqlite would
+    otherwise run the reads outside any transaction and begin only at the first write.) Keep slow
+    work, such as password hashing or calls to other services, outside the transaction, and do
+    not open a second one on the same engine inside it.
+    """
     with Session(engine, expire_on_commit=False) as session:
         try:
+            if engine.dialect.name == "sqlite":
+                session.connection().exec_driver_sql("BEGIN IMMEDIATE")
             yield session
             session.commit()
         except BaseException:

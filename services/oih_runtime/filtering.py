@@ -1,7 +1,7 @@
 """A small subset of AIP-160 list filters, turned into SQL conditions.
 
 Grammar: `term (AND term)*`, where a term is `field OP value`, OP is `=`, `!=`, `<`, `>`,
-`<=`, `>=` or `:` (contains), and a value is a bare word (`ACTIVE`, `true`, `42`) or a
+`<=`, `>=` or `:` (contains, ignoring case), and a value is a bare word (`ACTIVE`, `true`, `42`) or a
 double-quoted string (`"my flow"`). Each service declares which fields may be filtered and how
 a value becomes a column comparison; anything else is INVALID_ARGUMENT naming `filter`.
 """
@@ -65,13 +65,16 @@ def conditions(text: str, fields: Mapping[str, Condition]) -> list[Any]:
 
 
 def compare(column: Any, op: str, value: Any) -> Any:
-    """`column OP value` for the comparison operators (`:` means contains, for text)."""
+    """`column OP value` for the comparison operators (`:` means contains, for text, ignoring
+    case)."""
     if op == "=":
         return column == value
     if op == "!=":
         return column != value
     if op == ":":
-        return column.contains(value)
+        # `%` and `_` are literal here, and case is ignored on every database (SQLite's LIKE
+        # ignores it, PostgreSQL's would not).
+        return column.icontains(value, autoescape=True)
     if op == "<":
         return column < value
     if op == ">":

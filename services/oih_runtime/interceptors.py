@@ -91,6 +91,9 @@ class ErrorInterceptor(_WrappingInterceptor):
     ) -> Any:
         rid = _metadata(context, "x-request-id") or uuid.uuid4().hex
         token = logs.request_id.set(rid)
+        # Authentication sets the caller's subject; the principal itself is unbound again
+        # before this interceptor's `finally` runs.
+        subject_token = logs.subject.set("")
         context.set_trailing_metadata((("x-request-id", rid),))
         started = time.perf_counter()
         code = grpc.StatusCode.OK
@@ -107,16 +110,16 @@ class ErrorInterceptor(_WrappingInterceptor):
             log.exception("unexpected error in %s", method)
             context.abort(grpc.StatusCode.INTERNAL, f"internal error (request id {rid})")
         finally:
-            caller = principal.current_or_none()
             log.info(
                 "rpc",
                 extra={
                     "method": method,
                     "code": code.name,
                     "duration_ms": round((time.perf_counter() - started) * 1000, 2),
-                    "subject": caller.subject if caller else "",
+                    "subject": logs.subject.get(),
                 },
             )
+            logs.subject.reset(subject_token)
             logs.request_id.reset(token)
 
 
@@ -159,6 +162,7 @@ class AuthenticationInterceptor(_WrappingInterceptor):
             delegated = _metadata(context, ON_BEHALF_OF)
             if delegated:
                 caller = self._delegate(caller, delegated)
+            logs.subject.set(caller.subject)
         bound = principal.bind(caller)
         try:
             return behavior(request, context)

@@ -9,6 +9,8 @@ import sys
 from datetime import UTC, datetime
 
 request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="")
+#: The verified caller of the call being served (set by authentication, for the access log).
+subject: contextvars.ContextVar[str] = contextvars.ContextVar("subject", default="")
 
 _STANDARD_ATTRIBUTES = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
 

@@ -21,6 +21,8 @@ T = TypeVar("T")
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 1000
+#: Beyond any real list, and within a 64-bit SQL integer (a forged token must not reach SQL).
+MAX_OFFSET = 2**62
 
 
 def _encode(offset: int, fingerprint: str) -> str:
@@ -34,9 +36,9 @@ def _decode(token: str, fingerprint: str) -> int:
         data: Any = json.loads(raw)
         offset = int(data["o"])
         same_query = data["f"] == fingerprint
-    except (binascii.Error, ValueError, KeyError, TypeError):
+    except (binascii.Error, ValueError, KeyError, TypeError, OverflowError):
         raise InvalidArgument.field("page_token", "not a page token of this list") from None
-    if not same_query or offset < 0:
+    if not same_query or not 0 <= offset <= MAX_OFFSET:
         raise InvalidArgument.field("page_token", "the page token belongs to another query")
     return offset
 

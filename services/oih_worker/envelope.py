@@ -35,7 +35,8 @@ def _text(value: Any) -> str:
 def decode(body: bytes, properties: pika.BasicProperties, flow_id: str,
            step_id: str) -> Message:
     """The SDK Message of a delivery. Ids missing from headers are filled in deterministically
-    (from the body's hash) so that a redelivery still produces the same output ids."""
+    (from the body's hash) so that a redelivery still produces the same output ids. Anything
+    unreadable, headers included, is MalformedMessage (dead-lettered, never a worker crash)."""
     try:
         raw = json.loads(body)
     except ValueError as exc:
@@ -48,6 +49,12 @@ def decode(body: bytes, properties: pika.BasicProperties, flow_id: str,
     if not message_id:
         message_id = str(uuid.uuid5(ID_NAMESPACE, hashlib.sha256(body).hexdigest()))
     trace = headers.get(H_TRACE) or []
+    try:
+        attempt = int(headers.get(H_ATTEMPT) or 1)
+    except (TypeError, ValueError):
+        raise MalformedMessage(f"header {H_ATTEMPT} is not a number") from None
+    if not isinstance(trace, list):
+        raise MalformedMessage(f"header {H_TRACE} is not a list")
     return Message(
         data=raw.get("data") or {},
         metadata=raw.get("metadata") or {},
@@ -59,7 +66,7 @@ def decode(body: bytes, properties: pika.BasicProperties, flow_id: str,
         execution_id=(_text(headers.get(H_EXECUTION))
                       or str(uuid.uuid5(ID_NAMESPACE, f"execution/{message_id}"))),
         parent_message_id=_text(headers.get(H_PARENT)),
-        attempt=int(headers.get(H_ATTEMPT) or 1),
+        attempt=attempt,
         trace=[_text(step) for step in trace],
     )
 

@@ -50,6 +50,8 @@ class Outcome:
     error: BaseException | None = None
     error_envelope: message_pb2.ErrorEnvelope | None = None  # set when dead-lettered
     retried: bool = False
+    #: Deliveries to successor steps (outputs × edges whose condition held) in `outgoing`.
+    routed: int = 0
 
 
 class CompiledEdge:
@@ -124,6 +126,7 @@ class StepProcessor:
                     if data is not None:
                         outcome.outgoing.append(
                             self._to_edge(message, output, edge.target, index, data, properties))
+                        outcome.routed += 1
         except Exception as exc:  # a component error: retry or dead-letter the input
             return self._failed(message, body, properties, exc)
         if snapshot is not None:

@@ -39,6 +39,7 @@ def sample(data: dict[str, Any]) -> dict[str, Any]:
 class _Counts:
     messages_in: int = 0
     messages_out: int = 0
+    messages_routed: int = 0
     errors: int = 0
     dead_lettered: int = 0
     input_samples: list[dict[str, Any]] = field(default_factory=list)
@@ -70,9 +71,12 @@ class Reporter:
             given[0] += 1
             counts.input_samples.append(sample(data))
 
-    def emitted(self, execution_id: str, outputs: list[dict[str, Any]]) -> None:
+    def emitted(self, execution_id: str, outputs: list[dict[str, Any]], routed: int) -> None:
+        """A success: the function emitted `outputs`; `routed` deliveries to successor steps
+        were published for them (one per output and edge whose condition held)."""
         counts = self._counts(execution_id)
         counts.messages_out += len(outputs)
+        counts.messages_routed += routed
         given = self._given_for(execution_id)
         for data in outputs:
             if given[1] >= MAX_SAMPLES:
@@ -102,7 +106,8 @@ class Reporter:
             report = batch.reports.add(
                 flow_id=self.flow_id, step_id=self.step_id, execution_id=execution_id,
                 messages_in=counts.messages_in, messages_out=counts.messages_out,
-                errors=counts.errors, dead_lettered=counts.dead_lettered)
+                messages_routed=counts.messages_routed, errors=counts.errors,
+                dead_lettered=counts.dead_lettered)
             for data in counts.input_samples:
                 report.input_samples.add().update(data)
             for data in counts.output_samples:

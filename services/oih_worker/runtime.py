@@ -219,7 +219,8 @@ class Worker:
                     "error_type": outcome.error_envelope.error_type,  # type: ignore[union-attr]
                     "attempt": message.attempt if message else None})
         else:
-            self.reporter.emitted(execution, [output.data for output in outcome.outputs])
+            self.reporter.emitted(execution, [output.data for output in outcome.outputs],
+                                  outcome.routed)
         tag = method.delivery_tag
         self._inflight[tag] = _InFlight(pending=len(outcome.outgoing))
         for outgoing in outcome.outgoing:

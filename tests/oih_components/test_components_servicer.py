@@ -410,6 +410,21 @@ CREATE_CASES = {
     "several problems at once": (entry_point_component(description="x" * 301,
                                                        actions=[_fn("")]),
                                  ["component.description", "component.actions[0].name"]),
+    # Odd inputs that used to answer INTERNAL (on PostgreSQL, or everywhere) instead.
+    "schema with NaN": (entry_point_component(actions=[_fn("a", {"type": "object",
+                                                                 "maximum": float("nan")})]),
+                        ["component.actions[0].config_schema"]),
+    "NUL in display name": (entry_point_component(display_name="nul\x00"),
+                            ["component.display_name"]),
+    "NUL in description": (entry_point_component(description="nul\x00"),
+                           ["component.description"]),
+    "NUL in version": (entry_point_component(version="1\x00"), ["component.version"]),
+    "NUL in image": (entry_point_component(container_image=pb.ContainerImage(
+        image="acme/crm\x00:1")), ["component.container_image.image"]),
+    "NUL in owner id": (entry_point_component(owners=[pb.Owner(
+        id="users/x\x00", type=pb.OWNER_TYPE_USER)]), ["component.owners[0].id"]),
+    "owner id too long to store": (entry_point_component(owners=[pb.Owner(
+        id="users/" + "x" * 300, type=pb.OWNER_TYPE_USER)]), ["component.owners[0].id"]),
 }
 
 

@@ -325,6 +325,24 @@ def test_sweeper_fails_a_flow_stuck_in_a_transition_with_the_reason(
     assert get(grpc_stub, tenant.user, created.name).etag == flow.etag
 
 
+def test_our_own_late_failed_event_does_not_fail_the_next_start(
+        grpc_stub: Stub, tenant: Tenant, flows_service: Built) -> None:
+    # The broker was down: the sweeper failed the flow, the user started it again, and only
+    # then did the relay publish the sweeper's oih.flow.failed, which comes back to us.
+    engine = flows_service.engine
+    created = create(grpc_stub, tenant)
+    set_state(engine, created, pb.STATE_STARTING, seconds_ago=121)
+    assert fail_stuck_flows(engine, utcnow(), TIMEOUT) == [created.name]
+    [ours] = [r for r in outbox(engine, created.name) if r.event_type == "oih.flow.failed"]
+    assert start(grpc_stub, tenant.user, created.name).state == pb.STATE_STARTING
+
+    event = event_pb2.Event.FromString(ours.body)  # as the bus delivers it
+    with transaction(engine) as session:
+        events.flow_failed(session, event, payload_of(ours, orchestrator_pb2.FlowFailed))
+
+    assert get(grpc_stub, tenant.user, created.name).state == pb.STATE_STARTING
+
+
 def test_sweeper_thread_runs_and_stops(grpc_stub: Stub, tenant: Tenant,
                                        flows_service: Built) -> None:
     engine = flows_service.engine

@@ -199,6 +199,9 @@ CASES: dict[str, tuple[Callable[[World], pb.Flow], str]] = {
     "owner id not matching its type": (
         lambda w: edited(w, lambda f: f.owners.append(
             pb.Owner(id="tenants/x", type=pb.OWNER_TYPE_USER))), "flow.owners[0].id"),
+    "owner id too long to store": (
+        lambda w: edited(w, lambda f: f.owners.append(
+            pb.Owner(id="users/" + "x" * 300, type=pb.OWNER_TYPE_USER))), "flow.owners[0].id"),
     "owner without a type": (
         lambda w: edited(w, lambda f: f.owners.append(pb.Owner(id="users/x"))),
         "flow.owners[0].type"),
@@ -208,6 +211,33 @@ CASES: dict[str, tuple[Callable[[World], pb.Flow], str]] = {
     "sync timeout beyond five minutes": (
         lambda w: edited(w, lambda f: f.webhook_settings.sync_timeout.CopyFrom(seconds(301))),
         "flow.webhook_settings.sync_timeout"),
+    # Odd inputs that used to answer INTERNAL instead of naming the field.
+    "delay beyond what a timedelta holds": (
+        lambda w: edited(w, retry(initial_delay=seconds(2**62))),
+        "flow.graph.nodes[1].settings.retry_policy.initial_delay"),
+    "sync timeout beyond what a timedelta holds": (
+        lambda w: edited(w, lambda f: f.webhook_settings.sync_timeout.CopyFrom(seconds(2**62))),
+        "flow.webhook_settings.sync_timeout"),
+    "NaN in a node's fields": (
+        lambda w: edited(w, lambda f: f.graph.nodes[1].fields.update({"n": float("nan")})),
+        "flow.graph.nodes[1].fields.n"),
+    "infinity deep in a node's fields": (
+        lambda w: edited(w, lambda f: f.graph.nodes[1].fields.update(
+            {"a": {"b": [1, float("inf")]}})), "flow.graph.nodes[1].fields.a.b.1"),
+    "NaN in the fields of a function with a config schema": (
+        lambda w: edited(w, lambda f: f.graph.nodes[1].MergeFrom(
+            pb.Node(function="http", fields=fields(url="https://example.com",
+                                                   n=float("nan"))))),
+        "flow.graph.nodes[1].fields.n"),
+    "JSONata expression too long to compile": (
+        lambda w: edited(w, lambda f: setattr(f.graph.edges[0], "mapper", "a." * 6000 + "b")),
+        "flow.graph.edges[0].mapper"),
+    "NUL character in the display name": (
+        lambda w: edited(w, lambda f: setattr(f, "display_name", "nul\x00name")),
+        "flow.display_name"),
+    "NUL character in the description": (
+        lambda w: edited(w, lambda f: setattr(f, "description", "nul\x00description")),
+        "flow.description"),
 }
 
 
@@ -264,3 +294,18 @@ def test_valid_flow_with_every_option_is_accepted(grpc_stub: Stub, world: World)
     assert created.webhook_settings.hmac_algorithm == "sha512"
     assert created.graph.nodes[1].fields["url"] == "https://example.com"
     assert {o.id for o in created.owners} == {world.user.subject, world.user.tenant}
+
+
+def test_a_config_schema_whose_ref_leads_nowhere_does_not_block_the_flow(
+        grpc_stub: Stub, world: World, register_component: Callable[..., str]) -> None:
+    # The Component Repository accepts the schema (it is valid JSON Schema); only validating
+    # a node's fields against it finds that the `$ref` cannot be resolved. That is the
+    # component author's fault: the flow is saved, as for any unusable schema.
+    schema = struct_pb2.Struct()
+    schema.update({"type": "object", "properties": {"url": {"$ref": "#/definitions/none"}}})
+    component = register_component(world.user, actions=[
+        cpb.ComponentFunction(name="http", config_schema=schema)])
+    flow = two_node_flow(component)
+    flow.graph.nodes[1].MergeFrom(pb.Node(function="http", fields=fields(url="https://x.test")))
+    created = grpc_stub.CreateFlow(pb.CreateFlowRequest(flow=flow), metadata=world.user.md)
+    assert created.graph.nodes[1].fields["url"] == "https://x.test"

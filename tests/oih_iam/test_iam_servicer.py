@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 import uuid
@@ -355,3 +356,84 @@ def test_service_token_is_attached_to_calls_and_renewed_before_it_expires(
         me = iam_pb2_grpc.IamServiceStub(channel).GetCurrentPrincipal(
             iam_pb2.GetCurrentPrincipalRequest())
     assert me.name == account.name
+
+
+@pytest.mark.parametrize("offset", ["1e400", str(2**70), "-1", '"x"', "[]"])
+def test_forged_page_token_is_invalid_argument_not_internal(
+        grpc_stub: Stub, admin_token: str, offset: str) -> None:
+    raw = f'{{"o": {offset}, "f": "users:"}}'
+    forged = base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+    with pytest.raises(grpc.RpcError) as failed:
+        grpc_stub.ListUsers(iam_pb2.ListUsersRequest(page_token=forged),
+                            metadata=bearer(admin_token))
+    assert failed.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert field_violations(failed.value) == ["page_token"]
+
+
+def _refused(stub: Stub, token: str) -> grpc.RpcError:
+    with pytest.raises(grpc.RpcError) as refused:
+        stub.GetCurrentPrincipal(iam_pb2.GetCurrentPrincipalRequest(), metadata=bearer(token))
+    assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    return refused.value
+
+
+def test_setting_a_new_password_refuses_the_tokens_issued_before(
+        grpc_stub: Stub, admin_token: str) -> None:
+    name, username, token = make_user(grpc_stub, admin_token, roles=("roles/integrator",))
+    grpc_stub.UpdateUser(iam_pb2.UpdateUserRequest(user=iam_pb2.User(name=name),
+                                                   password="a brand new password"),
+                         metadata=bearer(admin_token))
+    assert reason(_refused(grpc_stub, token)) == "TOKEN_REVOKED"
+    fresh = grpc_stub.Login(iam_pb2.LoginRequest(username=username,
+                                                 password="a brand new password")).access_token
+    assert grpc_stub.GetCurrentPrincipal(iam_pb2.GetCurrentPrincipalRequest(),
+                                         metadata=bearer(fresh)).name == name
+
+
+def test_disabling_a_tenant_refuses_the_tokens_of_its_users_and_accounts_at_once(
+        grpc_stub: Stub, admin_token: str) -> None:
+    tenant = make_tenant(grpc_stub, admin_token)
+    _, _, user_token = make_user(grpc_stub, admin_token, tenant=tenant,
+                                 roles=("roles/tenant-admin",))
+    account = grpc_stub.CreateServiceAccount(iam_pb2.CreateServiceAccountRequest(
+        service_account=iam_pb2.ServiceAccount(display_name="robot",
+                                               roles=["roles/service-account"])),
+        metadata=bearer(user_token))
+    account_token = grpc_stub.ExchangeToken(iam_pb2.ExchangeTokenRequest(
+        client_id=account.client_id, client_secret=account.client_secret)).access_token
+    grpc_stub.UpdateTenant(iam_pb2.UpdateTenantRequest(
+        tenant=iam_pb2.Tenant(name=tenant, state=iam_pb2.STATE_DISABLED)),
+        metadata=bearer(admin_token))
+    assert reason(_refused(grpc_stub, user_token)) == "TOKEN_REVOKED"
+    assert reason(_refused(grpc_stub, account_token)) == "TOKEN_REVOKED"
+
+
+def test_tenant_admin_cannot_take_over_a_principal_holding_more_than_itself(
+        grpc_stub: Stub, admin_token: str, tenant_admin: tuple[str, str, str]) -> None:
+    tenant, _, token = tenant_admin
+    powerful, _, _ = make_user(grpc_stub, admin_token, tenant=tenant,
+                               permissions=("iam.tenant.create",))
+    with pytest.raises(grpc.RpcError) as password:
+        grpc_stub.UpdateUser(iam_pb2.UpdateUserRequest(user=iam_pb2.User(name=powerful),
+                                                       password="i know this one now"),
+                             metadata=bearer(token))
+    assert password.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    account = grpc_stub.CreateServiceAccount(iam_pb2.CreateServiceAccountRequest(
+        service_account=iam_pb2.ServiceAccount(display_name="powerful", tenant=tenant,
+                                               permissions=["iam.token.introspect"])),
+        metadata=bearer(admin_token))
+    with pytest.raises(grpc.RpcError) as secret:
+        grpc_stub.ResetServiceAccountSecret(
+            iam_pb2.ResetServiceAccountSecretRequest(name=account.name), metadata=bearer(token))
+    assert secret.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+def test_access_log_names_the_caller(grpc_stub: Stub, admin_token: str,
+                                     caplog: pytest.LogCaptureFixture) -> None:
+    me = grpc_stub.GetCurrentPrincipal(iam_pb2.GetCurrentPrincipalRequest(),
+                                       metadata=bearer(admin_token))
+    with caplog.at_level("INFO", logger="oih.rpc"):
+        grpc_stub.ListTenants(iam_pb2.ListTenantsRequest(), metadata=bearer(admin_token))
+    logged = [r for r in caplog.records
+              if r.getMessage() == "rpc" and r.__dict__["method"].endswith("/ListTenants")]
+    assert [r.__dict__["subject"] for r in logged] == [me.name]

@@ -144,7 +144,7 @@ def test_reports_cannot_touch_another_tenants_execution(engine: Engine) -> None:
 # --- the state rule --------------------------------------------------------------------------
 
 def test_execution_runs_until_every_delivery_was_received_then_succeeds(engine: Engine) -> None:
-    feed(engine, batch(report("a", messages_in=1, messages_out=2)))
+    feed(engine, batch(report("a", messages_in=1, messages_out=2, messages_routed=2)))
     assert get(engine).state == Execution.STATE_RUNNING
     feed(engine, batch(report("b", messages_in=1, messages_out=0)))
     assert get(engine).state == Execution.STATE_RUNNING  # b still owes one input
@@ -158,7 +158,7 @@ def test_a_successors_report_arriving_first_does_not_finish_the_execution(
         engine: Engine) -> None:
     feed(engine, batch(report("b", messages_in=1, messages_out=0)))
     assert get(engine).state == Execution.STATE_RUNNING
-    feed(engine, batch(report("a", messages_in=1, messages_out=1)))
+    feed(engine, batch(report("a", messages_in=1, messages_out=1, messages_routed=1)))
     assert get(engine).state == Execution.STATE_SUCCEEDED
 
 
@@ -170,7 +170,7 @@ def test_a_scheduled_retry_keeps_the_execution_running(engine: Engine) -> None:
 
 
 def test_a_dead_letter_fails_the_execution_and_a_replay_reopens_it(engine: Engine) -> None:
-    feed(engine, batch(report("a", messages_in=1, messages_out=1)),
+    feed(engine, batch(report("a", messages_in=1, messages_out=1, messages_routed=1)),
          batch(report("b", messages_in=1, errors=1, dead_lettered=1)))
     execution = get(engine)
     assert execution.state == Execution.STATE_FAILED
@@ -183,11 +183,53 @@ def test_a_dead_letter_fails_the_execution_and_a_replay_reopens_it(engine: Engin
     assert get(engine).state == Execution.STATE_SUCCEEDED
 
 
-def test_a_condition_that_may_have_dropped_a_message_is_ambiguous() -> None:
-    steps = {"a": Counts(1, 1), "b": Counts(1, 1)}  # c got nothing: filtered, or queued?
-    assert state_of(steps, 1, SHAPE) == ("RUNNING", "ambiguous")
-    steps["c"] = Counts(1, 0)
-    assert state_of(steps, 1, SHAPE) == ("SUCCEEDED", "settled")
+def test_a_condition_that_dropped_messages_settles_at_once(engine: Engine) -> None:
+    """b → c has a condition: b's routed count says how many passed, so no waiting."""
+    feed(engine, batch(report("a", messages_in=1, messages_out=3, messages_routed=3)),
+         batch(report("b", messages_in=3, messages_out=3, messages_routed=1)))
+    assert get(engine).state == Execution.STATE_RUNNING  # the one that passed is owed to c
+    feed(engine, batch(report("c", messages_in=1)))
+    assert get(engine).state == Execution.STATE_SUCCEEDED
+    # Every message dropped by the condition: settled without any report of c.
+    feed(engine, batch(report("a", "e2", messages_in=1, messages_out=2, messages_routed=2),
+                       report("b", "e2", messages_in=2, messages_out=2, messages_routed=0)))
+    assert get(engine, "flows/f1/executions/e2").state == Execution.STATE_SUCCEEDED
+
+
+def test_racing_reports_stay_running_until_consistent() -> None:
+    # a → b: b's report came first. The sums agree (b received 1 = 1 trigger), but the
+    # entry step has not reported its trigger yet.
+    line = FlowShape(frozenset({"a", "b"}), (Edge("a", "b"),))
+    assert state_of({"b": Counts(1)}, 1, line) == ("RUNNING", "outstanding")
+    assert state_of({"b": Counts(1), "a": Counts(1, 1, messages_routed=1)}, 1, line) == (
+        "SUCCEEDED", "settled")
+    # a → b → c with a condition on b → c: c's report before b's.
+    steps = {"a": Counts(1, 1, messages_routed=1), "c": Counts(1)}
+    assert state_of(steps, 1, SHAPE)[0] == "RUNNING"
+    steps["b"] = Counts(1, 1, messages_routed=1)
+    assert state_of(steps, 1, SHAPE)[0] == "SUCCEEDED"
+    # A retry's report is in, the retried delivery's is not: b owes one more.
+    steps["b"] = Counts(2, 1, errors=1, messages_routed=1)
+    assert state_of(steps, 1, SHAPE)[0] == "SUCCEEDED"
+    steps["b"] = Counts(1, 0, errors=1)
+    assert state_of(steps, 1, SHAPE)[0] == "RUNNING"
+
+
+def test_two_conditional_edges_bound_each_branch() -> None:
+    """a → b and a → c, both filtered: a's routed count is shared by the two."""
+    shape = FlowShape(frozenset({"a", "b", "c"}),
+                      (Edge("a", "b", True), Edge("a", "c", True)))
+    a = Counts(1, 2, messages_routed=3)  # 2 outputs, 3 deliveries
+    assert state_of({"a": a, "b": Counts(2)}, 1, shape)[0] == "RUNNING"
+    assert state_of({"a": a, "b": Counts(2), "c": Counts(1)}, 1, shape)[0] == "SUCCEEDED"
+    assert state_of({"a": a, "b": Counts(3)}, 1, shape)[0] == "RUNNING"  # b got at most 2
+
+
+def test_counters_that_no_delivery_explains_are_outstanding() -> None:
+    # More deliveries than outputs × edges: a report is missing or counted twice.
+    shape = FlowShape(frozenset({"a", "b"}), (Edge("a", "b", True),))
+    assert state_of({"a": Counts(1, 1, messages_routed=2), "b": Counts(2)}, 1, shape)[0] == \
+        "RUNNING"
 
 
 def test_without_the_graph_only_a_dead_letter_decides() -> None:
@@ -197,24 +239,16 @@ def test_without_the_graph_only_a_dead_letter_decides() -> None:
 
 def test_fan_out_to_two_successors_needs_both() -> None:
     shape = FlowShape(frozenset({"a", "b", "c"}), (Edge("a", "b"), Edge("a", "c")))
-    steps = {"a": Counts(1, 1), "b": Counts(1, 0)}
+    steps = {"a": Counts(1, 1, messages_routed=2), "b": Counts(1, 0)}
     assert state_of(steps, 1, shape)[0] == "RUNNING"
     steps["c"] = Counts(1, 0)
     assert state_of(steps, 1, shape)[0] == "SUCCEEDED"
 
 
-def test_ambiguous_executions_are_settled_after_a_quiet_period(engine: Engine) -> None:
-    feed(engine, batch(report("a", messages_in=1, messages_out=1)),
-         batch(report("b", messages_in=1, messages_out=1)))
-    settings = RetentionSettings(settle_seconds=30, stale_seconds=3600)
-    assert settle(engine, NOW + timedelta(seconds=10), settings) == 0
-    assert settle(engine, NOW + timedelta(seconds=31), settings) == 1
-    assert get(engine).state == Execution.STATE_SUCCEEDED
-
-
 def test_stuck_executions_are_closed_after_the_stale_period(engine: Engine) -> None:
-    feed(engine, batch(report("a", messages_in=1, messages_out=1)))  # b's report was lost
-    settings = RetentionSettings(settle_seconds=30, stale_seconds=3600)
+    feed(engine, batch(report("a", messages_in=1, messages_out=1, messages_routed=1)))
+    # b's report was lost (its worker crashed before sending it)
+    settings = RetentionSettings(stale_seconds=3600)
     assert settle(engine, NOW + timedelta(seconds=60), settings) == 0
     assert settle(engine, NOW + timedelta(hours=2), settings) == 1
 

@@ -110,7 +110,8 @@ def test_consumer_merges_published_batches_and_settles_the_execution(
     try:
         wait_for(lambda: consumer.following(flow), what="the consumer to subscribe")
         publish_report(channel, flow, message_pb2.StepReport(
-            flow_id=flow, step_id="a", execution_id="e1", messages_in=1, messages_out=1),
+            flow_id=flow, step_id="a", execution_id="e1", messages_in=1, messages_out=1,
+            messages_routed=1),
             batch_id="same")
         publish_report(channel, flow, message_pb2.StepReport(  # a duplicate: ignored
             flow_id=flow, step_id="a", execution_id="e1", messages_in=1, messages_out=1),

@@ -140,6 +140,37 @@ def test_execution_of_a_flow_that_does_not_run_is_refused(orchestrator: Orchestr
     assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
+def test_executions_with_a_condition_that_drops_messages_succeed_without_waiting(
+        orchestrator: Orchestrator, builtins: dict[str, str], user_md: Any) -> None:
+    """Real workers report how many deliveries passed the condition, so an execution whose
+    message the condition dropped is SUCCEEDED as soon as the reports are in — well before the
+    sweep (every 60 s) could close it for being quiet."""
+    flow = three_step_flow(builtins)
+    flow.graph.edges[0].condition = "data.n >= 3"
+    flow_id = flow.name.split("/")[1]
+    assert start(orchestrator, flow).type == "oih.flow.started"
+    try:
+        for n in range(6):
+            orchestrator.stub.StartExecution(pb.StartExecutionRequest(
+                flow=flow.name, data=data(n=n), execution_id=f"cond-{n}"), metadata=user_md)
+
+        def states() -> dict[int, Any] | None:
+            found = {n: orchestrator.stub.GetExecution(pb.GetExecutionRequest(
+                name=f"{flow.name}/executions/cond-{n}"), metadata=user_md) for n in range(6)}
+            done = all(e.state == pb.Execution.STATE_SUCCEEDED for e in found.values())
+            return found if done else None
+        executions = wait_for(states, 20, "every execution SUCCEEDED")
+        assert sorted(line["data"]["n"] for line in sink_lines(orchestrator.data_dir, flow_id)
+                      ) == [6, 8, 10]
+        dropped = {s.step_id: s for s in executions[0].steps}
+        assert set(dropped) == {"start"} and dropped["start"].messages_out == 1
+        passed = {s.step_id: s.messages_in for s in executions[4].steps}
+        assert passed == {"start": 1, "double": 1, "sink": 1}
+    finally:
+        orchestrator.bus.stopping(flow)
+        assert orchestrator.bus.answer(flow).type == "oih.flow.stopped"
+
+
 # --- isolation --------------------------------------------------------------------------------
 
 def test_step_credentials_reach_only_the_steps_own_queue(
@@ -264,3 +295,20 @@ def test_failed_from_another_service_removes_the_flow(
     wait_for(lambda: flow_id not in orchestrator.driver.flows() and
              flow_queues(management, flow_id) == [] and
              management.users(f"oih-flow-{flow_id}.") == [], 30, "the flow to be removed")
+
+
+def test_an_event_naming_a_flow_id_outside_the_workers_folder_removes_nothing(
+        orchestrator: Orchestrator, builtins: dict[str, str]) -> None:
+    """`flows/..` passes a check for slashes, but the local driver would then clean
+    `<data_dir>/workers/..` — the data folder the services share — of every `*.json`."""
+    keep = orchestrator.data_dir / "keep.json"
+    keep.write_text("{}")
+    flow = three_step_flow(builtins, flow_id="..")
+    orchestrator.bus.stopping(flow)
+    orchestrator.bus.publish("oih.flow.failed", answers.FlowFailed(
+        flow="flows/..", reason="x", tenant=flow.tenant))
+    assert orchestrator.bus.answer(flow, timeout=15).type == "oih.flow.stopped"
+    probe = three_step_flow(builtins)  # events are handled in order: this one comes after
+    orchestrator.bus.stopping(probe)
+    assert orchestrator.bus.answer(probe).type == "oih.flow.stopped"
+    assert keep.exists()

@@ -96,3 +96,31 @@ def test_unroutable_output_stops_the_worker_without_losing_the_input(
     assert '"unroutable publish' in harness.log_of("start")
     wait_for(lambda: harness.queue_depth(f"oih.flow.{harness.flow_id}.start") == 1, 10,
              "the input back in its queue")
+
+
+def test_a_message_with_unreadable_headers_is_dead_lettered_not_a_crash(
+        harness: FlowHarness) -> None:
+    """A delivery whose `oih-*` headers cannot be read (anyone who may publish to the flow's
+    exchange can send one) must not kill the worker: killed, it would get the same message
+    again on restart and crash again, until the flow is failed."""
+    import pika
+
+    from oih_worker import topology
+
+    harness.step("start", TRIGGER, "manual", edges=[EdgeSpec("out")])
+    harness.step("out", SINK, "sink")
+    harness.declare()
+    harness.start()
+    for headers in ({"oih-attempt": "x"}, {"oih-trace": 5}):
+        harness.channel.basic_publish(
+            topology.exchange_name(harness.flow_id), topology.input_key("start"),
+            b'{"data": {"n": -1}}', pika.BasicProperties(message_id=f"bad-{len(headers)}",
+                                                         headers=headers), mandatory=True)
+    harness.publish("start", {"n": 1})
+    wait_for(lambda: len(harness.sink("out")) == 1, 30, "the good message")
+    wait_for(lambda: dead_letters.count_dead_letters(
+        harness.connection, harness.flow_id, "start") == 2, 30, "two dead letters")
+    assert harness.processes["start"].poll() is None, harness.log_of("start")
+    letters = dead_letters.list_dead_letters(harness.connection, harness.flow_id, "start")
+    assert {letter.envelope.error_type for letter in letters} == {"MalformedMessage"}
+    assert harness.stop_all() == {"start": 0, "out": 0}

@@ -124,6 +124,8 @@ def test_processor_outputs_are_deterministic_and_routed() -> None:
     first, again = _deliver(processor, {"x": 5}), _deliver(processor, {"x": 5})
     keys = [out.routing_key for out in first.outgoing]
     assert keys == ["step.pos.input", "step.all.input", "step.all.input", "snapshot"]
+    # Two outputs, one dropped by a condition: 3 deliveries to successors (not the snapshot).
+    assert (len(first.outputs), first.routed) == (2, 3)
     assert [o.properties.message_id for o in first.outgoing] == [
         o.properties.message_id for o in again.outgoing]
     bodies = [json.loads(out.body) for out in first.outgoing[:3]]
@@ -164,13 +166,14 @@ def test_reports_cap_samples_and_truncate() -> None:
     reporter = Reporter("f", "s", "w")
     for n in range(5):
         reporter.received("e", {"n": n})
-    reporter.emitted("e", [{"big": "x" * 20000}])
+    reporter.emitted("e", [{"big": "x" * 20000}], routed=2)
     first = json.loads(reporter.take_batch() or b"")
     reporter.received("e", {"n": 9})
     second = json.loads(reporter.take_batch() or b"")
     assert reporter.take_batch() is None
     report = first["reports"][0]
     assert report["messagesIn"] == "5" and len(report["inputSamples"]) == 3
+    assert (report["messagesOut"], report["messagesRouted"]) == ("1", "2")
     assert report["outputSamples"] == [{"truncated": True, "size": 20010}]
     assert "inputSamples" not in second["reports"][0]  # the cap holds across batches
 

@@ -105,11 +105,16 @@ def steps_of(session: Session, execution: ExecutionRow) -> list[StepExecutionRow
         .order_by(StepExecutionRow.position)).all())  # type: ignore[arg-type]
 
 
+def counts_of(steps: list[StepExecutionRow]) -> dict[str, rule.Counts]:
+    return {step.step_id: rule.Counts(
+        messages_in=step.messages_in, messages_out=step.messages_out, errors=step.errors,
+        dead_lettered=step.dead_lettered, replayed=step.replayed,
+        messages_routed=step.messages_routed) for step in steps}
+
+
 def decide(session: Session, execution: ExecutionRow, shape: rule.FlowShape | None,
            now: datetime) -> None:
-    counts = {step.step_id: rule.Counts(step.messages_in, step.messages_out, step.errors,
-                                        step.dead_lettered, step.replayed)
-              for step in steps_of(session, execution)}
+    counts = counts_of(steps_of(session, execution))
     state, kind = rule.state_of(counts, execution.triggers, shape)
     finish(execution, state, kind, now)
     session.add(execution)
@@ -160,6 +165,7 @@ def _step(session: Session, execution: ExecutionRow, step_id: str) -> StepExecut
 def _merge(step: StepExecutionRow, report: message_pb2.StepReport) -> None:
     step.messages_in += max(report.messages_in, 0)
     step.messages_out += max(report.messages_out, 0)
+    step.messages_routed += max(report.messages_routed, 0)
     step.errors += max(report.errors, 0)
     step.dead_lettered += max(report.dead_lettered, 0)
     # New lists, not in-place appends: the JSON columns are not mutation-tracked.

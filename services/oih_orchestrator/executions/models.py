@@ -1,5 +1,8 @@
 """The executions view's tables (`orch_*`): executions, their steps, and counted batch ids.
 
+Tables are made by `create_all`, which does not alter existing ones: a database created before
+a column was added (e.g. `messages_routed`) must be dropped or migrated by hand (pre-release).
+
 Counters are sums over every StepReport of a (flow, execution, step). Samples and the last
 error are JSON because they are read and written whole. Rows are keyed by flow AND execution
 id: callers may choose execution ids (StartExecution), so an id is unique only within a flow.
@@ -33,8 +36,7 @@ class ExecutionRow(SQLModel, table=True):
     execution_id: str = Field(primary_key=True, max_length=64)
     tenant: str = Field(index=True, max_length=200)
     state: str = Field(default=RUNNING, index=True, max_length=16)
-    #: Why the state rule says what it says (see state.py): settled, ambiguous, outstanding,
-    #: unknown. `settle()` uses it to close executions that reports alone cannot close.
+    #: Why the state rule says what it says (see state.py): settled, outstanding, unknown.
     progress: str = Field(default="outstanding", max_length=16)
     source: str = Field(default="", max_length=32)
     flow_version: int = 0
@@ -56,6 +58,8 @@ class StepExecutionRow(SQLModel, table=True):
     position: int = 0
     messages_in: int = 0
     messages_out: int = 0
+    #: Deliveries published to successor steps (after edge conditions; see state.py).
+    messages_routed: int = 0
     errors: int = 0
     dead_lettered: int = 0
     #: Dead letters of this step replayed into it again (each is one more input to expect).

@@ -1,5 +1,5 @@
 """Keeping the view bounded and honest: retention, a cap per flow, and settling executions that
-reports alone cannot close (see state.py for why some cannot).
+reports alone cannot close (a worker crash loses counts; see state.py).
 
 Run `sweep(engine, now)` periodically (every minute is plenty); `purge` and `settle` are its
 two halves, usable alone.
@@ -12,14 +12,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import and_, delete, func, or_, tuple_
+from sqlalchemy import delete, func, tuple_
 from sqlalchemy.engine import Engine
 from sqlmodel import col, select
 
 from oih_runtime.db import transaction
 
 from . import state as rule
-from .ingest import finish, steps_of
+from .ingest import counts_of, finish, steps_of
 from .models import RUNNING, ExecutionRow, ReportBatchRow, StepExecutionRow
 
 #: Batch ids are remembered this long: redeliveries come within minutes, not days.
@@ -32,11 +32,8 @@ class RetentionSettings:
     retention_days: float = 7.0
     #: At most this many executions per flow (the newest are kept).
     max_per_flow: int = 10_000
-    #: An AMBIGUOUS execution (only edge conditions explain missing deliveries) with no report
-    #: for this long is closed.
-    settle_seconds: float = 30.0
-    #: Any RUNNING execution with no change for this long is closed (lost or duplicated counts
-    #: after a worker crash). Longer than any sensible retry delay.
+    #: A RUNNING execution with no change for this long is closed (counts lost in a worker
+    #: crash leave it unexplained for ever). Longer than any sensible retry delay.
     stale_seconds: float = 3600.0
 
     @classmethod
@@ -46,7 +43,6 @@ class RetentionSettings:
         return cls(
             retention_days=float(env.get(prefix + "RETENTION_DAYS", "7")),
             max_per_flow=int(env.get(prefix + "MAX_PER_FLOW", "10000")),
-            settle_seconds=float(env.get(prefix + "SETTLE_SECONDS", "30")),
             stale_seconds=float(env.get(prefix + "STALE_SECONDS", "3600")),
         )
 
@@ -85,23 +81,16 @@ def purge(engine: Engine, now: datetime, settings: RetentionSettings | None = No
 
 
 def settle(engine: Engine, now: datetime, settings: RetentionSettings | None = None) -> int:
-    """Close RUNNING executions that reports will not close: AMBIGUOUS ones after a short quiet
-    period, any other after a long one. Returns how many were closed."""
+    """Close RUNNING executions that reports will not close (no change for `stale_seconds`).
+    Returns how many were closed."""
     settings = settings or RetentionSettings.from_env()
-    quiet = now - timedelta(seconds=settings.settle_seconds)
     stale = now - timedelta(seconds=settings.stale_seconds)
     closed = 0
     with transaction(engine) as session:
         rows = session.exec(select(ExecutionRow).where(
-            col(ExecutionRow.state) == RUNNING,
-            or_(and_(col(ExecutionRow.progress) == rule.AMBIGUOUS,
-                     col(ExecutionRow.update_time) < quiet),
-                col(ExecutionRow.update_time) < stale))).all()
+            col(ExecutionRow.state) == RUNNING, col(ExecutionRow.update_time) < stale)).all()
         for row in rows:
-            counts = {s.step_id: rule.Counts(s.messages_in, s.messages_out, s.errors,
-                                             s.dead_lettered, s.replayed)
-                      for s in steps_of(session, row)}
-            failed = rule.outstanding_dead_letters(counts) > 0
+            failed = rule.outstanding_dead_letters(counts_of(steps_of(session, row))) > 0
             finish(row, "FAILED" if failed else "SUCCEEDED", rule.SETTLED, now)
             session.add(row)
             closed += 1

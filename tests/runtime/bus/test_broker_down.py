@@ -89,7 +89,8 @@ def test_events_wait_for_the_broker_and_are_delivered_after_a_restart(
                  timeout=60)
         # The consumer reconnected on its own and handles the events once each.
         wait_for(lambda: set(handled) >= {e.id for e in added}, timeout=60)
-        assert count(engine, model=ProcessedEvent) == 6
+        # The handler records an event before its transaction commits: wait for the commit.
+        wait_for(lambda: count(engine, model=ProcessedEvent) == 6)
         assert len(handled) == len(set(handled)) == 6
     finally:
         consumer.stop()

@@ -270,6 +270,7 @@ class StepReport(_message.Message):
     INPUT_SAMPLES_FIELD_NUMBER: _builtins.int
     OUTPUT_SAMPLES_FIELD_NUMBER: _builtins.int
     LAST_ERROR_FIELD_NUMBER: _builtins.int
+    MESSAGES_ROUTED_FIELD_NUMBER: _builtins.int
     flow_id: _builtins.str
     """The flow id."""
     step_id: _builtins.str
@@ -279,11 +280,18 @@ class StepReport(_message.Message):
     messages_in: _builtins.int
     """Messages the step received for the execution (retries count again)."""
     messages_out: _builtins.int
-    """Messages the step emitted for the execution."""
+    """Messages the step's function emitted for the execution (before any edge)."""
     errors: _builtins.int
     """Failed attempts."""
     dead_lettered: _builtins.int
     """Messages given up on (sent to the dead-letter queue)."""
+    messages_routed: _builtins.int
+    """Deliveries this step published to successor steps for the execution, after the edges'
+    conditions: an output counts once per edge whose condition it passed (a fan-out to two
+    steps counts 2; an output every condition dropped counts 0). Retries, dead letters and
+    snapshots are not counted. With it the orchestrator knows exactly how many deliveries
+    each step is owed, so an execution is settled without waiting.
+    """
     @_builtins.property
     def input_samples(self) -> _containers.RepeatedCompositeFieldContainer[_struct_pb2.Struct]:
         """The `data` of a few input messages: at most 3 per step and execution over all reports,
@@ -311,10 +319,11 @@ class StepReport(_message.Message):
         input_samples: _abc.Iterable[_struct_pb2.Struct] | None = ...,
         output_samples: _abc.Iterable[_struct_pb2.Struct] | None = ...,
         last_error: Global___ErrorEnvelope | None = ...,
+        messages_routed: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["last_error", b"last_error"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["dead_lettered", b"dead_lettered", "errors", b"errors", "execution_id", b"execution_id", "flow_id", b"flow_id", "input_samples", b"input_samples", "last_error", b"last_error", "messages_in", b"messages_in", "messages_out", b"messages_out", "output_samples", b"output_samples", "step_id", b"step_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dead_lettered", b"dead_lettered", "errors", b"errors", "execution_id", b"execution_id", "flow_id", b"flow_id", "input_samples", b"input_samples", "last_error", b"last_error", "messages_in", b"messages_in", "messages_out", b"messages_out", "messages_routed", b"messages_routed", "output_samples", b"output_samples", "step_id", b"step_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
