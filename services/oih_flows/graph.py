@@ -157,11 +157,11 @@ def _node(node: flows_pb2.Node, field: str) -> Violations:
                       f"must be between 0 (the default) and {MAX_CONCURRENCY}"))
     if settings.HasField("retry_policy"):
         found += _retry(settings.retry_policy, f"{field}.settings.retry_policy")
-    found += _finite(node.fields, f"{field}.fields")
+    found += non_finite(node.fields, f"{field}.fields")
     return found
 
 
-def _finite(struct: struct_pb2.Struct, field: str) -> Violations:
+def non_finite(struct: struct_pb2.Struct, field: str) -> Violations:
     """NaN and infinities have no JSON form: the node's fields could not be stored or sent."""
     found: Violations = []
     pending: list[tuple[struct_pb2.Value, str]] = [

@@ -235,6 +235,9 @@ class Flows:
         return row
 
     def execute(self, caller: Principal, name: str, data: struct_pb2.Struct) -> str:
+        problems = graph.non_finite(data, "data")
+        if problems:
+            raise InvalidArgument(problems)
         execution_id = str(uuid.uuid4())
         with transaction(self.engine) as session:
             row = self._visible(session, caller, name)

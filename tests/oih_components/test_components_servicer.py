@@ -476,13 +476,13 @@ def test_update_rejects_bad_input_naming_the_field(
     assert stored == created  # nothing changed
 
 
+@pytest.mark.parametrize("bad", ["flows/abc", "components/a\x00b"])  # NUL: PostgreSQL refuses
 @pytest.mark.parametrize(("call", "field"), [
     ("get", "name"), ("delete", "name"), ("update", "component.name"),
 ])
 def test_malformed_names_are_invalid(grpc_stub: Stub, make_caller: MakeCaller, call: str,
-                                     field: str) -> None:
+                                     field: str, bad: str) -> None:
     caller = make_caller()
-    bad = "flows/abc"
     calls = {
         "get": lambda: grpc_stub.GetComponent(pb.GetComponentRequest(name=bad),
                                               metadata=caller.md),

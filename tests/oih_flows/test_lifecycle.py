@@ -23,7 +23,7 @@ from oih_flows.server import Built
 from oih_flows.sweeper import Sweeper, fail_stuck_flows
 from oih_runtime.db import transaction
 from tests.oih_flows.conftest import Caller, Tenant, outbox, two_node_flow
-from tests.support.grpc_errors import reason
+from tests.support.grpc_errors import field_violations, reason
 
 Stub = flows_pb2_grpc.FlowServiceStub
 TIMEOUT = timedelta(seconds=120)
@@ -188,6 +188,23 @@ def test_execute_emits_flow_execute_for_an_active_flow(grpc_stub: Stub, tenant: 
     assert execute == flow_events.FlowExecute(
         flow=created.name, execution_id=reply.execution.rsplit("/", 1)[1], data=data,
         source="api")
+
+
+def test_execute_with_data_json_cannot_carry_is_invalid(grpc_stub: Stub, tenant: Tenant,
+                                                      flows_service: Built) -> None:
+    # The orchestrator turns `data` into the first message's JSON: NaN would fail there,
+    # after we had answered with an execution that never runs.
+    created = create(grpc_stub, tenant)
+    start(grpc_stub, tenant.user, created.name)
+    started(flows_service.engine, created)
+    data = struct_pb2.Struct()
+    data.update({"customer": {"score": float("nan")}})
+    with pytest.raises(grpc.RpcError) as failed:
+        grpc_stub.ExecuteFlow(pb.ExecuteFlowRequest(name=created.name, data=data),
+                              metadata=tenant.user.md)
+    assert failed.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert field_violations(failed.value) == ["data.customer.score"]
+    assert outbox(flows_service.engine, created.name)[-1].event_type != "oih.flow.execute"
 
 
 @pytest.mark.parametrize("state", [pb.STATE_INACTIVE, pb.STATE_STARTING, pb.STATE_STOPPING,
