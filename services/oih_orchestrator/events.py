@@ -15,6 +15,7 @@ from oih.events.v1 import event_pb2, orchestrator_pb2
 from oih.events.v1 import flows_pb2 as flow_events
 from oih_runtime.bus import Consumer, PermanentError
 from oih_runtime.errors import DomainError
+from oih_worker import topology
 
 from . import execute
 from .amqp import Amqp
@@ -26,9 +27,15 @@ Event = event_pb2.Event
 
 
 def _flow_id(name: str) -> str:
+    """The flow id of `flows/{id}`, checked like the topology does: the id becomes a folder,
+    queue and user name, so `..` or a dot would reach beyond the flow's own."""
     flow_id = name.removeprefix("flows/")
-    if not name.startswith("flows/") or not flow_id or "/" in flow_id:
-        raise PermanentError(f"not a flow name: {name!r}")  # retrying cannot fix it
+    try:
+        if not name.startswith("flows/"):
+            raise ValueError(name)
+        topology.check_ids(flow_id)
+    except ValueError:
+        raise PermanentError(f"not a flow name: {name!r}") from None  # retrying cannot fix it
     return flow_id
 
 

@@ -50,7 +50,7 @@ class Outcome:
     error: BaseException | None = None
     error_envelope: message_pb2.ErrorEnvelope | None = None  # set when dead-lettered
     retried: bool = False
-    #: Deliveries to successor steps (outputs × edges whose condition held) in `outgoing`.
+    #: Deliveries to successor steps (outputs x edges whose condition held) in `outgoing`.
     routed: int = 0
 
 

@@ -226,7 +226,7 @@ def test_two_conditional_edges_bound_each_branch() -> None:
 
 
 def test_counters_that_no_delivery_explains_are_outstanding() -> None:
-    # More deliveries than outputs × edges: a report is missing or counted twice.
+    # More deliveries than outputs x edges: a report is missing or counted twice.
     shape = FlowShape(frozenset({"a", "b"}), (Edge("a", "b", True),))
     assert state_of({"a": Counts(1, 1, messages_routed=2), "b": Counts(2)}, 1, shape)[0] == \
         "RUNNING"

@@ -301,14 +301,17 @@ def test_an_event_naming_a_flow_id_outside_the_workers_folder_removes_nothing(
         orchestrator: Orchestrator, builtins: dict[str, str]) -> None:
     """`flows/..` passes a check for slashes, but the local driver would then clean
     `<data_dir>/workers/..` — the data folder the services share — of every `*.json`."""
+    running = three_step_flow(builtins)
+    assert start(orchestrator, running).type == "oih.flow.started"  # workers/ exists
     keep = orchestrator.data_dir / "keep.json"
     keep.write_text("{}")
-    flow = three_step_flow(builtins, flow_id="..")
-    orchestrator.bus.stopping(flow)
-    orchestrator.bus.publish("oih.flow.failed", answers.FlowFailed(
-        flow="flows/..", reason="x", tenant=flow.tenant))
-    assert orchestrator.bus.answer(flow, timeout=15).type == "oih.flow.stopped"
-    probe = three_step_flow(builtins)  # events are handled in order: this one comes after
-    orchestrator.bus.stopping(probe)
-    assert orchestrator.bus.answer(probe).type == "oih.flow.stopped"
+    try:
+        flow = three_step_flow(builtins, flow_id="..")
+        orchestrator.bus.stopping(flow)
+        orchestrator.bus.publish("oih.flow.failed", answers.FlowFailed(
+            flow="flows/..", reason="x", tenant=flow.tenant))
+    finally:
+        # Events are handled in order: when this one is answered, those were handled.
+        orchestrator.bus.stopping(running)
+        assert orchestrator.bus.answer(running).type == "oih.flow.stopped"
     assert keep.exists()

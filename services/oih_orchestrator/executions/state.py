@@ -28,7 +28,7 @@ shows up as a step that received more than its predecessors are known to have se
 
 The deliveries of one edge follow from the counters: an edge without a condition carries every
 output of its source (out_P), so P's conditional edges together carry
-`routed_P - out_P × (P's unconditional edges)`, all of it on the edge when P has one conditional
+`routed_P - out_P x (P's unconditional edges)`, all of it on the edge when P has one conditional
 edge. Only a step with two or more conditional edges leaves the split unknown; its conditional
 deliveries then bound each target (between 0 and min(that remainder, out_P) per edge), part 2
 becomes `lower <= in_S <= upper`, and part 1 still requires the total. That case is exact once
