@@ -85,7 +85,7 @@ def _aware(moment: datetime | None) -> datetime | None:
 @contextmanager
 def _unique(taken: AlreadyExists) -> Iterator[None]:
     """Answer `taken` when a concurrent call inserted the same unique value between our check
-    and our insert (possible on PostgreSQL; SQLite transactions here are serialized)."""
+    and our insert."""
     try:
         yield
     except IntegrityError:
@@ -171,7 +171,7 @@ class Iam:
         # database's write lock); the outcome is then recorded against the row as it is now.
         verified = self.passwords.verify(user.password_hash if user else None, password)
         now = utcnow()
-        with transaction(self.engine) as session:
+        with transaction(self.engine, lock=True) as session:
             current = None
             if user is not None:
                 current = session.exec(

@@ -51,19 +51,20 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 
 
 @contextmanager
-def transaction(engine: Engine) -> Iterator[Session]:
+def transaction(engine: Engine, *, lock: bool = False) -> Iterator[Session]:
     """A session whose work commits on success and rolls back on any exception.
 
-    On SQLite the transaction begins IMMEDIATE, taking the database's write lock before its first
-    read: what it reads (a uniqueness check, a counter) cannot change before it writes, and
-    concurrent writers wait for the lock (busy_timeout) instead of failing. (pysqlite would
-    otherwise run the reads outside any transaction and begin only at the first write.) Keep slow
-    work, such as password hashing or calls to other services, outside the transaction, and do
-    not open a second one on the same engine inside it.
+    On SQLite, pysqlite runs a transaction's reads outside it and begins only at the first
+    write: a read-then-write (a counter, a check before an insert) can lose a concurrent update.
+    `lock=True` begins IMMEDIATE instead, taking the database's write lock before the first
+    read, so what the transaction reads cannot change before it writes. Keep slow work (password
+    hashing, calls to other services) out of such a transaction, and open no other transaction
+    on the same engine inside it: that one would wait for the lock its own thread holds. On
+    PostgreSQL `lock` changes nothing: use `SELECT … FOR UPDATE` or a unique constraint there.
     """
     with Session(engine, expire_on_commit=False) as session:
         try:
-            if engine.dialect.name == "sqlite":
+            if lock and engine.dialect.name == "sqlite":
                 session.connection().exec_driver_sql("BEGIN IMMEDIATE")
             yield session
             session.commit()
