@@ -19,7 +19,7 @@ import grpc
 from oih_runtime import access, logs, principal
 from oih_runtime.errors import DomainError, PermissionDenied, Unauthenticated
 from oih_runtime.tokens import TokenVerifier
-from oih_runtime.validation import check_required
+from oih_runtime.validation import check_no_nul, check_required
 
 log = logging.getLogger("oih.rpc")
 
@@ -190,13 +190,14 @@ class AuthorizationInterceptor(_WrappingInterceptor):
 
 
 class ValidationInterceptor(_WrappingInterceptor):
-    """Answers INVALID_ARGUMENT for REQUIRED fields the request leaves unset."""
+    """Answers INVALID_ARGUMENT for REQUIRED fields left unset and strings holding NUL."""
 
     def around(
         self, method: str, behavior: Behavior, request: Any, context: grpc.ServicerContext
     ) -> Any:
         if access.method_descriptor(method) is not None:
             check_required(request, method.rsplit("/", 1)[-1])
+            check_no_nul(request)
         return behavior(request, context)
 
 

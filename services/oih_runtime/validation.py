@@ -1,7 +1,9 @@
-"""Input rules from the contract: `google.api.field_behavior` REQUIRED fields.
+"""Input rules every request obeys, checked once by the validation interceptor.
 
-The interceptor checks every request: top-level REQUIRED fields must be set; in Create calls
-the REQUIRED fields of the resource being created too (in updates, the mask decides).
+- `google.api.field_behavior` REQUIRED fields: top-level ones must be set; in Create calls the
+  REQUIRED fields of the resource being created too (in updates, the mask decides).
+- No string anywhere in a request holds a NUL character: PostgreSQL text cannot store one, and
+  no name, filter or payload needs one (raw bytes travel in `bytes` fields, which may).
 """
 
 from __future__ import annotations
@@ -50,3 +52,37 @@ def check_required(message: Message, method_name: str) -> None:
     missing = missing_required(message, recurse=method_name.startswith("Create"))
     if missing:
         raise InvalidArgument([(path, "required field is missing") for path in missing])
+
+
+def nul_paths(message: Message, prefix: str = "") -> list[str]:
+    """Paths of the string fields (at any depth, Struct values included) that contain NUL."""
+    found = []
+    for field, value in message.ListFields():
+        path = prefix + field.name
+        if field.message_type is not None and field.message_type.GetOptions().map_entry:
+            for key, item in value.items():
+                entry = f"{path}[{key!r}]"
+                if "\0" in str(key):
+                    found.append(entry)
+                if isinstance(item, Message):
+                    found += nul_paths(item, entry + ".")
+                elif isinstance(item, str) and "\0" in item:
+                    found.append(entry)
+        elif field.is_repeated:
+            for index, item in enumerate(value):
+                if isinstance(item, Message):
+                    found += nul_paths(item, f"{path}[{index}].")
+                elif isinstance(item, str) and "\0" in item:
+                    found.append(f"{path}[{index}]")
+        elif isinstance(value, Message):
+            found += nul_paths(value, path + ".")
+        elif isinstance(value, str) and "\0" in value:
+            found.append(path)
+    return found
+
+
+def check_no_nul(message: Message) -> None:
+    """Raise INVALID_ARGUMENT naming every string field that contains a NUL character."""
+    paths = nul_paths(message)
+    if paths:
+        raise InvalidArgument([(path, "must not contain NUL characters") for path in paths])
