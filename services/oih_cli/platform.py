@@ -39,6 +39,13 @@ ALL_SERVICES = ["iam", "components", "flows", "orchestrator", "scheduler", "webh
 INTERNAL_CLIENT_ID = "oih-platform"
 
 
+def write_private(path: Path, text: str) -> None:
+    """Create a file only our user can read, with no moment in which others could."""
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "w") as handle:
+        handle.write(text)
+
+
 def implemented_services() -> list[str]:
     """The services whose package exists in this build (the road adds them one by one)."""
     return [s for s in ALL_SERVICES if _runnable(f"oih_{s}")]
@@ -135,8 +142,7 @@ class Platform:
         """The platform services' own client secret, made once per data directory."""
         path = self.data_dir / "internal-client-secret"
         if not path.exists():
-            path.write_text(secrets.token_urlsafe(32))
-            path.chmod(0o600)
+            write_private(path, secrets.token_urlsafe(32))
         return path.read_text().strip()
 
     def _environment(self) -> dict[str, str]:

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from oih_cli import demo
-from oih_cli.platform import Platform, PlatformError, implemented_services
+from oih_cli.platform import Platform, PlatformError, implemented_services, write_private
 from oih_runtime import logs
 
 
@@ -24,8 +24,7 @@ def admin_password(data_dir: Path) -> str:
     path = data_dir / "admin-password"
     if not path.exists():
         data_dir.mkdir(parents=True, exist_ok=True)
-        path.write_text(secrets.token_urlsafe(18))
-        path.chmod(0o600)
+        write_private(path, secrets.token_urlsafe(18))
     return path.read_text().strip()
 
 

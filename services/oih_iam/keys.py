@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 import uuid
 from datetime import timedelta
 from typing import Any
@@ -36,9 +37,15 @@ def _new_key() -> SigningKeyRow:
 class KeyStore:
     """The signing keys of this IAM, cached in memory and persisted in its database."""
 
-    def __init__(self, engine: Engine, token_lifetime: timedelta) -> None:
+    def __init__(self, engine: Engine, token_lifetime: timedelta,
+                 reload_seconds: float = 30.0) -> None:
         self._engine = engine
         self._token_lifetime = token_lifetime
+        # Several IAM replicas share the database: each re-reads the keys this often, so a
+        # rotation made by one is signed with and published by all of them soon after.
+        self._reload_seconds = reload_seconds
+        self._loaded_at = 0.0
+        self._reloading = threading.Lock()
         self._lock = threading.Lock()
         self._current: tuple[str, Any] | None = None
         self._jwks: dict[str, Any] = {}
@@ -72,13 +79,25 @@ class KeyStore:
         with self._lock:
             self._current = (active.kid, active_key)
             self._jwks = {"keys": published}
+            self._loaded_at = time.monotonic()
+
+    def _fresh(self) -> None:
+        if time.monotonic() - self._loaded_at < self._reload_seconds:
+            return
+        if self._reloading.acquire(blocking=False):  # one thread reloads, the others go on
+            try:
+                self._load()
+            finally:
+                self._reloading.release()
 
     def signing_key(self) -> tuple[str, Any]:
+        self._fresh()
         with self._lock:
             assert self._current is not None
             return self._current
 
     def jwks(self) -> dict[str, Any]:
+        self._fresh()
         with self._lock:
             return self._jwks
 
