@@ -449,19 +449,34 @@ class Iam:
                           row: UserRow | ServiceAccountRow, name: str, chosen: Sequence[str],
                           field: str, *, display_name: str, roles: list[str],
                           permissions: list[str], state: int) -> None:
-        """The masked fields users and service accounts share: grants are checked, and
-        disabling revokes the principal's tokens at once."""
+        """The masked fields users and service accounts share: grants are checked; taking a
+        permission away or disabling revokes the principal's tokens at once (they carry the old
+        permissions until they expire otherwise)."""
         if "roles" in chosen or "permissions" in chosen:
             new_roles = roles if "roles" in chosen else row.roles
             new_direct = permissions if "permissions" in chosen else row.permissions
             self._check_grants(session, caller, row.tenant_id, new_roles, new_direct, field)
+            before = self._effective(session, row.roles, row.permissions)
             row.roles, row.permissions = list(new_roles), list(new_direct)
+            if before - self._effective(session, row.roles, row.permissions):
+                self._revoke_subject(session, name)
         if "display_name" in chosen:
             row.display_name = display_name
         if "state" in chosen:
             row.state = state or ACTIVE
             if row.state == DISABLED:
                 self._revoke_subject(session, name)
+
+    def _revoke_holders(self, session: Session, role: str, tenant_id: str) -> None:
+        """A tenant role lost permissions (or is gone): its holders' tokens carry too much now.
+        Only the role's own tenant can hold it."""
+        for user in session.exec(select(UserRow).where(UserRow.tenant_id == tenant_id)):
+            if role in user.roles:
+                self._revoke_subject(session, f"users/{user.id}")
+        accounts = select(ServiceAccountRow).where(ServiceAccountRow.tenant_id == tenant_id)
+        for account in session.exec(accounts):
+            if role in account.roles:
+                self._revoke_subject(session, f"service-accounts/{account.id}")
 
     def _check_password(self, password: str, field: str) -> None:
         if len(password) < MIN_PASSWORD_LENGTH:
@@ -605,6 +620,7 @@ class Iam:
         chosen = self._mask(paths, set_fields, {"display_name", "description", "permissions"})
         with transaction(self.engine) as session:
             row = self._mutable_role(session, caller, name, "role.name")
+            before = set(row.permissions)
             if "permissions" in chosen:
                 restricted = sorted(set(permissions) & catalogue.RESTRICTED)
                 if restricted:
@@ -612,6 +628,8 @@ class Iam:
                         "role.permissions", f"tenant roles cannot hold {', '.join(restricted)}")
                 self._check_grants(session, caller, row.tenant_id, [], permissions, "role")
                 row.permissions = list(permissions)
+                if before - set(row.permissions):
+                    self._revoke_holders(session, name, row.tenant_id)
             if "display_name" in chosen:
                 row.display_name = display_name
             if "description" in chosen:
@@ -621,7 +639,9 @@ class Iam:
 
     def delete_role(self, caller: Principal, name: str) -> None:
         with transaction(self.engine) as session:
-            session.delete(self._mutable_role(session, caller, name, "name"))
+            row = self._mutable_role(session, caller, name, "name")
+            session.delete(row)
+            self._revoke_holders(session, name, row.tenant_id)
 
     # ----------------------------------------------------------------- service accounts
 

@@ -437,3 +437,29 @@ def test_access_log_names_the_caller(grpc_stub: Stub, admin_token: str,
     logged = [r for r in caplog.records
               if r.getMessage() == "rpc" and r.__dict__["method"].endswith("/ListTenants")]
     assert [r.__dict__["subject"] for r in logged] == [me.name]
+
+
+def test_taking_a_permission_away_refuses_tokens_that_still_carry_it(
+        grpc_stub: Stub, tenant_admin: tuple[str, str, str]) -> None:
+    _, _, admin = tenant_admin
+    role = grpc_stub.CreateRole(iam_pb2.CreateRoleRequest(role=iam_pb2.Role(
+        display_name=unique("editors"), permissions=["flows.read", "flows.write"])),
+        metadata=bearer(admin))
+    role_holder, _, role_token = make_user(grpc_stub, admin, roles=(role.name,))
+    direct_holder, _, direct_token = make_user(grpc_stub, admin, permissions=("flows.read",))
+    untouched, _, untouched_token = make_user(grpc_stub, admin, permissions=("flows.read",))
+
+    grpc_stub.UpdateRole(iam_pb2.UpdateRoleRequest(
+        role=iam_pb2.Role(name=role.name, permissions=["flows.read"]),
+        update_mask=field_mask_pb2.FieldMask(paths=["permissions"])), metadata=bearer(admin))
+    grpc_stub.UpdateUser(iam_pb2.UpdateUserRequest(
+        user=iam_pb2.User(name=direct_holder),
+        update_mask=field_mask_pb2.FieldMask(paths=["permissions"])), metadata=bearer(admin))
+
+    me = iam_pb2.GetCurrentPrincipalRequest()
+    for token in (role_token, direct_token):
+        with pytest.raises(grpc.RpcError) as refused:
+            grpc_stub.GetCurrentPrincipal(me, metadata=bearer(token))
+        assert reason(refused.value) == "TOKEN_REVOKED"
+    assert grpc_stub.GetCurrentPrincipal(me, metadata=bearer(untouched_token)).name == untouched
+    assert role_holder != untouched
