@@ -1,23 +1,34 @@
 """Starting, stopping and reconciling flows: the orchestrator's core, free of gRPC.
 
-Start (`oih.flow.starting`): record the deployment (STARTING, with the broker user names, so a
-crash half-way leaves a trail to clean up), look up each node's component, declare the flow's
+Intent, then work. The event handlers (`start`, `stop`, `failed_elsewhere`) only record what
+was asked in the deployment row, in the event's transaction (STARTING with the flow itself;
+STOPPING; FAILED), and once that committed queue a background task (`tasks.FlowTasks`: one
+flow's tasks in order, different flows in parallel). So the event consumer never waits for
+workers, and a crash after the ack leaves a row the reconciler finishes on restart: a STARTING
+row is started again from the stored flow (answering `oih.flow.started` or `oih.flow.failed`),
+a STOPPING row is stopped (`oih.flow.stopped`). A newer request of the same flow cancels a start
+still in progress; the newer request's task then cleans up, so a stop during a start wins.
+
+Start (task): remove what a previous version left, look up each node's component, record the
+specs and broker user names (so a crash half-way leaves a trail to clean up), declare the flow's
 topology, create one broker user per step with exactly `topology.step_permissions`, deploy one
 worker per step through the driver, wait until every step's queue has a consumer, then ACTIVE +
 `oih.flow.started`. Any failure removes everything created and answers `oih.flow.failed` with
 the reason — a flow is never left half-started (OIH #486, #926, #1088).
 
-Stop (`oih.flow.stopping`, `oih.flow.failed` from others): remove the workers (they drain
-gracefully), delete the broker users and the topology, answer `oih.flow.stopped`. Stopping
-cleans whatever exists, known to the table or not, so it always succeeds.
+Stop (task): `teardown` — the workers first (SIGTERM: they finish their messages and send their
+last reports), then the reports left in the flow's reports queue are merged into the executions
+view, then the broker users and the topology go; STOPPED, `oih.flow.stopped`. Stopping cleans
+whatever exists, known to the table or not, so it always succeeds.
 
 Reconcile (at start-up and periodically): every ACTIVE deployment has its workers (missing ones
 are deployed again with a fresh broker password), a worker the driver gave up on fails its flow,
-and nothing runs for a flow that is not STARTING or ACTIVE (stray workers and users go).
+unfinished STARTING/STOPPING rows are finished, and nothing runs for a flow that is not STARTING
+or ACTIVE (stray workers and users go).
 
-Each flow has a lock, so the event consumer, the reconciler and RPCs never act on one flow at
-the same time. Side effects (broker, processes) are not transactional; the events owed are
-written to the outbox in the same transaction as the deployment's new state.
+Each flow has a lock, so tasks, the reconciler and RPCs never act on one flow at the same time.
+Side effects (broker, processes) are not transactional; the events owed are written to the
+outbox in the same transaction as the deployment's new state.
 """
 
 from __future__ import annotations
@@ -31,6 +42,8 @@ from contextlib import contextmanager
 from dataclasses import asdict
 from typing import Any
 
+from google.protobuf import json_format
+from sqlalchemy import event
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
@@ -48,8 +61,18 @@ from .components import ComponentLookup
 from .drivers import FAILED as WORKER_FAILED
 from .drivers import RESTARTING, RUNNING, STARTING, Driver, WorkerInfo
 from .management import USER_PREFIX, Management, new_password, user_name, vhost_of
-from .models import ACTIVE, FAILED, RUNNING_STATES, STOPPED, STOPPING, DeploymentRow, utcnow
+from .models import (
+    ACTIVE,
+    FAILED,
+    RUNNING_STATES,
+    STOPPED,
+    STOPPING,
+    DeploymentRow,
+    aware,
+    utcnow,
+)
 from .models import STARTING as DEPLOYING
+from .tasks import FlowTasks
 
 log = logging.getLogger(__name__)
 
@@ -91,10 +114,15 @@ def without_credentials(url: str) -> str:
     return urllib.parse.urlunparse(parsed._replace(netloc=netloc))
 
 
+class Cancelled(Exception):
+    """A start gave way to a newer request for its flow (or to a shutdown)."""
+
+
 class Orchestrator:
     def __init__(self, engine: Engine, driver: Driver, amqp: Amqp, management: Management,
                  components: ComponentLookup, *, worker_amqp_url: str,
-                 start_timeout: float = 60.0) -> None:
+                 start_timeout: float = 60.0, stop_timeout: float = 60.0,
+                 task_threads: int = 8) -> None:
         self.engine = engine
         self.driver = driver
         self.amqp = amqp
@@ -103,10 +131,18 @@ class Orchestrator:
         self.worker_url = without_credentials(worker_amqp_url)
         self.vhost = vhost_of(worker_amqp_url)
         self.start_timeout = start_timeout
-        #: Told which flows run (follow/unfollow), e.g. the executions' ReportsConsumer.
+        #: How long a teardown waits for the driver's workers to be gone (a pod's grace period).
+        self.stop_timeout = stop_timeout
+        #: Told which flows run (follow/drain), e.g. the executions' ReportsConsumer.
         self.reports: Any = None
+        #: Starts, stops and teardowns, off the event consumer's thread, ordered per flow.
+        self.tasks = FlowTasks(task_threads)
+        #: Rows last changed before this moment were not changed by this process: a STARTING
+        #: or STOPPING one of them is an intent a previous orchestrator did not finish.
+        self.born = utcnow()
         self._locks: dict[str, threading.RLock] = {}
         self._locks_guard = threading.Lock()
+        self._requests: dict[str, int] = {}
 
     @contextmanager
     def locked(self, flow_id: str, blocking: bool = True) -> Iterator[bool]:
@@ -119,41 +155,94 @@ class Orchestrator:
             if acquired:
                 lock.release()
 
+    def close(self, timeout: float = 60.0) -> None:
+        """Cancel starts in progress (their rows stay STARTING) and wait for running tasks."""
+        self.tasks.close(timeout)
+
+    def _submit(self, flow_id: str, task: Any) -> None:
+        """Queue `task(cancel, request)`; `request` numbers it among the flow's requests."""
+        with self._locks_guard:
+            request = self._requests[flow_id] = self._requests.get(flow_id, 0) + 1
+        self.tasks.submit(flow_id, lambda cancel: task(cancel, request))
+
+    def _latest(self, flow_id: str, request: int) -> bool:
+        with self._locks_guard:
+            return self._requests.get(flow_id) == request
+
+    def _after_commit(self, session: Session, action: Any) -> None:
+        """Run `action` once `session` committed (never when it rolls back)."""
+        event.listen(session, "after_commit", lambda _session: action(), once=True)
+
     # --- start -----------------------------------------------------------------------------
 
     def start(self, session: Session, flow: flows_pb2.Flow, started_by: str) -> None:
+        """`oih.flow.starting`: record the intent (the row, STARTING, with the flow) in the
+        caller's transaction; once it committed, a background task deploys. A start that
+        already runs (same version, every worker there) is answered at once."""
         flow_id = flow_id_of(flow)
+        row = session.get(DeploymentRow, flow_id)
+        version = flow.running_version or flow.version
+        if (row is not None and row.state == ACTIVE and row.flow_version == version
+                and not self.tasks.busy(flow_id) and not self._missing(row)):
+            # Started twice (e.g. after a transition timeout): it runs; say so again.
+            self._emit_started(session, row)
+            return
+        if row is None:
+            row = DeploymentRow(flow_id=flow_id, tenant=flow.tenant, state=DEPLOYING)
+        row.tenant, row.started_by, row.driver = flow.tenant, started_by, self.driver.name
+        row.flow_version = version
+        row.flow = json_format.MessageToDict(flow)
+        self._set(row, DEPLOYING)
+        session.add(row)
+        self._after_commit(session, lambda: self._submit(
+            flow_id, lambda cancel, request: self.finish_start(flow_id, cancel, request)))
+
+    def finish_start(self, flow_id: str, cancel: threading.Event, request: int) -> None:
+        """The background half of a start (also a STARTING row left by a crash)."""
+        if not self._latest(flow_id, request):
+            return  # a newer request is queued behind us
         with self.locked(flow_id):
-            existing = session.get(DeploymentRow, flow_id)
-            version = flow.running_version or flow.version
-            if (existing is not None and existing.state == ACTIVE
-                    and existing.flow_version == version and not self._missing(existing)):
-                # Started twice (e.g. after a transition timeout): it runs; say so again.
-                self._emit_started(session, existing)
-                return
-            if existing is not None and existing.state != STOPPED:
-                self.teardown(flow_id, self._steps(existing))
+            with Session(self.engine) as session:
+                row = session.get(DeploymentRow, flow_id)
+            if row is None or row.state != DEPLOYING or not row.flow:
+                return  # stopped or failed meanwhile: that request's task answers
+            flow = json_format.ParseDict(row.flow, flows_pb2.Flow(), ignore_unknown_fields=True)
+            steps = [node.id for node in flow.graph.nodes]
+            if row.specs or flow_id in self.driver.flows():
+                # A previous version (or a start cut short by a crash): replaced as a whole.
+                self.teardown(flow_id, self._steps(row), row=row)
             try:
-                self._deploy(flow, started_by)
+                self._deploy(flow, row.started_by, cancel)
+            except Cancelled:
+                # The newer request queued behind us cleans up (a stop, or a start that
+                # replaces what we made); at shutdown the row stays STARTING for a restart.
+                log.info("flow start cancelled", extra={"flow_id": flow_id})
+                return
             except Exception as error:  # every failure: clean up, then tell why
                 reason = str(error) if isinstance(error, StartFailed) else \
                     f"could not start the flow: {type(error).__name__}: {error}"
                 log.warning("flow start failed", extra={"flow_id": flow_id, "reason": reason})
-                self.teardown(flow_id, [node.id for node in flow.graph.nodes])
-                row = self._row(session, flow, started_by)
-                self._set(row, FAILED, reason)
-                session.add(row)
-                OUTBOX.add(session, "oih.flow.failed", orchestrator_pb2.FlowFailed(
-                    flow=flow.name, reason=reason, tenant=flow.tenant),
-                    tenant=flow.tenant, subject=flow.name)
+                self.teardown(flow_id, steps, tenant=flow.tenant)
+                with transaction(self.engine) as session:
+                    row = session.get(DeploymentRow, flow_id)
+                    if row is None or row.state != DEPLOYING:
+                        return
+                    self._set(row, FAILED, reason)
+                    session.add(row)
+                    OUTBOX.add(session, "oih.flow.failed", orchestrator_pb2.FlowFailed(
+                        flow=flow.name, reason=reason, tenant=flow.tenant),
+                        tenant=flow.tenant, subject=flow.name)
                 return
-            row = self._row(session, flow, started_by)
-            self._set(row, ACTIVE)
-            session.add(row)
-            self._follow(row)
-            self._emit_started(session, row)
+            with transaction(self.engine) as session:
+                row = session.get(DeploymentRow, flow_id)
+                if row is None or row.state != DEPLOYING or cancel.is_set():
+                    return  # a stop arrived at the last moment: its task removes it all
+                self._set(row, ACTIVE)
+                session.add(row)
+                self._follow(row)
+                self._emit_started(session, row)
 
-    def _deploy(self, flow: flows_pb2.Flow, started_by: str) -> None:
+    def _deploy(self, flow: flows_pb2.Flow, started_by: str, cancel: threading.Event) -> None:
         flow_id = flow_id_of(flow)
         first = entry_step(flow)
         steps = [node.id for node in flow.graph.nodes]
@@ -166,20 +255,20 @@ class Orchestrator:
         specs = [self._spec(flow, node, found[node.id]) for node in flow.graph.nodes]
         # Recorded before anything is created: after a crash the row names what to clean up.
         with transaction(self.engine) as session:
-            row = session.get(DeploymentRow, flow_id) or DeploymentRow(
-                flow_id=flow_id, tenant=flow.tenant, state=DEPLOYING)
-            row.tenant, row.started_by, row.driver = flow.tenant, started_by, self.driver.name
-            row.flow_version = flow.running_version or flow.version
+            row = session.get(DeploymentRow, flow_id)
+            if row is None or row.state != DEPLOYING or cancel.is_set():
+                raise Cancelled()
             row.entry_step = first
             row.specs = [asdict(spec) for spec in specs]
             row.broker_users = {s: user_name(flow_id, s) for s in steps}
             row.components = {node.id: node.component for node in flow.graph.nodes}
-            self._set(row, DEPLOYING)
             session.add(row)
         self.amqp.declare_flow(flow_id, {spec.step_id: spec.retry.retry_levels for spec in specs})
+        if cancel.is_set():
+            raise Cancelled()
         with_passwords = [self._with_new_password(spec) for spec in specs]
         self.driver.deploy(flow_id, with_passwords, found)
-        self._await_consumers(flow_id, steps)
+        self._await_consumers(flow_id, steps, cancel)
 
     def _component(self, node: flows_pb2.Node) -> components_pb2.Component:
         component = self.components(node.component)
@@ -192,7 +281,12 @@ class Orchestrator:
         if self.driver.name == "local" and not component_info.entry_point(component):
             raise StartFailed(f"step {node.id}: component {node.component} has no Python entry "
                               "point, which the local driver needs")
-        if self.driver.name == "kubernetes" and not component_info.image(component):
+        refusal = getattr(self.driver, "refusal", None)
+        if refusal is not None:
+            reason = refusal(component)
+            if reason:
+                raise StartFailed(f"step {node.id}: {reason}")
+        elif self.driver.name == "kubernetes" and not component_info.image(component):
             raise StartFailed(f"step {node.id}: component {node.component} has no container "
                               "image, which the kubernetes driver needs")
         return component
@@ -212,10 +306,13 @@ class Orchestrator:
         return StepSpec.from_dict({**asdict(spec), "amqp_url": with_credentials(
             self.worker_url, user, password)})
 
-    def _await_consumers(self, flow_id: str, steps: list[str]) -> None:
+    def _await_consumers(self, flow_id: str, steps: list[str],
+                         cancel: threading.Event | None = None) -> None:
         deadline = time.monotonic() + self.start_timeout
         waiting = set(steps)
         while waiting:
+            if cancel is not None and cancel.is_set():
+                raise Cancelled()
             for step_id in sorted(waiting):
                 count = self.amqp.count(topology.step_queue(flow_id, step_id))
                 if count is not None and count.consumers > 0:
@@ -230,41 +327,80 @@ class Orchestrator:
                 raise StartFailed(f"steps {', '.join(sorted(waiting))}: no worker consumed "
                                   f"within {self.start_timeout:.0f}s")
             if waiting:
-                time.sleep(0.1)
+                (cancel or threading.Event()).wait(0.1)
 
     # --- stop and failure ------------------------------------------------------------------
 
     def stop(self, session: Session, flow: flows_pb2.Flow) -> None:
-        """Remove whatever runs for the flow and answer `oih.flow.stopped`."""
+        """`oih.flow.stopping`: record STOPPING in the caller's transaction and stop in the
+        background (a start in progress gives way); the stop answers `oih.flow.stopped`. A flow
+        this orchestrator has no row of is cleaned (strays) and answered right here."""
         flow_id = flow_id_of(flow)
+        steps = {node.id for node in flow.graph.nodes}
+        row = session.get(DeploymentRow, flow_id)
+        if row is None:
+            with self.locked(flow_id):
+                self.teardown(flow_id, sorted(steps))
+            self._emit(session, "oih.flow.stopped", flow_id, flow.tenant)
+            return
+        self._set(row, STOPPING)
+        session.add(row)
+        self._after_commit(session, lambda: self._submit(
+            flow_id, lambda cancel, request: self.finish_stop(flow_id, steps)))
+
+    def finish_stop(self, flow_id: str, steps: Iterable[str] = ()) -> None:
+        """The background half of a stop (also a STOPPING row left by a crash): remove
+        everything, STOPPED (unless a newer start came meanwhile), `oih.flow.stopped`."""
         with self.locked(flow_id):
-            row = session.get(DeploymentRow, flow_id)
-            steps = {node.id for node in flow.graph.nodes} | set(self._steps(row))
-            if row is not None:
-                self._set(row, STOPPING)
-            self.teardown(flow_id, sorted(steps))
-            if row is not None:
-                self._set(row, STOPPED)
-                session.add(row)
-            OUTBOX.add(session, "oih.flow.stopped", orchestrator_pb2.FlowStateChanged(
-                flow=flow.name, tenant=flow.tenant), tenant=flow.tenant, subject=flow.name)
+            with Session(self.engine) as session:
+                row = session.get(DeploymentRow, flow_id)
+            if row is None:
+                return
+            self.teardown(flow_id, set(steps) | set(self._all_steps(row)), row=row)
+            with transaction(self.engine) as session:
+                row = session.get(DeploymentRow, flow_id)
+                if row is None:
+                    return
+                if row.state == STOPPING:
+                    self._set(row, STOPPED)
+                    session.add(row)
+                self._emit(session, "oih.flow.stopped", flow_id, row.tenant)
 
     def failed_elsewhere(self, session: Session, flow_id: str, reason: str) -> None:
         """Another service failed the flow (e.g. a start timed out): remove what we made."""
-        with self.locked(flow_id):
-            row = session.get(DeploymentRow, flow_id)
-            self.teardown(flow_id, self._steps(row))
-            if row is not None and row.state != STOPPED:
-                self._set(row, FAILED, reason)
-                session.add(row)
+        row = session.get(DeploymentRow, flow_id)
+        if row is not None and row.state != STOPPED:
+            self._set(row, FAILED, reason)
+            session.add(row)
+        self._after_commit(session, lambda: self._submit(
+            flow_id, lambda cancel, request: self._remove_failed(flow_id)))
 
-    def teardown(self, flow_id: str, steps: Iterable[str]) -> None:
-        """Workers first (they drain and ack), then the users, then the queues. Each part is
-        idempotent, so a teardown interrupted by a crash can simply run again."""
+    def _remove_failed(self, flow_id: str) -> None:
+        with self.locked(flow_id):
+            with Session(self.engine) as session:
+                row = session.get(DeploymentRow, flow_id)
+            if row is not None and row.state in (*RUNNING_STATES, STOPPING):
+                return  # started or stopping again meanwhile: that request decides
+            self.teardown(flow_id, self._all_steps(row), row=row)
+
+    def teardown(self, flow_id: str, steps: Iterable[str], *, row: DeploymentRow | None = None,
+                 tenant: str = "") -> None:
+        """Workers first (SIGTERM: they finish, ack and send their last reports), then the
+        flow's reports queue is merged into the executions view, then the users, then the
+        queues. Each part is idempotent, so a teardown interrupted by a crash can simply run
+        again."""
         steps = sorted(set(steps))
-        if self.reports is not None:
-            self.reports.unfollow(flow_id)
         self.driver.remove(flow_id)
+        deadline = time.monotonic() + self.stop_timeout
+        while self.driver.workers(flow_id) and time.monotonic() < deadline:
+            time.sleep(0.2)  # e.g. pods in their grace period
+        if self.reports is not None:
+            try:
+                self.reports.drain(flow_id, tenant=row.tenant if row is not None else tenant,
+                                   specs=[StepSpec.from_dict(raw) for raw in row.specs]
+                                   if row is not None else None)
+            except Exception:  # reports are a view: never let them block a stop
+                log.exception("could not merge the last reports", extra={"flow_id": flow_id})
         for user in self.management.users(f"{USER_PREFIX}{flow_id}."):
             self.management.delete_user(user)
         if steps:
@@ -275,12 +411,25 @@ class Orchestrator:
     def reconcile(self) -> None:
         with transaction(self.engine) as session:
             rows = list(session.exec(select(DeploymentRow).where(
-                col(DeploymentRow.state).in_(RUNNING_STATES))).all())
-        wanted = {row.flow_id for row in rows}
+                col(DeploymentRow.state).in_((*RUNNING_STATES, STOPPING)))).all())
+        wanted = {row.flow_id for row in rows if row.state in RUNNING_STATES}
         for row in rows:
             if row.state == ACTIVE:
                 self._heal(row.flow_id)
+            elif self._unfinished(row):
+                # A start or stop a previous orchestrator acknowledged but did not finish.
+                log.warning("finishing an interrupted %s", "start" if row.state == DEPLOYING
+                            else "stop", extra={"flow_id": row.flow_id})
+                flow_id = row.flow_id
+                if row.state == DEPLOYING:
+                    self._submit(flow_id, lambda cancel, request, flow_id=flow_id:
+                                 self.finish_start(flow_id, cancel, request))
+                else:
+                    self._submit(flow_id, lambda cancel, request, flow_id=flow_id:
+                                 self.finish_stop(flow_id))
         for flow_id in sorted(self.driver.flows() - wanted):
+            if self.tasks.busy(flow_id):
+                continue
             with self.locked(flow_id, blocking=False) as mine:
                 if mine and not self._wanted(flow_id):
                     # E.g. stopped while this orchestrator was down, or a stop cut short.
@@ -290,15 +439,24 @@ class Orchestrator:
         # orchestrator with its own database may share the broker.
         for user in self.management.users():
             flow_id = user[len(USER_PREFIX):].split(".", 1)[0]
-            if flow_id not in wanted:
+            if flow_id not in wanted and not self.tasks.busy(flow_id):
                 with self.locked(flow_id, blocking=False) as mine:
                     if mine and self._known(flow_id) and not self._wanted(flow_id):
                         log.warning("deleting a stray broker user", extra={"user": user})
                         self.management.delete_user(user)
 
+    def _unfinished(self, row: DeploymentRow) -> bool:
+        """A STARTING or STOPPING row nobody here works on: changed before this process began
+        (a crash or restart cut it short), or long enough ago that its task must be gone."""
+        if row.state not in (DEPLOYING, STOPPING) or self.tasks.busy(row.flow_id):
+            return False
+        changed = aware(row.update_time)
+        stale = (utcnow() - changed).total_seconds() > self.start_timeout + self.stop_timeout
+        return changed < self.born or stale
+
     def _heal(self, flow_id: str) -> None:
         with self.locked(flow_id, blocking=False) as mine:
-            if not mine:
+            if not mine or self.tasks.busy(flow_id):
                 return  # a start or stop is busy with it; next round
             with transaction(self.engine) as session:
                 row = session.get(DeploymentRow, flow_id)
@@ -309,7 +467,7 @@ class Orchestrator:
                 if broken:
                     reason = (f"step {broken[0].step_id}: the worker keeps crashing "
                               f"({broken[0].state_reason})")
-                    self.teardown(flow_id, self._steps(row))
+                    self.teardown(flow_id, self._steps(row), row=row)
                     self._set(row, FAILED, reason)
                     session.add(row)
                     name = flow_name(flow_id)
@@ -364,16 +522,18 @@ class Orchestrator:
     def _set(row: DeploymentRow, state: str, reason: str = "") -> None:
         row.state, row.state_reason, row.update_time = state, reason, utcnow()
 
-    def _row(self, session: Session, flow: flows_pb2.Flow, started_by: str) -> DeploymentRow:
-        flow_id = flow_id_of(flow)
-        row = session.get(DeploymentRow, flow_id)
+    def _all_steps(self, row: DeploymentRow | None) -> list[str]:
+        """The steps of the deployed specs and of the flow last asked to start."""
         if row is None:
-            row = DeploymentRow(flow_id=flow_id, tenant=flow.tenant, state=DEPLOYING,
-                                started_by=started_by, driver=self.driver.name,
-                                flow_version=flow.running_version or flow.version)
-        else:
-            session.refresh(row)  # _deploy committed its own changes in another session
-        return row
+            return []
+        nodes = (row.flow or {}).get("graph", {}).get("nodes", [])
+        return sorted(set(self._steps(row)) | {node["id"] for node in nodes if node.get("id")})
+
+    @staticmethod
+    def _emit(session: Session, event_type: str, flow_id: str, tenant: str) -> None:
+        name = flow_name(flow_id)
+        OUTBOX.add(session, event_type, orchestrator_pb2.FlowStateChanged(
+            flow=name, tenant=tenant), tenant=tenant, subject=name)
 
     @staticmethod
     def _emit_started(session: Session, row: DeploymentRow) -> None:

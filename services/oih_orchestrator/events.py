@@ -1,6 +1,10 @@
 """Handlers of the events the orchestrator consumes, as `(session, event, payload)` functions
 bound to one Orchestrator. The bus runs each in a transaction that also records the event id,
-so a redelivered event is a no-op, and the events a handler owes commit with its state."""
+so a redelivered event is a no-op, and the events a handler owes commit with its state.
+
+Starts and stops only record their intent here (the deployment row, STARTING or STOPPING) and
+leave the work to the orchestrator's per-flow background tasks, queued once that transaction
+committed: a flow whose workers take long to come up holds up no other event."""
 
 from __future__ import annotations
 

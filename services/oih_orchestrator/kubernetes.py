@@ -19,6 +19,14 @@ service-link env vars. The worker finishes and acks its in-flight messages on SI
 its STOP_TIMEOUT (30 s); the grace period leaves room for that plus the last report.
 The worker has no network endpoint, so there are no probes: it exits when it loses the broker,
 and the kubelet restarts it.
+
+Which image: a component with a `container_image` runs in that image. A component with a
+`python_entry_point` (the built-ins, and Python components installed into the platform image)
+runs in the platform image (`OIH_ORCHESTRATOR_PYTHON_IMAGE`, built from deploy/Dockerfile, which
+contains oih_worker and oih_builtins) with the same `python -m oih_worker`; the StepSpec in the
+Secret names the entry point. Without that setting such a component is refused. `OIH_DATA_DIR`
+points at the emptyDir (`/tmp/oih`), so a component that writes files (the sink built-in) works
+on the read-only root filesystem.
 """
 
 from __future__ import annotations
@@ -48,6 +56,8 @@ DEFAULT_LIMITS = {"cpu": "250m", "memory": "256Mi"}
 #: a name (the kubelet cannot tell a named user is not root).
 RUN_AS = 10001
 GRACE_SECONDS = int(STOP_TIMEOUT) + 15
+#: Where components may write (in the /tmp emptyDir; the root filesystem is read-only).
+DATA_DIR = "/tmp/oih"  # noqa: S108 - an emptyDir of this pod, not shared
 
 _PULL = {
     components_pb2.ContainerImage.PULL_POLICY_UNSPECIFIED: "Always",  # as in the original OIH
@@ -99,16 +109,43 @@ def _resources(component: components_pb2.Component) -> dict[str, dict[str, str]]
     return {"requests": requests, "limits": limits}
 
 
+def refusal(component: components_pb2.Component, python_image: str = "") -> str:
+    """Why the kubernetes driver cannot run `component` ("" when it can)."""
+    kind = component.WhichOneof("distribution")
+    if kind == "container_image" and component.container_image.image:
+        return ""
+    if kind == "python_entry_point" and component.python_entry_point.object_reference:
+        if python_image:
+            return ""
+        return (f"component {component.name or component.display_name!r} is a Python entry "
+                "point, which the kubernetes driver runs in the platform image: set "
+                "OIH_ORCHESTRATOR_PYTHON_IMAGE (the image built from deploy/Dockerfile)")
+    return (f"component {component.name or component.display_name!r} has neither a container "
+            "image nor a Python entry point")
+
+
+def _image(component: components_pb2.Component, python_image: str) -> tuple[str, str]:
+    """The container image and its pull policy."""
+    reason = refusal(component, python_image)
+    if reason:
+        raise ValueError(reason)
+    if component.WhichOneof("distribution") == "container_image":
+        image = component.container_image
+        return image.image, _PULL.get(image.image_pull_policy, "Always")
+    # The platform image is versioned with the platform (a fixed tag): pulled once per node.
+    return python_image, "IfNotPresent"
+
+
 def manifests(spec: StepSpec, component: components_pb2.Component, *,
-              namespace: str = DEFAULT_NAMESPACE, replicas: int = 1) -> list[dict[str, Any]]:
+              namespace: str = DEFAULT_NAMESPACE, replicas: int = 1,
+              python_image: str = "") -> list[dict[str, Any]]:
     """The Secret and the Deployment of one step (in that order: the Secret must exist first).
 
     The Secret holds `OIH_WORKER_SPEC`, the step's StepSpec as JSON including its broker
     credentials, which is why it is a Secret and not a ConfigMap or a plain env var.
+    `python_image` runs a component that is a Python entry point (see the module docstring).
     """
-    if component.WhichOneof("distribution") != "container_image":
-        raise ValueError(f"component {component.name!r} has no container image; the "
-                         "kubernetes driver runs only container images")
+    image, pull_policy = _image(component, python_image)
     name = deployment_name(spec.flow_id, spec.step_id)
     spec_json = spec.to_json()
     selector = {"app.kubernetes.io/name": "oih-worker", "app.kubernetes.io/instance": name}
@@ -129,11 +166,10 @@ def manifests(spec: StepSpec, component: components_pb2.Component, *,
         "metadata": {**metadata, "name": secret_name(spec.flow_id, spec.step_id)},
         "stringData": {"OIH_WORKER_SPEC": spec_json},
     }
-    image = component.container_image
     container = {
         "name": CONTAINER,
-        "image": image.image,
-        "imagePullPolicy": _PULL.get(image.image_pull_policy, "Always"),
+        "image": image,
+        "imagePullPolicy": pull_policy,
         "command": ["python", "-m", "oih_worker"],
         "envFrom": [{"secretRef": {"name": secret["metadata"]["name"]}}],
         "env": [
@@ -141,6 +177,8 @@ def manifests(spec: StepSpec, component: components_pb2.Component, *,
             {"name": "PYTHONDONTWRITEBYTECODE", "value": "1"},
             {"name": "PYTHONUNBUFFERED", "value": "1"},
             {"name": "TMPDIR", "value": "/tmp"},  # noqa: S108 - an emptyDir, not shared
+            # Files components write (the sink built-in) go to the emptyDir too.
+            {"name": "OIH_DATA_DIR", "value": DATA_DIR},
         ],
         "resources": _resources(component),
         "securityContext": {
@@ -242,9 +280,16 @@ class KubernetesDriver:
 
     name = "kubernetes"
 
-    def __init__(self, namespace: str = DEFAULT_NAMESPACE, api_client: Any = None) -> None:
+    def __init__(self, namespace: str = DEFAULT_NAMESPACE, api_client: Any = None, *,
+                 python_image: str = "") -> None:
         self.namespace = namespace
+        #: The platform image, which runs Python entry-point components ("" refuses them).
+        self.python_image = python_image
         self._api_client = api_client
+
+    def refusal(self, component: components_pb2.Component) -> str:
+        """Why this driver cannot run `component` ("" when it can)."""
+        return refusal(component, self.python_image)
 
     def _apis(self) -> tuple[Any, Any]:
         from kubernetes import client, config  # imported late: only this driver needs it
@@ -262,7 +307,8 @@ class KubernetesDriver:
         core, apps = self._apis()
         for spec in specs:
             secret, deployment = manifests(spec, components[spec.step_id],
-                                           namespace=self.namespace)
+                                           namespace=self.namespace,
+                                           python_image=self.python_image)
             self._apply(core.create_namespaced_secret, core.replace_namespaced_secret, secret)
             self._apply(apps.create_namespaced_deployment, apps.replace_namespaced_deployment,
                         deployment)

@@ -5,6 +5,9 @@ with what the driver really runs, and a restarted orchestrator learns from it wh
 adopt, restart or remove. Step specs are stored WITHOUT broker passwords (the URL has no
 credentials): a worker that must be created again gets a fresh password for its step's user,
 so no secret lives in the database.
+
+Tables are made by `create_all`, which does not alter existing ones: a database created before
+a column was added (e.g. `flow`) must be dropped or migrated by hand (pre-release).
 """
 
 # No `from __future__ import annotations`: SQLModel reads the annotations at runtime.
@@ -52,6 +55,9 @@ class DeploymentRow(SQLModel, table=True):
     #: step id -> the component's resource name (to look the component up again on redeploy).
     components: dict[str, str] = Field(default_factory=dict,
                                        sa_column=Column(JSON, nullable=False))
+    #: The flow last asked to start (its proto3 JSON form), so that a start the orchestrator
+    #: acknowledged but did not finish (it died) can be finished after a restart.
+    flow: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
     create_time: datetime = Field(default_factory=utcnow, sa_type=_WHEN)
     update_time: datetime = Field(default_factory=utcnow, sa_type=_WHEN)
 

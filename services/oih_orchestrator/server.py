@@ -66,7 +66,8 @@ def make_driver(settings: ServiceSettings, own: OrchestratorSettings) -> Driver:
         # Imported only when chosen: the kubernetes client is an optional dependency.
         kubernetes: Any = importlib.import_module("oih_orchestrator.kubernetes")
         return kubernetes.KubernetesDriver(  # type: ignore[no-any-return]
-            namespace=own.kubernetes_namespace or kubernetes.DEFAULT_NAMESPACE)
+            namespace=own.kubernetes_namespace or kubernetes.DEFAULT_NAMESPACE,
+            python_image=own.python_image)
     raise ValueError(f"unknown driver {own.driver!r}: use local or kubernetes")
 
 
@@ -107,7 +108,9 @@ def build(settings: ServiceSettings, own: OrchestratorSettings, *,
     reconciler = Periodic(orchestrator.reconcile, own.reconcile_seconds, "oih-reconciler")
     built = Built(service, engine, orchestrator, driver, amqp, servicer, reconciler)
     background: list[Callable[[], None]] = []
-    stops: list[Callable[[], None]] = []
+    # First: cancel starts in progress (their rows stay STARTING, for the next reconcile) and
+    # let running stops finish, while the broker connections are still open.
+    stops: list[Callable[[], None]] = [orchestrator.close]
     if own_verifier:  # keep its revocation list current
         background.append(identity.feed.start)
         stops.append(identity.feed.stop)

@@ -41,6 +41,10 @@ class OrchestratorSettings:
     start_timeout: float
     #: Whether to register the built-in components in the Component Repository at start.
     register_builtins: bool
+    #: The platform image (deploy/Dockerfile: oih_worker and oih_builtins) in which the
+    #: kubernetes driver runs components that are Python entry points, such as the built-ins.
+    #: Empty: the kubernetes driver refuses them (the local driver ignores it).
+    python_image: str = ""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None,
@@ -58,4 +62,5 @@ class OrchestratorSettings:
             start_timeout=float(env.get("OIH_ORCHESTRATOR_START_TIMEOUT_SECONDS", "60")),
             register_builtins=env.get("OIH_ORCHESTRATOR_REGISTER_BUILTINS", "true").lower()
             not in ("0", "false", "no"),
+            python_image=env.get("OIH_ORCHESTRATOR_PYTHON_IMAGE", ""),
         )

@@ -119,3 +119,17 @@ class EventBus:
 
     def close(self) -> None:
         self.connection.close()
+
+
+def python_component(channel: Any, entry_point: str, *functions: str) -> str:
+    """Register a public component with a Python entry point; returns its name."""
+    from oih.components.v1 import components_pb2 as cpb
+    from oih.components.v1 import components_pb2_grpc
+
+    created = components_pb2_grpc.ComponentServiceStub(channel).CreateComponent(
+        cpb.CreateComponentRequest(component=cpb.Component(
+            display_name=f"test-{uuid.uuid4().hex[:8]}", access=cpb.ACCESS_PUBLIC,
+            python_entry_point=cpb.PythonEntryPoint(object_reference=entry_point),
+            actions=[cpb.ComponentFunction(name=name) for name in functions])))
+    name: str = created.name
+    return name

@@ -176,12 +176,82 @@ def test_a_changed_spec_changes_the_pod_template() -> None:
     assert before["annotations"]["oih.spec-hash"] != after["annotations"]["oih.spec-hash"]
 
 
-def test_a_python_only_component_is_refused() -> None:
-    python_only = components_pb2.Component(
-        name="components/x",
-        python_entry_point=components_pb2.PythonEntryPoint(object_reference="m:o"))
-    with pytest.raises(ValueError, match="container image"):
-        manifests(spec(), python_only)
+def python_component() -> components_pb2.Component:
+    """Like the built-ins: a Python entry point, no image."""
+    return components_pb2.Component(
+        name="components/sink", display_name="sink",
+        python_entry_point=components_pb2.PythonEntryPoint(
+            object_reference="oih_builtins.sink:component"))
+
+
+def test_a_python_only_component_is_refused_without_the_python_image() -> None:
+    with pytest.raises(ValueError, match="OIH_ORCHESTRATOR_PYTHON_IMAGE"):
+        manifests(spec(), python_component())
+    driver = KubernetesDriver(namespace="flows", api_client=object())
+    assert "OIH_ORCHESTRATOR_PYTHON_IMAGE" in driver.refusal(python_component())
+    assert driver.refusal(component()) == ""
+    assert "neither" in driver.refusal(components_pb2.Component(name="components/empty"))
+
+
+def python_step() -> StepSpec:
+    step = spec(step_id="store")
+    step.entry_point, step.function = "oih_builtins.sink:component", "sink"
+    return step
+
+
+def test_a_python_entry_point_runs_in_the_platform_image() -> None:
+    driver = KubernetesDriver(namespace="flows", api_client=object(),
+                              python_image="registry.example.com/oih:0.1.0")
+    assert driver.refusal(python_component()) == ""
+    secret, deployment = manifests(python_step(), python_component(), namespace="flows",
+                                   python_image="registry.example.com/oih:0.1.0")
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    assert container["image"] == "registry.example.com/oih:0.1.0"
+    assert container["imagePullPolicy"] == "IfNotPresent"
+    assert container["command"] == ["python", "-m", "oih_worker"]
+    # The worker learns the entry point from its spec, in the Secret.
+    restored = StepSpec.from_json(secret["stringData"]["OIH_WORKER_SPEC"])
+    assert restored.entry_point == "oih_builtins.sink:component"
+    for document in (secret, deployment):
+        kubernetes_validate.validate(document, kubernetes_validate.latest_version(),
+                                     strict=True)
+
+
+def test_a_python_step_validates_strictly_with_the_cli(tmp_path: Path) -> None:
+    path = tmp_path / "python-step.yaml"
+    path.write_text(yaml.safe_dump_all(manifests(python_step(), python_component(),
+                                                 python_image="oih:0.1.0")))
+    cli = Path(sys.executable).with_name("kubernetes-validate")
+    result = subprocess.run([str(cli), "--strict", "--quiet", str(path)],
+                            capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("kind", ["image", "python"])
+def test_workers_write_their_files_into_the_tmp_empty_dir(kind: str) -> None:
+    """The sink built-in writes under OIH_DATA_DIR; the root filesystem is read-only."""
+    documents = (manifests(spec(), component()) if kind == "image" else
+                 manifests(python_step(), python_component(), python_image="oih:0.1.0"))
+    container = documents[1]["spec"]["template"]["spec"]["containers"][0]
+    env = {item["name"]: item["value"] for item in container["env"]}
+    assert env["OIH_DATA_DIR"] == "/tmp/oih"
+    mounts = {mount["mountPath"] for mount in container["volumeMounts"]}
+    assert any(env["OIH_DATA_DIR"].startswith(path + "/") for path in mounts)
+
+
+def test_the_python_image_setting_reaches_the_driver() -> None:
+    from dataclasses import replace
+
+    from oih_orchestrator.server import make_driver
+    from oih_orchestrator.settings import OrchestratorSettings
+    from oih_runtime import settings as runtime_settings
+
+    own = OrchestratorSettings.from_env({"OIH_ORCHESTRATOR_DRIVER": "kubernetes",
+                                         "OIH_ORCHESTRATOR_PYTHON_IMAGE": "oih:0.1.0"})
+    assert own.python_image == "oih:0.1.0"
+    assert OrchestratorSettings.from_env({}).python_image == ""
+    driver = make_driver(replace(runtime_settings.load("orchestrator", {})), own)
+    assert isinstance(driver, KubernetesDriver) and driver.python_image == "oih:0.1.0"
 
 
 def test_the_driver_matches_the_driver_protocol() -> None:
@@ -216,3 +286,17 @@ def test_pods_become_worker_states(pod: Any, state: str) -> None:
 
 def test_manifests_are_plain_json() -> None:
     json.dumps(sample_flow())  # what the API client sends; no objects hiding in it
+
+
+@pytest.mark.parametrize("overlay", ["dev", "prod"])
+def test_the_deployment_gives_the_orchestrator_its_own_image_for_python_steps(
+        overlay: str) -> None:
+    """The built-ins must run on the cluster: the orchestrator's setting names the platform
+    image, the same one the orchestrator itself runs (also after the prod `images` rename)."""
+    from tests.deploy import test_manifests as deploy
+
+    docs = deploy.kustomize(deploy.KUSTOMIZE / "overlays" / overlay)
+    settings = deploy.config(docs)
+    orchestrator = deploy.one(docs, "Deployment", "oih-orchestrator", "oih")
+    image = orchestrator["spec"]["template"]["spec"]["containers"][0]["image"]
+    assert settings["OIH_ORCHESTRATOR_PYTHON_IMAGE"] == image

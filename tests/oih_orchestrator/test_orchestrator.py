@@ -164,8 +164,11 @@ def test_executions_with_a_condition_that_drops_messages_succeed_without_waiting
                       ) == [6, 8, 10]
         dropped = {s.step_id: s for s in executions[0].steps}
         assert set(dropped) == {"start"} and dropped["start"].messages_out == 1
+        assert dropped["start"].messages_routed == 0  # the condition let it go nowhere
         passed = {s.step_id: s.messages_in for s in executions[4].steps}
         assert passed == {"start": 1, "double": 1, "sink": 1}
+        routed = {s.step_id: s.messages_routed for s in executions[4].steps}
+        assert routed == {"start": 1, "double": 1, "sink": 0}
     finally:
         orchestrator.bus.stopping(flow)
         assert orchestrator.bus.answer(flow).type == "oih.flow.stopped"

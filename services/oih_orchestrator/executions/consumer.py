@@ -11,6 +11,8 @@
 - `follow`/`unfollow` may be called from any thread: they only change a dict, and the
   consumer thread (which alone touches pika, which is not thread-safe) reconciles it.
 - A lost connection is re-opened with back-off, and every followed flow re-subscribed.
+- `drain` (a stopping flow, after its workers exited): unfollow, then merge what is left in
+  the queue from the calling thread, so the last reports are counted before the queue goes.
 """
 
 from __future__ import annotations
@@ -88,6 +90,55 @@ class ReportsConsumer:
     def unfollow(self, flow_id: str) -> None:
         with self._lock:
             self._followed.pop(flow_id, None)
+
+    def drain(self, flow_id: str, *, tenant: str = "", specs: Sequence[StepSpec] | None = None,
+              timeout: float = 15.0) -> int:
+        """Stop following `flow_id` and merge every report batch left in its queue; returns
+        how many were merged. For a stop: call it after the flow's workers exited (their last
+        reports are in the queue) and before the queue is deleted.
+
+        The consumer thread first lets go of the queue (its unacked deliveries go back to it),
+        then this thread takes the batches one by one with its own connection (pika is not
+        thread-safe). A flow that was not followed uses `tenant` and `specs`; without a
+        tenant nothing can be counted and nothing is taken."""
+        with self._lock:
+            followed = self._followed.pop(flow_id, None)
+            self._next_try.pop(flow_id, None)
+        if followed is None:
+            if not tenant:
+                return 0
+            followed = _Followed(tenant, FlowShape.from_specs(specs) if specs else None)
+        deadline = time.monotonic() + timeout
+        while self.following(flow_id) and time.monotonic() < deadline:
+            time.sleep(0.02)  # the consumer thread drops the subscription on its next round
+        queue = topology.reports_queue(flow_id)
+        merged = 0
+        connection = pika.BlockingConnection(connection_parameters(self.url))
+        try:
+            channel = connection.channel()
+            while True:  # until no one consumes it (the channel close requeued what it held)
+                try:
+                    consumers = channel.queue_declare(queue, passive=True).method.consumer_count
+                except pika.exceptions.ChannelClosedByBroker as exc:
+                    if exc.reply_code == 404:
+                        return 0  # no topology: nothing to merge
+                    raise
+                if consumers == 0 or time.monotonic() > deadline:
+                    break
+                time.sleep(0.05)
+            while True:
+                method, _properties, body = channel.basic_get(queue)
+                if method is None:
+                    break
+                if self._merge(body, followed, flow_id):
+                    merged += 1
+                channel.basic_ack(method.delivery_tag)
+        finally:
+            with contextlib.suppress(pika.exceptions.AMQPError, OSError):
+                connection.close()
+        if merged:
+            log.info("merged the last %d report batches of flow %s", merged, flow_id)
+        return merged
 
     def following(self, flow_id: str) -> bool:
         """Whether the flow's reports queue is being consumed right now."""
@@ -185,24 +236,34 @@ class ReportsConsumer:
         if followed is None:  # unfollowed meanwhile: leave it for whoever follows it next
             channel.basic_nack(method.delivery_tag, requeue=True)
             return
+        try:
+            self._merge(body, followed, flow_id)
+        except OperationalError:
+            log.exception("database unavailable; a report batch of flow %s was returned to "
+                          "the queue", flow_id)
+            channel.basic_nack(method.delivery_tag, requeue=True)
+            self._stopping.wait(self.retry_seconds)
+            return
+        channel.basic_ack(method.delivery_tag)
+
+    def _merge(self, body: bytes, followed: _Followed, flow_id: str) -> bool:
+        """Merge one batch; False when it was dropped (malformed, or it breaks the merge).
+        Raises OperationalError (the database is down: the batch should go back)."""
         batch = message_pb2.StepReportBatch()
         try:
             json_format.Parse(body, batch, ignore_unknown_fields=True)
         except (json_format.ParseError, UnicodeDecodeError) as exc:
             log.warning("dropped a malformed report batch of flow %s: %s", flow_id, exc)
-            channel.basic_ack(method.delivery_tag)
-            return
+            return False
         try:
             self._ingest(batch, followed, flow_id)
         except OperationalError:
-            log.exception("database unavailable; batch %s returned to the queue", batch.id)
-            channel.basic_nack(method.delivery_tag, requeue=True)
-            self._stopping.wait(self.retry_seconds)
-            return
+            raise
         except Exception:
             # A batch that breaks the merge would break it again on every redelivery.
             log.exception("dropped report batch %s of flow %s", batch.id, flow_id)
-        channel.basic_ack(method.delivery_tag)
+            return False
+        return True
 
     def _ingest(self, batch: message_pb2.StepReportBatch, followed: _Followed,
                 flow_id: str) -> None:

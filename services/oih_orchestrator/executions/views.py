@@ -95,7 +95,8 @@ def to_proto(row: ExecutionRow, steps: list[StepExecutionRow]) -> orchestrator_p
         result.end_time.FromDatetime(aware(row.end_time))
     for step in steps:
         item = result.steps.add(step_id=step.step_id, messages_in=step.messages_in,
-                                messages_out=step.messages_out, errors=step.errors,
+                                messages_out=step.messages_out,
+                                messages_routed=step.messages_routed, errors=step.errors,
                                 dead_lettered=step.dead_lettered)
         for data in step.input_samples:
             item.input_samples.add().update(data)

@@ -314,7 +314,8 @@ class IamServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def UpdateTenant(self, request, context):
-        """Updates a tenant's display name or state. Platform administrators only.
+        """Updates a tenant's display name or state. Platform administrators only. Disabling a
+        tenant revokes the tokens of its users and service accounts at once.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -352,8 +353,10 @@ class IamServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def UpdateUser(self, request, context):
-        """Updates a user's display name, roles, permissions, state or password. Disabling a user
-        revokes its tokens at once.
+        """Updates a user's display name, roles, permissions, state or password. Disabling a user,
+        setting a new password or taking a permission away revokes its tokens at once. Answers
+        PERMISSION_DENIED for a grant beyond the caller's own permissions, and for a new password
+        of a user holding permissions the caller does not hold.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -439,7 +442,8 @@ class IamServiceServicer:
 
     def ResetServiceAccountSecret(self, request, context):
         """Replaces a service account's client secret and revokes the tokens issued for the old one.
-        The response carries the new secret, shown once.
+        The response carries the new secret, shown once. Answers PERMISSION_DENIED when the account
+        holds permissions the caller does not hold.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

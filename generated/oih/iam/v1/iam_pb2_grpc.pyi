@@ -92,7 +92,9 @@ class IamServiceStub:
     ListTenants: _grpc.UnaryUnaryMultiCallable[_iam_pb2.ListTenantsRequest, _iam_pb2.ListTenantsResponse]
     """Lists tenants: all of them for platform administrators, the caller's own otherwise."""
     UpdateTenant: _grpc.UnaryUnaryMultiCallable[_iam_pb2.UpdateTenantRequest, _iam_pb2.Tenant]
-    """Updates a tenant's display name or state. Platform administrators only."""
+    """Updates a tenant's display name or state. Platform administrators only. Disabling a
+    tenant revokes the tokens of its users and service accounts at once.
+    """
     DeleteTenant: _grpc.UnaryUnaryMultiCallable[_iam_pb2.DeleteTenantRequest, _empty_pb2.Empty]
     """Deletes a tenant with its users, roles and service accounts, and announces it so that
     other services remove the tenant's data. Platform administrators only.
@@ -107,8 +109,10 @@ class IamServiceStub:
     ListUsers: _grpc.UnaryUnaryMultiCallable[_iam_pb2.ListUsersRequest, _iam_pb2.ListUsersResponse]
     """Lists the users of the caller's tenant (all tenants, or `tenant`, for platform admins)."""
     UpdateUser: _grpc.UnaryUnaryMultiCallable[_iam_pb2.UpdateUserRequest, _iam_pb2.User]
-    """Updates a user's display name, roles, permissions, state or password. Disabling a user
-    revokes its tokens at once.
+    """Updates a user's display name, roles, permissions, state or password. Disabling a user,
+    setting a new password or taking a permission away revokes its tokens at once. Answers
+    PERMISSION_DENIED for a grant beyond the caller's own permissions, and for a new password
+    of a user holding permissions the caller does not hold.
     """
     DeleteUser: _grpc.UnaryUnaryMultiCallable[_iam_pb2.DeleteUserRequest, _empty_pb2.Empty]
     """Deletes a user and revokes its tokens."""
@@ -136,7 +140,8 @@ class IamServiceStub:
     """Deletes a service account and revokes its tokens."""
     ResetServiceAccountSecret: _grpc.UnaryUnaryMultiCallable[_iam_pb2.ResetServiceAccountSecretRequest, _iam_pb2.ServiceAccount]
     """Replaces a service account's client secret and revokes the tokens issued for the old one.
-    The response carries the new secret, shown once.
+    The response carries the new secret, shown once. Answers PERMISSION_DENIED when the account
+    holds permissions the caller does not hold.
     """
 
 @_typing.type_check_only
@@ -201,7 +206,9 @@ class IamServiceAsyncStub(IamServiceStub):
     ListTenants: _aio.UnaryUnaryMultiCallable[_iam_pb2.ListTenantsRequest, _iam_pb2.ListTenantsResponse]  # type: ignore[assignment]
     """Lists tenants: all of them for platform administrators, the caller's own otherwise."""
     UpdateTenant: _aio.UnaryUnaryMultiCallable[_iam_pb2.UpdateTenantRequest, _iam_pb2.Tenant]  # type: ignore[assignment]
-    """Updates a tenant's display name or state. Platform administrators only."""
+    """Updates a tenant's display name or state. Platform administrators only. Disabling a
+    tenant revokes the tokens of its users and service accounts at once.
+    """
     DeleteTenant: _aio.UnaryUnaryMultiCallable[_iam_pb2.DeleteTenantRequest, _empty_pb2.Empty]  # type: ignore[assignment]
     """Deletes a tenant with its users, roles and service accounts, and announces it so that
     other services remove the tenant's data. Platform administrators only.
@@ -216,8 +223,10 @@ class IamServiceAsyncStub(IamServiceStub):
     ListUsers: _aio.UnaryUnaryMultiCallable[_iam_pb2.ListUsersRequest, _iam_pb2.ListUsersResponse]  # type: ignore[assignment]
     """Lists the users of the caller's tenant (all tenants, or `tenant`, for platform admins)."""
     UpdateUser: _aio.UnaryUnaryMultiCallable[_iam_pb2.UpdateUserRequest, _iam_pb2.User]  # type: ignore[assignment]
-    """Updates a user's display name, roles, permissions, state or password. Disabling a user
-    revokes its tokens at once.
+    """Updates a user's display name, roles, permissions, state or password. Disabling a user,
+    setting a new password or taking a permission away revokes its tokens at once. Answers
+    PERMISSION_DENIED for a grant beyond the caller's own permissions, and for a new password
+    of a user holding permissions the caller does not hold.
     """
     DeleteUser: _aio.UnaryUnaryMultiCallable[_iam_pb2.DeleteUserRequest, _empty_pb2.Empty]  # type: ignore[assignment]
     """Deletes a user and revokes its tokens."""
@@ -245,7 +254,8 @@ class IamServiceAsyncStub(IamServiceStub):
     """Deletes a service account and revokes its tokens."""
     ResetServiceAccountSecret: _aio.UnaryUnaryMultiCallable[_iam_pb2.ResetServiceAccountSecretRequest, _iam_pb2.ServiceAccount]  # type: ignore[assignment]
     """Replaces a service account's client secret and revokes the tokens issued for the old one.
-    The response carries the new secret, shown once.
+    The response carries the new secret, shown once. Answers PERMISSION_DENIED when the account
+    holds permissions the caller does not hold.
     """
 
 class IamServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -385,7 +395,9 @@ class IamServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _iam_pb2.UpdateTenantRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_iam_pb2.Tenant, _abc.Awaitable[_iam_pb2.Tenant]]:
-        """Updates a tenant's display name or state. Platform administrators only."""
+        """Updates a tenant's display name or state. Platform administrators only. Disabling a
+        tenant revokes the tokens of its users and service accounts at once.
+        """
 
     @_abc_1.abstractmethod
     def DeleteTenant(
@@ -430,8 +442,10 @@ class IamServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _iam_pb2.UpdateUserRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_iam_pb2.User, _abc.Awaitable[_iam_pb2.User]]:
-        """Updates a user's display name, roles, permissions, state or password. Disabling a user
-        revokes its tokens at once.
+        """Updates a user's display name, roles, permissions, state or password. Disabling a user,
+        setting a new password or taking a permission away revokes its tokens at once. Answers
+        PERMISSION_DENIED for a grant beyond the caller's own permissions, and for a new password
+        of a user holding permissions the caller does not hold.
         """
 
     @_abc_1.abstractmethod
@@ -531,7 +545,8 @@ class IamServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_iam_pb2.ServiceAccount, _abc.Awaitable[_iam_pb2.ServiceAccount]]:
         """Replaces a service account's client secret and revokes the tokens issued for the old one.
-        The response carries the new secret, shown once.
+        The response carries the new secret, shown once. Answers PERMISSION_DENIED when the account
+        holds permissions the caller does not hold.
         """
 
 def add_IamServiceServicer_to_server(servicer: IamServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -300,6 +300,7 @@ class StepExecution(_message.Message):
     INPUT_SAMPLES_FIELD_NUMBER: _builtins.int
     OUTPUT_SAMPLES_FIELD_NUMBER: _builtins.int
     LAST_ERROR_FIELD_NUMBER: _builtins.int
+    MESSAGES_ROUTED_FIELD_NUMBER: _builtins.int
     step_id: _builtins.str
     """The step."""
     messages_in: _builtins.int
@@ -310,6 +311,11 @@ class StepExecution(_message.Message):
     """Failed attempts."""
     dead_lettered: _builtins.int
     """Messages the step gave up on."""
+    messages_routed: _builtins.int
+    """Deliveries the step published to its successor steps: one per outgoing edge whose
+    `condition` matched, for each message it emitted (so it may be lower than
+    `messages_out` times the number of edges when conditions drop messages).
+    """
     @_builtins.property
     def input_samples(self) -> _containers.RepeatedCompositeFieldContainer[_struct_pb2.Struct]:
         """The `data` of the first few input messages: at most 3, each at most 16 KiB as JSON (a larger
@@ -335,10 +341,11 @@ class StepExecution(_message.Message):
         input_samples: _abc.Iterable[_struct_pb2.Struct] | None = ...,
         output_samples: _abc.Iterable[_struct_pb2.Struct] | None = ...,
         last_error: Global___ErrorRecord | None = ...,
+        messages_routed: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["last_error", b"last_error"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["dead_lettered", b"dead_lettered", "errors", b"errors", "input_samples", b"input_samples", "last_error", b"last_error", "messages_in", b"messages_in", "messages_out", b"messages_out", "output_samples", b"output_samples", "step_id", b"step_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dead_lettered", b"dead_lettered", "errors", b"errors", "input_samples", b"input_samples", "last_error", b"last_error", "messages_in", b"messages_in", "messages_out", b"messages_out", "messages_routed", b"messages_routed", "output_samples", b"output_samples", "step_id", b"step_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
