@@ -416,7 +416,12 @@ def test_each_service_gets_only_its_own_secrets(dev: list[Doc]) -> None:
 
 
 def test_overlay_sizes(dev: list[Doc], prod: list[Doc]) -> None:
-    stateless = [*(f"oih-{k}" for k in SERVICES), "oih-gateway"]
+    # The orchestrator runs alone (no claims between replicas yet), rolled out by Recreate.
+    for overlay in (dev, prod):
+        orchestrator = one(overlay, "Deployment", "oih-orchestrator")["spec"]
+        assert orchestrator["replicas"] == 1
+        assert orchestrator["strategy"]["type"] == "Recreate"
+    stateless = [*(f"oih-{k}" for k in SERVICES if k != "orchestrator"), "oih-gateway"]
     for name in stateless:
         assert one(dev, "Deployment", name)["spec"]["replicas"] == 1
         assert 2 <= one(prod, "Deployment", name)["spec"]["replicas"] <= 3
