@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from datetime import UTC, datetime
 
 from oih.orchestrator.v1 import orchestrator_pb2 as pb
@@ -10,7 +11,7 @@ from oih_worker import topology
 from oih_worker.spec import StepSpec
 
 from .amqp import Amqp
-from .drivers import Driver, WorkerInfo
+from .drivers import RUNNING, STARTING, Driver, WorkerInfo
 from .management import Management, ManagementError
 from .models import DeploymentRow
 
@@ -48,11 +49,21 @@ def queue_depth(amqp: Amqp, management: Management, vhost: str, spec: StepSpec) 
     return depth
 
 
+def consuming(amqp: Amqp, info: WorkerInfo, flow_id: str) -> WorkerInfo:
+    """A worker the driver still calls STARTING runs once its queue has a consumer (the
+    driver only knows the process is alive; the broker knows it is at work)."""
+    if info.state != STARTING:
+        return info
+    count = amqp.count(topology.step_queue(flow_id, info.step_id))
+    return replace(info, state=RUNNING) if count is not None and count.consumers else info
+
+
 def flow_runtime(row: DeploymentRow, driver: Driver, amqp: Amqp, management: Management,
                  vhost: str) -> pb.FlowRuntime:
+    workers = [consuming(amqp, w, row.flow_id) for w in driver.workers(row.flow_id)]
     runtime = pb.FlowRuntime(name=f"flows/{row.flow_id}/runtime", driver=row.driver,
                              flow_version=row.flow_version,
-                             workers=[worker(w) for w in driver.workers(row.flow_id)])
+                             workers=[worker(w) for w in workers])
     for raw in row.specs:
         runtime.queues.append(queue_depth(amqp, management, vhost, StepSpec.from_dict(raw)))
     runtime.observe_time.FromDatetime(datetime.now(UTC))

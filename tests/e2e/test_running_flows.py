@@ -71,6 +71,8 @@ def test_examples_c_and_d_start_a_flow_and_run_1000_messages_through_it(
     runtime = rest.get(f"/v1/{name}/runtime", headers=auth(token))
     assert runtime.status_code == 200, runtime.text
     assert sorted(w["step_id"] for w in runtime.json()["workers"]) == ["double", "sink", "start"]
+    # ACTIVE means every step's worker consumes its queue: the view says RUNNING, not STARTING.
+    assert {w["state"] for w in runtime.json()["workers"]} == {"STATE_RUNNING"}
 
     # (d) execute it 1,000 times; every message reaches the sink, transformed.
     def execute(n: int) -> str:
