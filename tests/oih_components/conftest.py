@@ -18,21 +18,10 @@ from oih_components.server import Built, build
 from oih_components.servicer import ComponentServicer
 from oih_runtime import settings as runtime_settings
 from oih_runtime.interceptors import server_interceptors
-from tests.support import postgres
 from tests.support.tokens import Caller, TestIssuer, caller_factory
 
 WRITER = ("components.read", "components.create", "components.update", "components.delete")
 TENANT_ADMIN = (*WRITER, "tenant.account.update")
-
-
-@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
-def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-                 ) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path_factory.mktemp('components') / 'components.db'}"
-    else:
-        with postgres.fresh_database() as url:
-            yield url
 
 
 @pytest.fixture(scope="module")

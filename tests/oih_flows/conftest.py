@@ -29,7 +29,6 @@ from oih_runtime import settings as runtime_settings
 from oih_runtime.bus import OutboxEvent
 from oih_runtime.clients import authenticated_channel
 from oih_runtime.interceptors import server_interceptors
-from tests.support import postgres
 from tests.support.tokens import Caller, TestIssuer, caller_factory
 
 FLOW_WRITER = ("flows.read", "flows.write", "flows.control", "flows.execute",
@@ -37,16 +36,6 @@ FLOW_WRITER = ("flows.read", "flows.write", "flows.control", "flows.execute",
 
 FLOWS_SETTINGS = FlowsSettings(transition_timeout=timedelta(seconds=120), sweep_interval=3600,
                                components_address="unused: the test passes its own client")
-
-
-@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
-def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-                 ) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path_factory.mktemp('flows') / 'flows.db'}"
-    else:
-        with postgres.fresh_database() as url:
-            yield url
 
 
 @pytest.fixture(scope="module")

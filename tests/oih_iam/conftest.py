@@ -3,7 +3,7 @@ shared interceptors, on SQLite and on PostgreSQL."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
@@ -17,7 +17,6 @@ from oih_iam.servicer import IamServicer
 from oih_iam.settings import IamSettings
 from oih_runtime import settings as runtime_settings
 from oih_runtime.interceptors import server_interceptors
-from tests.support import postgres
 
 ADMIN = "admin@oih.test"
 ADMIN_PASSWORD = "admin-password-1234"
@@ -32,16 +31,6 @@ FAST_IAM = IamSettings(
     lock_base_seconds=60,
     lock_max_seconds=600,
 )
-
-
-@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
-def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-                 ) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path_factory.mktemp('iam') / 'iam.db'}"
-    else:
-        with postgres.fresh_database() as url:
-            yield url
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,6 @@ an error message may show."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -13,7 +12,6 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Field, SQLModel
 
 from oih_runtime.db import make_engine, transaction
-from tests.support import postgres
 
 
 class CounterRow(SQLModel, table=True):
@@ -21,19 +19,6 @@ class CounterRow(SQLModel, table=True):
     id: str = Field(primary_key=True)
     value: int = 0
     secret: str = ""
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
-    if request.param == "sqlite":
-        built = make_engine(f"sqlite:///{tmp_path / 'db.sqlite'}")
-        yield built
-        built.dispose()
-    else:
-        with postgres.fresh_database() as url:
-            built = make_engine(url)
-            yield built
-            built.dispose()
 
 
 def test_sqlite_locked_read_then_write_transactions_from_many_threads_lose_no_update(

@@ -2,35 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import pytest
 from sqlalchemy.engine import Engine
 from sqlmodel import Field, Session, SQLModel, col, select
 
 from oih_runtime import filtering
-from oih_runtime.db import make_engine, transaction
-from tests.support import postgres
+from oih_runtime.db import transaction
 
 
 class NamedRow(SQLModel, table=True):
     __tablename__ = "test_runtime_named"
     id: int = Field(primary_key=True)
     display_name: str
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
-    if request.param == "sqlite":
-        built = make_engine(f"sqlite:///{tmp_path / 'db.sqlite'}")
-        yield built
-        built.dispose()
-    else:
-        with postgres.fresh_database() as url:
-            built = make_engine(url)
-            yield built
-            built.dispose()
 
 
 @pytest.mark.parametrize(

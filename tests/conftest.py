@@ -1,0 +1,38 @@
+"""Fixtures every suite may use: the databases a service's tests run on."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy.engine import Engine
+
+from oih_runtime.db import make_engine
+from tests.support import postgres
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+                 ) -> Iterator[str]:
+    """Each test module runs once on SQLite (a temporary file) and once on a fresh
+    PostgreSQL database, which is dropped afterwards."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path_factory.mktemp('db') / 'service.db'}"
+    else:
+        with postgres.fresh_database() as url:
+            yield url
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
+    """An engine on a fresh SQLite file, then on a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        built = make_engine(f"sqlite:///{tmp_path / 'db.sqlite'}")
+        yield built
+        built.dispose()
+    else:
+        with postgres.fresh_database() as url:
+            built = make_engine(url)
+            yield built
+            built.dispose()
