@@ -11,10 +11,7 @@ def main() -> None:
     config = settings.load("orchestrator")
     logs.configure("orchestrator", config.log_level)
     built = build(config, OrchestratorSettings.from_env(amqp_url=config.rabbitmq_url))
-    running = server.start(built.service, host=config.host, port=config.port,
-                           max_workers=config.max_workers, grace=config.grace_seconds)
-    built.start_background()
-    server.run_until_signalled(running)
+    server.serve(config, built.service, built.start_background)
 
 
 if __name__ == "__main__":

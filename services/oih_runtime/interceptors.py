@@ -16,7 +16,7 @@ from typing import Any
 
 import grpc
 
-from oih_runtime import access, logs, principal
+from oih_runtime import access, logs, metrics, principal
 from oih_runtime.errors import DomainError, PermissionDenied, Unauthenticated
 from oih_runtime.tokens import TokenVerifier
 from oih_runtime.validation import check_no_nul, check_required
@@ -110,12 +110,14 @@ class ErrorInterceptor(_WrappingInterceptor):
             log.exception("unexpected error in %s", method)
             context.abort(grpc.StatusCode.INTERNAL, f"internal error (request id {rid})")
         finally:
+            seconds = time.perf_counter() - started
+            metrics.observe(method, code.name, seconds)
             log.info(
                 "rpc",
                 extra={
                     "method": method,
                     "code": code.name,
-                    "duration_ms": round((time.perf_counter() - started) * 1000, 2),
+                    "duration_ms": round(seconds * 1000, 2),
                     "subject": logs.subject.get(),
                 },
             )

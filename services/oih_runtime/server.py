@@ -14,6 +14,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from oih_runtime import metrics
 from oih_runtime.interceptors import server_interceptors
 from oih_runtime.settings import ServiceSettings
 from oih_runtime.tokens import TokenVerifier
@@ -99,6 +100,9 @@ def serve(config: ServiceSettings, service: Service,
     (event relay, consumers, timers), serve until SIGTERM/SIGINT, stop gracefully."""
     running = start(service, host=config.host, port=config.port,
                     max_workers=config.max_workers, grace=config.grace_seconds)
+    if config.metrics_port:
+        port = metrics.serve(config.host, config.metrics_port)
+        log.info("metrics", extra={"address": f"http://{config.host}:{port}/metrics"})
     start_background()
     run_until_signalled(running)
 

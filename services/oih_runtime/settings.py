@@ -48,6 +48,8 @@ class ServiceSettings:
     #: Separates platforms sharing one broker (tests, several dev stacks): their event exchange
     #: and event queues get this suffix. Empty in a normal deployment.
     bus_namespace: str = ""
+    #: Where Prometheus scrapes `/metrics`; 0: no metrics endpoint.
+    metrics_port: int = 0
 
     @property
     def events_exchange(self) -> str:
@@ -87,4 +89,5 @@ def load(service: str, env: Mapping[str, str] | None = None) -> ServiceSettings:
         client_id=env.get("OIH_SERVICE_CLIENT_ID", ""),
         client_secret=env.get("OIH_SERVICE_CLIENT_SECRET", ""),
         bus_namespace=env.get("OIH_BUS_NAMESPACE", ""),
+        metrics_port=int(env.get(prefix + "METRICS_PORT", "0")),
     )

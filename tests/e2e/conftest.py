@@ -26,6 +26,8 @@ E2E_SERVICES = ["iam", "components", "flows", "orchestrator"]
 
 
 NAMESPACE = f"e2e{uuid.uuid4().hex[:8]}"
+#: Where each service serves Prometheus metrics in this run.
+METRICS_PORTS = {name: free_port() for name in E2E_SERVICES}
 EXCHANGE = f"oih.events.{NAMESPACE}"
 
 
@@ -60,6 +62,8 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
             "OIH_LOG_LEVEL": "WARNING",
             # Each e2e run uses its own event exchange, so it never sees another run's events.
             "OIH_BUS_NAMESPACE": NAMESPACE,
+            **{f"OIH_{name.upper()}_METRICS_PORT": str(port)
+               for name, port in METRICS_PORTS.items()},
         },
     )
     with running:

@@ -247,3 +247,15 @@ def test_unknown_route_is_404_json(rest: httpx.Client, admin_token: str) -> None
     reply = rest.get("/v1/nothing-here", headers=auth(admin_token))
     assert reply.status_code == 404
     assert reply.headers["content-type"].startswith("application/json")
+
+
+def test_services_serve_prometheus_metrics_of_their_rpcs(rest: httpx.Client) -> None:
+    from tests.e2e.conftest import METRICS_PORTS
+
+    rest.post("/v1/login", json={"username": "nobody@e2e.test", "password": "wrong password"})
+    scraped = httpx.get(f"http://127.0.0.1:{METRICS_PORTS['iam']}/metrics").text
+    assert 'oih_rpc_requests_total{code="UNAUTHENTICATED",method="/oih.iam.v1.IamService/Login"}' \
+        in scraped
+    assert "oih_rpc_duration_seconds_bucket" in scraped
+    for service in ("components", "flows", "orchestrator"):
+        assert httpx.get(f"http://127.0.0.1:{METRICS_PORTS[service]}/metrics").status_code == 200
