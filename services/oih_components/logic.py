@@ -37,7 +37,7 @@ def component_id(resource_name: str, field: str) -> str:
     """`components/abc` → `abc`; anything else is INVALID_ARGUMENT naming `field`."""
     prefix = convert.COLLECTION
     rest = resource_name[len(prefix):]
-    if not resource_name.startswith(prefix) or not rest or "/" in rest or "\x00" in rest:
+    if not resource_name.startswith(prefix) or not rest or "/" in rest:
         raise InvalidArgument.field(field, "must look like components/{component}")
     return rest
 

@@ -63,9 +63,6 @@ def _texts(c: pb.Component, prefix: str) -> Violations:
                          ("version", MAX_VERSION)):
         if len(getattr(c, field)) > limit:
             found.append((f"{prefix}.{field}", f"at most {limit} characters"))
-        elif "\x00" in getattr(c, field):
-            # PostgreSQL text cannot hold NUL (SQLite can): refuse it the same way on both.
-            found.append((f"{prefix}.{field}", "must not contain NUL characters"))
     if c.access not in ACCESS_VALUES:
         found.append((f"{prefix}.access", "must be ACCESS_PRIVATE, ACCESS_TENANT or ACCESS_PUBLIC"))
     return found
@@ -100,7 +97,7 @@ def _owners(owners: Iterable[pb.Owner], prefix: str) -> Violations:
         if expected is None:
             found.append((f"{where}.type", "must be USER, TENANT or SERVICE_ACCOUNT"))
         elif not owner.id.startswith(expected) or len(owner.id) == len(expected) \
-                or "/" in owner.id[len(expected):] or "\x00" in owner.id:
+                or "/" in owner.id[len(expected):]:
             found.append((f"{where}.id", f"must look like {expected}{{id}} for this type"))
         elif len(owner.id) > MAX_OWNER_ID:
             found.append((f"{where}.id", f"at most {MAX_OWNER_ID} characters"))

@@ -65,10 +65,6 @@ def check_definition(flow: flows_pb2.Flow, *, tenant: str) -> Violations:
         found.append(("flow.display_name", "required field is missing"))
     elif len(name) > MAX_DISPLAY_NAME:
         found.append(("flow.display_name", f"at most {MAX_DISPLAY_NAME} characters"))
-    # PostgreSQL text cannot hold NUL (SQLite can): refuse it the same way on both.
-    for field in ("display_name", "description"):
-        if "\x00" in getattr(flow, field):
-            found.append((f"flow.{field}", "must not contain NUL characters"))
     found += check_graph(flow.graph)
     if flow.cron:
         found += _cron(flow.cron)
