@@ -63,19 +63,26 @@ def flow_started(session: Session, event: Event,
 
 def flow_stopped(session: Session, event: Event,
                  payload: orchestrator_pb2.FlowStateChanged) -> None:
-    """The orchestrator removed everything: STOPPING → INACTIVE."""
+    """The orchestrator removed everything: STOPPING → INACTIVE. A stop always ends INACTIVE:
+    also a FAILED flow, which can only have been stopping (a flow stuck in STOPPING is failed by
+    the sweeper; nothing else answers a stop with `stopped`)."""
     row = _flow(session, payload.flow, payload.tenant)
     if row is None:
         return
-    if row.state != STOPPING:
+    if row.state not in (STOPPING, FAILED):
         _ignored(event, row)
         return
+    if payload.discarded_messages:
+        log.warning("the stop discarded queued messages", extra={
+            "flow": payload.flow, "messages": payload.discarded_messages})
     lifecycle.set_state(row, INACTIVE)
     session.add(row)
 
 
 def flow_failed(session: Session, event: Event, payload: orchestrator_pb2.FlowFailed) -> None:
-    """Starting or running failed: → FAILED with the reason (an INACTIVE flow stays so)."""
+    """Starting or running failed: → FAILED with the reason. An INACTIVE flow stays so, and a
+    STOPPING one too: the stop under way ends it INACTIVE (a failure during a stop, e.g. a
+    worker lost in a broker outage, changes nothing about what the user asked for)."""
     if event.source == lifecycle.SOURCE:
         # Our own announcement (the sweeper's): the flow became FAILED in the transaction
         # that wrote it. Arriving late (the broker was down), it would fail the next start.
@@ -84,8 +91,9 @@ def flow_failed(session: Session, event: Event, payload: orchestrator_pb2.FlowFa
     if row is None:
         return
     reason = payload.reason or "the orchestrator reported a failure without a reason"
-    if row.state == INACTIVE or (row.state == FAILED and row.state_reason == reason):
-        _ignored(event, row)  # nothing runs any more, or we already know (our own event)
+    if row.state in (INACTIVE, STOPPING) or (row.state == FAILED
+                                              and row.state_reason == reason):
+        _ignored(event, row)  # nothing runs any more, or it is being stopped, or we know
         return
     lifecycle.set_state(row, FAILED, reason)
     session.add(row)

@@ -16,15 +16,24 @@ worker per step through the driver, wait until every step's queue has a consumer
 `oih.flow.started`. Any failure removes everything created and answers `oih.flow.failed` with
 the reason — a flow is never left half-started (OIH #486, #926, #1088).
 
-Stop (task): `teardown` — the workers first (SIGTERM: they finish their messages and send their
-last reports), then the reports left in the flow's reports queue are merged into the executions
-view, then the broker users and the topology go; STOPPED, `oih.flow.stopped`. Stopping cleans
-whatever exists, known to the table or not, so it always succeeds.
+Stop (task): `teardown` — the workers first (SIGTERM: they finish the messages they hold and
+send their last reports), then the reports left in the flow's reports queue are merged into the
+executions view, then the broker users and the topology go; STOPPED, `oih.flow.stopped`, which
+says how many messages still waiting in the flow's queues the stop discarded (a stop does not
+drain a backlog). Stopping cleans whatever exists, known to the table or not, so it always
+succeeds.
+
+Queues hold accepted messages, so only an explicit stop (or the stop of a flow this orchestrator
+no longer runs: a stray) deletes them. A failure — a start that fails, a worker the driver gave
+up on, a flow failed elsewhere — removes the workers and broker users but keeps the queues with
+their messages, retries and dead letters; starting the flow again consumes them, stopping it
+discards them.
 
 Reconcile (at start-up and periodically): every ACTIVE deployment has its workers (missing ones
 are deployed again with a fresh broker password), a worker the driver gave up on fails its flow,
 unfinished STARTING/STOPPING rows are finished, and nothing runs for a flow that is not STARTING
-or ACTIVE (stray workers and users go).
+or ACTIVE (stray workers and users go). Each flow is reconciled on its own: an error with one
+(the broker or the management API away) is logged and the round goes on with the next.
 
 Each flow has a lock, so tasks, the reconciler and RPCs never act on one flow at the same time.
 Side effects (broker, processes) are not transactional; the events owed are written to the
@@ -210,7 +219,7 @@ class Orchestrator:
             steps = [node.id for node in flow.graph.nodes]
             if row.specs or flow_id in self.driver.flows():
                 # A previous version (or a start cut short by a crash): replaced as a whole.
-                self.teardown(flow_id, self._steps(row), row=row)
+                self.teardown(flow_id, self._steps(row), row=row, delete_queues=False)
             try:
                 self._deploy(flow, row.started_by, cancel)
             except Cancelled:
@@ -222,7 +231,7 @@ class Orchestrator:
                 reason = str(error) if isinstance(error, StartFailed) else \
                     f"could not start the flow: {type(error).__name__}: {error}"
                 log.warning("flow start failed", extra={"flow_id": flow_id, "reason": reason})
-                self.teardown(flow_id, steps, tenant=flow.tenant)
+                self.teardown(flow_id, steps, tenant=flow.tenant, delete_queues=False)
                 with transaction(self.engine) as session:
                     row = session.get(DeploymentRow, flow_id)
                     if row is None or row.state != DEPLOYING:
@@ -340,8 +349,8 @@ class Orchestrator:
         row = session.get(DeploymentRow, flow_id)
         if row is None:
             with self.locked(flow_id):
-                self.teardown(flow_id, sorted(steps))
-            self._emit(session, "oih.flow.stopped", flow_id, flow.tenant)
+                discarded = self.teardown(flow_id, sorted(steps))
+            self._emit(session, "oih.flow.stopped", flow_id, flow.tenant, discarded)
             return
         self._set(row, STOPPING)
         session.add(row)
@@ -356,15 +365,16 @@ class Orchestrator:
                 row = session.get(DeploymentRow, flow_id)
             if row is None:
                 return
-            self.teardown(flow_id, set(steps) | set(self._all_steps(row)), row=row)
+            discarded = self.teardown(flow_id, set(steps) | set(self._all_steps(row)), row=row)
             with transaction(self.engine) as session:
                 row = session.get(DeploymentRow, flow_id)
                 if row is None:
                     return
                 if row.state == STOPPING:
-                    self._set(row, STOPPED)
+                    self._set(row, STOPPED, f"stopped; {discarded} queued messages discarded"
+                              if discarded else "")
                     session.add(row)
-                self._emit(session, "oih.flow.stopped", flow_id, row.tenant)
+                self._emit(session, "oih.flow.stopped", flow_id, row.tenant, discarded)
 
     def failed_elsewhere(self, session: Session, flow_id: str, reason: str) -> None:
         """Another service failed the flow (e.g. a start timed out): remove what we made."""
@@ -381,14 +391,14 @@ class Orchestrator:
                 row = session.get(DeploymentRow, flow_id)
             if row is not None and row.state in (*RUNNING_STATES, STOPPING):
                 return  # started or stopping again meanwhile: that request decides
-            self.teardown(flow_id, self._all_steps(row), row=row)
+            self.teardown(flow_id, self._all_steps(row), row=row, delete_queues=False)
 
     def teardown(self, flow_id: str, steps: Iterable[str], *, row: DeploymentRow | None = None,
-                 tenant: str = "") -> None:
+                 tenant: str = "", delete_queues: bool = True) -> int:
         """Workers first (SIGTERM: they finish, ack and send their last reports), then the
-        flow's reports queue is merged into the executions view, then the users, then the
-        queues. Each part is idempotent, so a teardown interrupted by a crash can simply run
-        again."""
+        flow's reports queue is merged into the executions view, then the users, then (for a
+        stop) the queues. Returns how many messages the deleted queues still held. Each part is
+        idempotent, so a teardown interrupted by a crash can simply run again."""
         steps = sorted(set(steps))
         self.driver.remove(flow_id)
         deadline = time.monotonic() + self.stop_timeout
@@ -403,8 +413,26 @@ class Orchestrator:
                 log.exception("could not merge the last reports", extra={"flow_id": flow_id})
         for user in self.management.users(f"{USER_PREFIX}{flow_id}."):
             self.management.delete_user(user)
-        if steps:
-            self.amqp.delete_flow(flow_id, steps)
+        if not (delete_queues and steps):
+            return 0
+        discarded = self._queued(flow_id, steps)
+        self.amqp.delete_flow(flow_id, steps)
+        if discarded:
+            log.warning("stop discarded queued messages",
+                        extra={"flow_id": flow_id, "messages": discarded})
+        return discarded
+
+    def _queued(self, flow_id: str, steps: Iterable[str]) -> int:
+        """Messages waiting in the flow's step queues (inputs, retries, dead letters)."""
+        total = 0
+        for step_id in steps:
+            queues = [topology.step_queue(flow_id, step_id), topology.dead_queue(flow_id, step_id),
+                      *(topology.retry_queue(flow_id, step_id, level)
+                        for level in range(1, topology.MAX_RETRY_LEVELS + 1))]
+            for queue in queues:
+                count = self.amqp.count(queue)
+                total += count.messages if count is not None else 0
+        return total
 
     # --- reconcile -------------------------------------------------------------------------
 
@@ -414,36 +442,53 @@ class Orchestrator:
                 col(DeploymentRow.state).in_((*RUNNING_STATES, STOPPING)))).all())
         wanted = {row.flow_id for row in rows if row.state in RUNNING_STATES}
         for row in rows:
-            if row.state == ACTIVE:
-                self._heal(row.flow_id)
-            elif self._unfinished(row):
-                # A start or stop a previous orchestrator acknowledged but did not finish.
-                log.warning("finishing an interrupted %s", "start" if row.state == DEPLOYING
-                            else "stop", extra={"flow_id": row.flow_id})
-                flow_id = row.flow_id
-                if row.state == DEPLOYING:
-                    self._submit(flow_id, lambda cancel, request, flow_id=flow_id:
-                                 self.finish_start(flow_id, cancel, request))
-                else:
-                    self._submit(flow_id, lambda cancel, request, flow_id=flow_id:
-                                 self.finish_stop(flow_id))
+            with self._per_flow(row.flow_id, "reconcile"):
+                self._reconcile_row(row)
         for flow_id in sorted(self.driver.flows() - wanted):
             if self.tasks.busy(flow_id):
                 continue
-            with self.locked(flow_id, blocking=False) as mine:
+            with self._per_flow(flow_id, "remove a stray flow"), \
+                    self.locked(flow_id, blocking=False) as mine:
                 if mine and not self._wanted(flow_id):
-                    # E.g. stopped while this orchestrator was down, or a stop cut short.
+                    # E.g. stopped while this orchestrator was down, or a stop cut short. Its
+                    # queues go only if the flow was stopped (or is gone), not if it failed.
                     log.warning("removing a stray flow", extra={"flow_id": flow_id})
-                    self.teardown(flow_id, self._known_steps(flow_id))
+                    self.teardown(flow_id, self._known_steps(flow_id),
+                                  delete_queues=self._stopped(flow_id))
         # Only users of flows this orchestrator deployed (it has a row for them): another
         # orchestrator with its own database may share the broker.
-        for user in self.management.users():
-            flow_id = user[len(USER_PREFIX):].split(".", 1)[0]
-            if flow_id not in wanted and not self.tasks.busy(flow_id):
-                with self.locked(flow_id, blocking=False) as mine:
-                    if mine and self._known(flow_id) and not self._wanted(flow_id):
-                        log.warning("deleting a stray broker user", extra={"user": user})
-                        self.management.delete_user(user)
+        with self._per_flow("*", "delete stray broker users"):
+            for user in self.management.users():
+                flow_id = user[len(USER_PREFIX):].split(".", 1)[0]
+                if flow_id not in wanted and not self.tasks.busy(flow_id):
+                    with self.locked(flow_id, blocking=False) as mine:
+                        if mine and self._known(flow_id) and not self._wanted(flow_id):
+                            log.warning("deleting a stray broker user", extra={"user": user})
+                            self.management.delete_user(user)
+
+    @contextmanager
+    def _per_flow(self, flow_id: str, what: str) -> Iterator[None]:
+        """One flow's error (the broker or the management API away) must not end the round."""
+        try:
+            yield
+        except Exception as error:
+            log.warning("could not %s; trying again next round", what,
+                        extra={"flow_id": flow_id, "error": f"{type(error).__name__}: {error}"})
+
+    def _reconcile_row(self, row: DeploymentRow) -> None:
+        if row.state == ACTIVE:
+            self._heal(row.flow_id)
+        elif self._unfinished(row):
+            # A start or stop a previous orchestrator acknowledged but did not finish.
+            log.warning("finishing an interrupted %s", "start" if row.state == DEPLOYING
+                        else "stop", extra={"flow_id": row.flow_id})
+            flow_id = row.flow_id
+            if row.state == DEPLOYING:
+                self._submit(flow_id, lambda cancel, request, flow_id=flow_id:
+                             self.finish_start(flow_id, cancel, request))
+            else:
+                self._submit(flow_id, lambda cancel, request, flow_id=flow_id:
+                             self.finish_stop(flow_id))
 
     def _unfinished(self, row: DeploymentRow) -> bool:
         """A STARTING or STOPPING row nobody here works on: changed before this process began
@@ -467,7 +512,7 @@ class Orchestrator:
                 if broken:
                     reason = (f"step {broken[0].step_id}: the worker keeps crashing "
                               f"({broken[0].state_reason})")
-                    self.teardown(flow_id, self._steps(row), row=row)
+                    self.teardown(flow_id, self._steps(row), row=row, delete_queues=False)
                     self._set(row, FAILED, reason)
                     session.add(row)
                     name = flow_name(flow_id)
@@ -507,6 +552,12 @@ class Orchestrator:
         with Session(self.engine) as session:
             return session.get(DeploymentRow, flow_id) is not None
 
+    def _stopped(self, flow_id: str) -> bool:
+        """Whether the flow was stopped (or is unknown here): its queues may go."""
+        with Session(self.engine) as session:
+            row = session.get(DeploymentRow, flow_id)
+            return row is None or row.state in (STOPPING, STOPPED)
+
     def _wanted(self, flow_id: str) -> bool:
         with Session(self.engine) as session:
             row = session.get(DeploymentRow, flow_id)
@@ -530,10 +581,12 @@ class Orchestrator:
         return sorted(set(self._steps(row)) | {node["id"] for node in nodes if node.get("id")})
 
     @staticmethod
-    def _emit(session: Session, event_type: str, flow_id: str, tenant: str) -> None:
+    def _emit(session: Session, event_type: str, flow_id: str, tenant: str,
+              discarded: int = 0) -> None:
         name = flow_name(flow_id)
         OUTBOX.add(session, event_type, orchestrator_pb2.FlowStateChanged(
-            flow=name, tenant=tenant), tenant=tenant, subject=name)
+            flow=name, tenant=tenant, discarded_messages=discarded),
+            tenant=tenant, subject=name)
 
     @staticmethod
     def _emit_started(session: Session, row: DeploymentRow) -> None:

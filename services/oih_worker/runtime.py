@@ -20,6 +20,10 @@ Design (why it looks like this):
 - Every publish is `mandatory`: a message no queue takes (topology missing) comes back; the
   worker then stops without acking (exit code 3), so the input is redelivered later rather than
   silently lost.
+- Losing the broker is not a crash: the worker connects again with back-off (0.5 s doubling to
+  `RECONNECT_MAX`) for as long as the broker is away, also when it is away at start. Whatever
+  was unacked when the connection dropped is redelivered by the broker (at-least-once); its
+  outputs get the same ids again. Only a stop request ends the waiting.
 - SIGTERM/SIGINT: cancel the consumer, finish the messages already delivered, wait for their
   confirms, ack, send the last report, close, exit 0.
 """
@@ -28,11 +32,13 @@ from __future__ import annotations
 
 import logging
 import signal
+import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
 import pika
+import pika.exceptions
 from pika.adapters.select_connection import SelectConnection
 from pika.spec import Basic
 
@@ -43,8 +49,10 @@ from .spec import StepSpec
 
 log = logging.getLogger("oih_worker")
 
-EXIT_OK, EXIT_BROKER, EXIT_UNROUTABLE = 0, 1, 3
+EXIT_OK, EXIT_UNROUTABLE = 0, 3
 STOP_TIMEOUT = 30.0
+#: Back-off between attempts to reach the broker: doubles from the first to the last value.
+RECONNECT_INITIAL, RECONNECT_MAX = 0.5, 5.0
 
 
 @dataclass
@@ -62,6 +70,14 @@ class Worker:
         self.queue = topology.step_queue(spec.flow_id, spec.step_id)
         self.exit_code = EXIT_OK
         self._connection: SelectConnection | None = None
+        #: Set by a stop request; ends the waiting for the broker too.
+        self._stop_requested = threading.Event()
+        self._failed = False
+        self._reset()
+
+    def _reset(self) -> None:
+        """The state of one broker connection (a new connection starts from scratch: whatever
+        was unacked on the old one is redelivered by the broker)."""
         self._channel: Any = None
         self._consumer_tag: str | None = None
         # delivery tag -> state, in delivery order (acks go out as an in-order prefix).
@@ -73,38 +89,69 @@ class Worker:
         self._stopping = False
         self._cancelled = False
         self._final_report = False
-        self._failed = False
+        self._consumed = False  # this connection got as far as consuming
 
     # --- lifecycle -----------------------------------------------------------------------
 
     def run(self) -> int:
-        if self.spec.declare_topology:
-            self._declare()
-        parameters = pika.URLParameters(self.spec.amqp_url)
-        self._connection = SelectConnection(
-            parameters, on_open_callback=self._on_open,
-            on_open_error_callback=self._on_open_error, on_close_callback=self._on_closed)
         previous = {sig: signal.signal(sig, self._on_signal)
                     for sig in (signal.SIGTERM, signal.SIGINT)}
+        delay = RECONNECT_INITIAL
         try:
-            self._connection.ioloop.start()
+            while not self._stop_requested.is_set():
+                self._reset()
+                self._serve_one_connection()
+                if self._failed or self._finished():
+                    break
+                if self._consumed:
+                    delay = RECONNECT_INITIAL  # it worked for a while: start the back-off over
+                log.warning("broker unavailable; connecting again", extra={
+                    "in_seconds": delay, "flow_id": self.spec.flow_id,
+                    "step_id": self.spec.step_id})
+                if self._stop_requested.wait(delay):
+                    break
+                delay = min(delay * 2, RECONNECT_MAX)
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
-            self._connection.ioloop.close()
         log.info("worker stopped", extra={"exit_code": self.exit_code})
         return self.exit_code
 
+    def _serve_one_connection(self) -> None:
+        """Connect and consume until the connection closes (a stop, or the broker went away)."""
+        if self.spec.declare_topology and not self._declare():
+            return
+        self._connection = SelectConnection(
+            pika.URLParameters(self.spec.amqp_url), on_open_callback=self._on_open,
+            on_open_error_callback=self._on_open_error, on_close_callback=self._on_closed)
+        try:
+            if self._stop_requested.is_set():  # asked to stop while connecting
+                self._connection.ioloop.add_callback_threadsafe(self._begin_stop)
+            self._connection.ioloop.start()
+        finally:
+            self._connection.ioloop.close()
+
+    def _finished(self) -> bool:
+        """Whether the last connection ended in a completed stop (nothing left unacked)."""
+        return self._stopping and self._cancelled and not self._inflight
+
     def stop(self) -> None:
         """Thread- and signal-safe: begin a graceful stop."""
-        if self._connection is not None:
-            self._connection.ioloop.add_callback_threadsafe(self._begin_stop)
+        self._stop_requested.set()
+        connection = self._connection
+        if connection is not None and not connection.is_closed:
+            connection.ioloop.add_callback_threadsafe(self._begin_stop)
 
     def _on_signal(self, _signum: int, _frame: Any) -> None:
         self.stop()
 
-    def _declare(self) -> None:
-        connection = pika.BlockingConnection(pika.URLParameters(self.spec.amqp_url))
+    def _declare(self) -> bool:
+        """Declare the step's topology itself (development mode); False if the broker is away."""
+        try:
+            connection = pika.BlockingConnection(pika.URLParameters(self.spec.amqp_url))
+        except pika.exceptions.AMQPConnectionError as error:
+            log.warning("cannot connect to the broker", extra={"error": str(error)})
+            return False
         try:
             channel = connection.channel()
             topology.declare_flow(channel, self.spec.flow_id, {})
@@ -112,20 +159,20 @@ class Worker:
                                   self.spec.retry.retry_levels)
         finally:
             connection.close()
+        return True
 
     def _on_open(self, connection: SelectConnection) -> None:
         connection.channel(on_open_callback=self._on_channel_open)
 
-    def _on_open_error(self, _connection: Any, error: Any) -> None:
-        log.error("cannot connect to the broker", extra={"error": str(error)})
-        self.exit_code = EXIT_BROKER
-        self._connection.ioloop.stop()  # type: ignore[union-attr]
+    def _on_open_error(self, connection: SelectConnection, error: Any) -> None:
+        log.warning("cannot connect to the broker", extra={"error": str(error)})
+        connection.ioloop.stop()
 
-    def _on_closed(self, _connection: Any, reason: Any) -> None:
-        if not (self._stopping and self._cancelled and not self._inflight) and not self._failed:
-            log.error("broker connection lost", extra={"reason": str(reason)})
-            self.exit_code = self.exit_code or EXIT_BROKER
-        self._connection.ioloop.stop()  # type: ignore[union-attr]
+    def _on_closed(self, connection: SelectConnection, reason: Any) -> None:
+        if not self._finished() and not self._failed:
+            log.warning("broker connection lost", extra={
+                "reason": str(reason), "unacked": len(self._inflight)})
+        connection.ioloop.stop()
 
     def _on_channel_open(self, channel: Any) -> None:
         self._channel = channel
@@ -143,6 +190,7 @@ class Worker:
             self._maybe_finish()
             return
         self._consumer_tag = self._channel.basic_consume(self.queue, self._on_message)
+        self._consumed = True
         self._connection.ioloop.call_later(self.spec.report_interval, self._report_tick)  # type: ignore[union-attr]
         log.info("worker consuming", extra={
             "flow_id": self.spec.flow_id, "step_id": self.spec.step_id,
@@ -150,10 +198,10 @@ class Worker:
             "edges": [edge.target for edge in self.spec.edges]})
 
     def _on_channel_closed(self, _channel: Any, reason: Any) -> None:
+        # E.g. the queue is missing (404) or a permission changed: connect again later.
         if self._connection is not None and self._connection.is_open:
             if not self._stopping:
-                log.error("channel closed", extra={"reason": str(reason)})
-                self.exit_code = self.exit_code or EXIT_BROKER
+                log.warning("channel closed", extra={"reason": str(reason)})
             self._connection.close()
 
     def _on_broker_cancel(self, _frame: Any) -> None:

@@ -227,7 +227,8 @@ def test_execute_needs_an_active_flow(grpc_stub: Stub, tenant: Tenant, flows_ser
     ("oih.flow.started", pb.STATE_INACTIVE, pb.STATE_INACTIVE),
     ("oih.flow.stopped", pb.STATE_STOPPING, pb.STATE_INACTIVE),
     ("oih.flow.stopped", pb.STATE_STARTING, pb.STATE_STARTING),  # stale: started again
-    ("oih.flow.stopped", pb.STATE_FAILED, pb.STATE_FAILED),  # keeps the reason visible
+    # Only a stop is answered with `stopped`: a stop the sweeper timed out still ends INACTIVE.
+    ("oih.flow.stopped", pb.STATE_FAILED, pb.STATE_INACTIVE),
 ])
 def test_orchestrator_events_move_the_state_only_where_they_apply(
         grpc_stub: Stub, tenant: Tenant, flows_service: Built, event_type: str, before: int,
@@ -239,7 +240,7 @@ def test_orchestrator_events_move_the_state_only_where_they_apply(
     assert get(grpc_stub, tenant.user, created.name).state == after
 
 
-@pytest.mark.parametrize("before", [pb.STATE_STARTING, pb.STATE_ACTIVE, pb.STATE_STOPPING])
+@pytest.mark.parametrize("before", [pb.STATE_STARTING, pb.STATE_ACTIVE])
 def test_flow_failed_keeps_the_reason(grpc_stub: Stub, tenant: Tenant, flows_service: Built,
                                       before: int) -> None:
     created = create(grpc_stub, tenant)
@@ -249,6 +250,22 @@ def test_flow_failed_keeps_the_reason(grpc_stub: Stub, tenant: Tenant, flows_ser
     flow = get(grpc_stub, tenant.user, created.name)
     assert flow.state == pb.STATE_FAILED
     assert flow.state_reason == "worker log keeps crashing"
+
+
+def test_a_stop_ends_inactive_even_when_a_failure_is_reported_meanwhile(
+        grpc_stub: Stub, tenant: Tenant, flows_service: Built) -> None:
+    # A broker outage during a stop: the orchestrator reports a worker failure, then finishes
+    # the stop. The user asked for INACTIVE, and that is where the flow must end.
+    created = create(grpc_stub, tenant)
+    set_state(flows_service.engine, created, pb.STATE_ACTIVE)
+    grpc_stub.StopFlow(pb.StopFlowRequest(name=created.name), metadata=tenant.user.md)
+    handle(flows_service.engine, "oih.flow.failed", orchestrator_pb2.FlowFailed(
+        flow=created.name, reason="step a: the worker keeps crashing", tenant=created.tenant))
+    assert get(grpc_stub, tenant.user, created.name).state == pb.STATE_STOPPING
+    handle(flows_service.engine, "oih.flow.stopped", orchestrator_pb2.FlowStateChanged(
+        flow=created.name, tenant=created.tenant, discarded_messages=3))
+    stopped = get(grpc_stub, tenant.user, created.name)
+    assert stopped.state == pb.STATE_INACTIVE and stopped.state_reason == ""
 
 
 def test_flow_failed_for_an_inactive_flow_is_ignored(grpc_stub: Stub, tenant: Tenant,

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n oih/events/v1/orchestrator.proto\x12\roih.events.v1\"0\n\x10\x46lowStateChanged\x12\x0c\n\x04\x66low\x18\x01 \x01(\t\x12\x0e\n\x06tenant\x18\x02 \x01(\t\":\n\nFlowFailed\x12\x0c\n\x04\x66low\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x0e\n\x06tenant\x18\x03 \x01(\t\"I\n\x11\x45xecutionFinished\x12\x11\n\texecution\x18\x01 \x01(\t\x12\x11\n\tsucceeded\x18\x02 \x01(\x08\x12\x0e\n\x06tenant\x18\x03 \x01(\tb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n oih/events/v1/orchestrator.proto\x12\roih.events.v1\"L\n\x10\x46lowStateChanged\x12\x0c\n\x04\x66low\x18\x01 \x01(\t\x12\x0e\n\x06tenant\x18\x02 \x01(\t\x12\x1a\n\x12\x64iscarded_messages\x18\x03 \x01(\x03\":\n\nFlowFailed\x12\x0c\n\x04\x66low\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x0e\n\x06tenant\x18\x03 \x01(\t\"I\n\x11\x45xecutionFinished\x12\x11\n\texecution\x18\x01 \x01(\t\x12\x11\n\tsucceeded\x18\x02 \x01(\x08\x12\x0e\n\x06tenant\x18\x03 \x01(\tb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,9 +32,9 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'oih.events.v1.orchestrator_
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_FLOWSTATECHANGED']._serialized_start=51
-  _globals['_FLOWSTATECHANGED']._serialized_end=99
-  _globals['_FLOWFAILED']._serialized_start=101
-  _globals['_FLOWFAILED']._serialized_end=159
-  _globals['_EXECUTIONFINISHED']._serialized_start=161
-  _globals['_EXECUTIONFINISHED']._serialized_end=234
+  _globals['_FLOWSTATECHANGED']._serialized_end=127
+  _globals['_FLOWFAILED']._serialized_start=129
+  _globals['_FLOWFAILED']._serialized_end=187
+  _globals['_EXECUTIONFINISHED']._serialized_start=189
+  _globals['_EXECUTIONFINISHED']._serialized_end=262
 # @@protoc_insertion_point(module_scope)

@@ -27,19 +27,26 @@ class FlowStateChanged(_message.Message):
 
     FLOW_FIELD_NUMBER: _builtins.int
     TENANT_FIELD_NUMBER: _builtins.int
+    DISCARDED_MESSAGES_FIELD_NUMBER: _builtins.int
     flow: _builtins.str
     """`flows/{flow}`."""
     tenant: _builtins.str
     """The flow's tenant, `tenants/{tenant}`."""
+    discarded_messages: _builtins.int
+    """`oih.flow.stopped` only: how many messages were still waiting in the flow's queues (step
+    inputs, retries and dead letters) when the stop deleted them. A stop does not drain a
+    backlog: the workers finish the messages they hold, everything still queued is discarded.
+    """
     def __init__(
         self,
         *,
         flow: _builtins.str = ...,
         tenant: _builtins.str = ...,
+        discarded_messages: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["flow", b"flow", "tenant", b"tenant"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["discarded_messages", b"discarded_messages", "flow", b"flow", "tenant", b"tenant"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

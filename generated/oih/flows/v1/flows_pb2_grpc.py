@@ -203,9 +203,16 @@ class FlowServiceServicer:
 
     def StopFlow(self, request, context):
         """Stops a flow from any state: sets STOPPING and emits `oih.flow.stopping`; the orchestrator
-        removes the workers and queues and the flow becomes INACTIVE. Stopping an INACTIVE flow
-        changes nothing and returns it; stopping a FAILED flow cleans up whatever is left and makes
-        it INACTIVE.
+        removes the workers and queues and the flow becomes INACTIVE. A stop always ends INACTIVE,
+        also when a failure is reported meanwhile. Stopping an INACTIVE flow changes nothing and
+        returns it; stopping a FAILED flow cleans up whatever is left and makes it INACTIVE.
+
+        A stop does not drain a backlog: each worker finishes the messages it already holds (up
+        to 30 s), then every message still waiting in the flow's queues (step inputs, retries,
+        dead letters) is discarded with the queues; `oih.flow.stopped` says how many
+        (`discarded_messages`). Look at the runtime's queue depths first to stop a flow empty.
+        Queues are deleted only by a stop: a flow that FAILED keeps them, and starting it again
+        consumes what they hold.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -98,9 +98,16 @@ class FlowServiceStub:
     """
     StopFlow: _grpc.UnaryUnaryMultiCallable[_flows_pb2.StopFlowRequest, _flows_pb2.Flow]
     """Stops a flow from any state: sets STOPPING and emits `oih.flow.stopping`; the orchestrator
-    removes the workers and queues and the flow becomes INACTIVE. Stopping an INACTIVE flow
-    changes nothing and returns it; stopping a FAILED flow cleans up whatever is left and makes
-    it INACTIVE.
+    removes the workers and queues and the flow becomes INACTIVE. A stop always ends INACTIVE,
+    also when a failure is reported meanwhile. Stopping an INACTIVE flow changes nothing and
+    returns it; stopping a FAILED flow cleans up whatever is left and makes it INACTIVE.
+
+    A stop does not drain a backlog: each worker finishes the messages it already holds (up
+    to 30 s), then every message still waiting in the flow's queues (step inputs, retries,
+    dead letters) is discarded with the queues; `oih.flow.stopped` says how many
+    (`discarded_messages`). Look at the runtime's queue depths first to stop a flow empty.
+    Queues are deleted only by a stop: a flow that FAILED keeps them, and starting it again
+    consumes what they hold.
     """
     ExecuteFlow: _grpc.UnaryUnaryMultiCallable[_flows_pb2.ExecuteFlowRequest, _flows_pb2.ExecuteFlowResponse]
     """Runs an ACTIVE flow once with the given data: emits `oih.flow.execute`, which the
@@ -178,9 +185,16 @@ class FlowServiceAsyncStub(FlowServiceStub):
     """
     StopFlow: _aio.UnaryUnaryMultiCallable[_flows_pb2.StopFlowRequest, _flows_pb2.Flow]  # type: ignore[assignment]
     """Stops a flow from any state: sets STOPPING and emits `oih.flow.stopping`; the orchestrator
-    removes the workers and queues and the flow becomes INACTIVE. Stopping an INACTIVE flow
-    changes nothing and returns it; stopping a FAILED flow cleans up whatever is left and makes
-    it INACTIVE.
+    removes the workers and queues and the flow becomes INACTIVE. A stop always ends INACTIVE,
+    also when a failure is reported meanwhile. Stopping an INACTIVE flow changes nothing and
+    returns it; stopping a FAILED flow cleans up whatever is left and makes it INACTIVE.
+
+    A stop does not drain a backlog: each worker finishes the messages it already holds (up
+    to 30 s), then every message still waiting in the flow's queues (step inputs, retries,
+    dead letters) is discarded with the queues; `oih.flow.stopped` says how many
+    (`discarded_messages`). Look at the runtime's queue depths first to stop a flow empty.
+    Queues are deleted only by a stop: a flow that FAILED keeps them, and starting it again
+    consumes what they hold.
     """
     ExecuteFlow: _aio.UnaryUnaryMultiCallable[_flows_pb2.ExecuteFlowRequest, _flows_pb2.ExecuteFlowResponse]  # type: ignore[assignment]
     """Runs an ACTIVE flow once with the given data: emits `oih.flow.execute`, which the
@@ -297,9 +311,16 @@ class FlowServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_flows_pb2.Flow, _abc.Awaitable[_flows_pb2.Flow]]:
         """Stops a flow from any state: sets STOPPING and emits `oih.flow.stopping`; the orchestrator
-        removes the workers and queues and the flow becomes INACTIVE. Stopping an INACTIVE flow
-        changes nothing and returns it; stopping a FAILED flow cleans up whatever is left and makes
-        it INACTIVE.
+        removes the workers and queues and the flow becomes INACTIVE. A stop always ends INACTIVE,
+        also when a failure is reported meanwhile. Stopping an INACTIVE flow changes nothing and
+        returns it; stopping a FAILED flow cleans up whatever is left and makes it INACTIVE.
+
+        A stop does not drain a backlog: each worker finishes the messages it already holds (up
+        to 30 s), then every message still waiting in the flow's queues (step inputs, retries,
+        dead letters) is discarded with the queues; `oih.flow.stopped` says how many
+        (`discarded_messages`). Look at the runtime's queue depths first to stop a flow empty.
+        Queues are deleted only by a stop: a flow that FAILED keeps them, and starting it again
+        consumes what they hold.
         """
 
     @_abc_1.abstractmethod
