@@ -252,16 +252,23 @@ def _socket_address(host: str, port: int) -> dict[str, Any]:
 
 
 def _cluster(name: str, address: str, *, http2: bool, connect_timeout: str) -> dict[str, Any]:
-    host, port = _split_address(address)
+    """An upstream cluster; `address` is `host:port`, or several (replicas) joined by commas.
+
+    A service cluster (`http2`) is health-checked over grpc.health.v1, so a replica that
+    reports NOT_SERVING (it is draining after a SIGTERM) gets no new requests, and it limits
+    retries to a budget (a fifth of the active requests, at least 3 at a time), so retries
+    cannot multiply the load of a struggling service."""
+    hosts = [_split_address(one.strip()) for one in address.split(",")]
     cluster: dict[str, Any] = {
         "name": name,
-        "type": "STATIC" if _is_ip(host) else "STRICT_DNS",
+        "type": "STATIC" if all(_is_ip(host) for host, _ in hosts) else "STRICT_DNS",
         "connect_timeout": connect_timeout,
         "lb_policy": "ROUND_ROBIN",
         "load_assignment": {
             "cluster_name": name,
             "endpoints": [
-                {"lb_endpoints": [{"endpoint": {"address": _socket_address(host, port)}}]}
+                {"lb_endpoints": [{"endpoint": {"address": _socket_address(host, port)}}
+                                  for host, port in hosts]}
             ],
         },
     }
@@ -272,7 +279,33 @@ def _cluster(name: str, address: str, *, http2: bool, connect_timeout: str) -> d
                 "explicit_http_config": {"http2_protocol_options": {}},
             }
         }
+        cluster["circuit_breakers"] = {"thresholds": [{
+            "priority": "DEFAULT",
+            "retry_budget": {"budget_percent": {"value": 20.0}, "min_retry_concurrency": 3},
+        }]}
+        cluster["health_checks"] = [{
+            "timeout": "1s", "interval": "1s", "unhealthy_threshold": 1,
+            "healthy_threshold": 1, "grpc_health_check": {},
+        }]
     return cluster
+
+
+def _retry_policy(idempotent: bool) -> dict[str, Any]:
+    """Retry where the request cannot have been processed (no connection, a refused stream),
+    and for idempotent methods also on UNAVAILABLE (a replica shutting down), each time on
+    another replica when there is one. The cluster's retry budget bounds it."""
+    conditions = ["connect-failure", "refused-stream", *(["unavailable"] if idempotent else [])]
+    return {
+        "retry_on": ",".join(conditions),
+        "num_retries": 3,
+        "retry_back_off": {"base_interval": "0.05s", "max_interval": "0.5s"},
+        "retry_host_predicate": [{
+            "name": "envoy.retry_host_predicates.previous_hosts",
+            "typed_config": {_TYPE: _T + "envoy.extensions.retry.host.previous_hosts.v3."
+                             "PreviousHostsPredicate"},
+        }],
+        "host_selection_retry_max_attempts": 3,
+    }
 
 
 def _cluster_names(upstreams: Mapping[str, str]) -> dict[str, str]:
@@ -404,7 +437,8 @@ def render_envoy_config(
         route: dict[str, Any] = {
             "name": f"{method} {template}",
             "match": _regex_match(regex, method),
-            "route": {"cluster": cluster, "timeout": f"{rest_timeout_seconds}s"},
+            "route": {"cluster": cluster, "timeout": f"{rest_timeout_seconds}s",
+                      "retry_policy": _retry_policy(idempotent=method == "GET")},
         }
         if raw:
             route["typed_per_filter_config"] = raw_body_filters
@@ -421,6 +455,8 @@ def render_envoy_config(
                     "cluster": cluster_of[service],
                     "timeout": "0s",
                     "max_stream_duration": {"grpc_timeout_header_max": "0s"},
+                    # Mixed methods under one prefix: only what cannot have been processed.
+                    "retry_policy": _retry_policy(idempotent=False),
                 },
                 "typed_per_filter_config": {
                     "envoy.filters.http.buffer": {

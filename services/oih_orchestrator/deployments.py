@@ -24,10 +24,10 @@ drain a backlog). Stopping cleans whatever exists, known to the table or not, so
 succeeds.
 
 Queues hold accepted messages, so only an explicit stop (or the stop of a flow this orchestrator
-no longer runs: a stray) deletes them. A failure — a start that fails, a worker the driver gave
-up on, a flow failed elsewhere — removes the workers and broker users but keeps the queues with
-their messages, retries and dead letters; starting the flow again consumes them, stopping it
-discards them.
+no longer runs: a stray) deletes them with what they hold. A failure — a start that fails, a
+worker the driver gave up on, a flow failed elsewhere — removes the workers and broker users but
+keeps queues that hold messages, retries or dead letters (empty ones go); starting the flow
+again consumes them, stopping it discards them.
 
 Reconcile (at start-up and periodically): every ACTIVE deployment has its workers (missing ones
 are deployed again with a fresh broker password), a worker the driver gave up on fails its flow,
@@ -219,7 +219,7 @@ class Orchestrator:
             steps = [node.id for node in flow.graph.nodes]
             if row.specs or flow_id in self.driver.flows():
                 # A previous version (or a start cut short by a crash): replaced as a whole.
-                self.teardown(flow_id, self._steps(row), row=row, delete_queues=False)
+                self.teardown(flow_id, self._steps(row), row=row, discard=False)
             try:
                 self._deploy(flow, row.started_by, cancel)
             except Cancelled:
@@ -231,7 +231,7 @@ class Orchestrator:
                 reason = str(error) if isinstance(error, StartFailed) else \
                     f"could not start the flow: {type(error).__name__}: {error}"
                 log.warning("flow start failed", extra={"flow_id": flow_id, "reason": reason})
-                self.teardown(flow_id, steps, tenant=flow.tenant, delete_queues=False)
+                self.teardown(flow_id, steps, tenant=flow.tenant, discard=False)
                 with transaction(self.engine) as session:
                     row = session.get(DeploymentRow, flow_id)
                     if row is None or row.state != DEPLOYING:
@@ -391,14 +391,15 @@ class Orchestrator:
                 row = session.get(DeploymentRow, flow_id)
             if row is not None and row.state in (*RUNNING_STATES, STOPPING):
                 return  # started or stopping again meanwhile: that request decides
-            self.teardown(flow_id, self._all_steps(row), row=row, delete_queues=False)
+            self.teardown(flow_id, self._all_steps(row), row=row, discard=False)
 
     def teardown(self, flow_id: str, steps: Iterable[str], *, row: DeploymentRow | None = None,
-                 tenant: str = "", delete_queues: bool = True) -> int:
+                 tenant: str = "", discard: bool = True) -> int:
         """Workers first (SIGTERM: they finish, ack and send their last reports), then the
-        flow's reports queue is merged into the executions view, then the users, then (for a
-        stop) the queues. Returns how many messages the deleted queues still held. Each part is
-        idempotent, so a teardown interrupted by a crash can simply run again."""
+        flow's reports queue is merged into the executions view, then the users, then the
+        queues: with `discard` (a stop) whatever they hold, else only if they hold nothing.
+        Returns how many messages the deleted queues still held. Each part is idempotent, so a
+        teardown interrupted by a crash can simply run again."""
         steps = sorted(set(steps))
         self.driver.remove(flow_id)
         deadline = time.monotonic() + self.stop_timeout
@@ -413,9 +414,13 @@ class Orchestrator:
                 log.exception("could not merge the last reports", extra={"flow_id": flow_id})
         for user in self.management.users(f"{USER_PREFIX}{flow_id}."):
             self.management.delete_user(user)
-        if not (delete_queues and steps):
+        if not steps:
             return 0
         discarded = self._queued(flow_id, steps)
+        if discarded and not discard:
+            log.warning("keeping the flow's queues: they hold messages",
+                        extra={"flow_id": flow_id, "messages": discarded})
+            return 0
         self.amqp.delete_flow(flow_id, steps)
         if discarded:
             log.warning("stop discarded queued messages",
@@ -454,7 +459,7 @@ class Orchestrator:
                     # queues go only if the flow was stopped (or is gone), not if it failed.
                     log.warning("removing a stray flow", extra={"flow_id": flow_id})
                     self.teardown(flow_id, self._known_steps(flow_id),
-                                  delete_queues=self._stopped(flow_id))
+                                  discard=self._stopped(flow_id))
         # Only users of flows this orchestrator deployed (it has a row for them): another
         # orchestrator with its own database may share the broker.
         with self._per_flow("*", "delete stray broker users"):
@@ -512,7 +517,7 @@ class Orchestrator:
                 if broken:
                     reason = (f"step {broken[0].step_id}: the worker keeps crashing "
                               f"({broken[0].state_reason})")
-                    self.teardown(flow_id, self._steps(row), row=row, delete_queues=False)
+                    self.teardown(flow_id, self._steps(row), row=row, discard=False)
                     self._set(row, FAILED, reason)
                     session.add(row)
                     name = flow_name(flow_id)

@@ -15,12 +15,26 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import event
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Engine, make_url
 from sqlmodel import Session, SQLModel, create_engine
+
+#: The PostgreSQL driver this platform installs (psycopg2-binary). SQLAlchemy maps a plain
+#: `postgresql://` URL to psycopg 3 since 2.1, which is not installed.
+POSTGRESQL_DRIVER = "postgresql+psycopg2"
+
+
+def normalise_url(url: str) -> str:
+    """`postgresql://…` and `postgres://…` (as deploy manifests and hosting providers write
+    them) → the installed driver; every other URL, and one naming a driver, unchanged."""
+    parsed = make_url(url)
+    if parsed.drivername in ("postgresql", "postgres"):
+        return parsed.set(drivername=POSTGRESQL_DRIVER).render_as_string(hide_password=False)
+    return url
 
 
 def make_engine(url: str) -> Engine:
     """Create an engine for `url` and create the tables of every imported SQLModel model."""
+    url = normalise_url(url)
     if url.startswith("sqlite"):
         path = url.split("///", 1)[-1]
         if path and path != ":memory:":

@@ -13,8 +13,8 @@ from google.protobuf import json_format
 
 from oih.flows.v1 import flows_pb2
 
-# Defaults of the issue that introduced the worker. NOTE: flows.proto documents other defaults
-# for unset fields (5 attempts, 15 s, 10 min, no jitter; concurrency 1); see the report.
+# Defaults for unset fields of a step's settings, as documented in flows.proto (RetryPolicy,
+# NodeSettings.concurrency); tests/oih_worker/test_units.py checks that both say the same.
 DEFAULT_MAX_ATTEMPTS = 3
 DEFAULT_INITIAL_DELAY = 1.0
 DEFAULT_MULTIPLIER = 2.0

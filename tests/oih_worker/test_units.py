@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 from typing import Any
 
 import pika
@@ -16,6 +17,7 @@ from oih_builtins import BUILTIN_COMPONENTS
 from oih_sdk import Component, Message, NonRetryableError, Snapshot, load_function, non_retryable
 from oih_sdk.errors import is_retryable
 from oih_worker import envelope, topology
+from oih_worker import spec as defaults
 from oih_worker.process import StepProcessor
 from oih_worker.reports import Reporter
 from oih_worker.spec import EdgeSpec, RetrySpec, StepSpec, spec_from_flow
@@ -240,3 +242,24 @@ def test_http_request_statuses() -> None:
         server.shutdown()
         server.server_close()
         thread.join()
+
+
+def test_the_contract_documents_the_defaults_the_worker_uses() -> None:
+    # flows.proto is what integrators read; the worker is what runs. They must agree.
+    text = (Path(__file__).parents[2] / "proto/oih/flows/v1/flows.proto").read_text()
+    retry_policy = text[text.index("message RetryPolicy {"):]
+    retry_policy = retry_policy[:retry_policy.index("\n}")]
+    documented = re.findall(r"the default \(([\d.]+) ?(s?)\)", retry_policy)
+    assert [(float(n), unit) for n, unit in documented] == [
+        (defaults.DEFAULT_MAX_ATTEMPTS, ""), (defaults.DEFAULT_INITIAL_DELAY, "s"),
+        (defaults.DEFAULT_MULTIPLIER, ""), (defaults.DEFAULT_MAX_DELAY, "s"), (defaults.DEFAULT_JITTER, "")]
+    concurrency = re.search(r"0 means the default \((\d+)\)\. The worker", text)
+    assert concurrency is not None and int(concurrency.group(1)) == defaults.DEFAULT_PREFETCH
+    # And a step without settings really gets them.
+    flow = flows_pb2.Flow(name="flows/f", graph=flows_pb2.Graph(
+        nodes=[flows_pb2.Node(id="a", component="components/c", function="x")]))
+    unset = spec_from_flow(flow, "a", "amqp://x", "m:c")
+    assert unset.prefetch == defaults.DEFAULT_PREFETCH
+    assert unset.retry == RetrySpec(defaults.DEFAULT_MAX_ATTEMPTS, defaults.DEFAULT_INITIAL_DELAY,
+                                    defaults.DEFAULT_MULTIPLIER, defaults.DEFAULT_MAX_DELAY,
+                                    defaults.DEFAULT_JITTER)

@@ -11,7 +11,8 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Field, SQLModel
 
-from oih_runtime.db import make_engine, transaction
+from oih_runtime.db import make_engine, normalise_url, transaction
+from tests.support import postgres
 
 
 class CounterRow(SQLModel, table=True):
@@ -48,3 +49,26 @@ def test_database_errors_do_not_show_statement_parameters(engine: Engine) -> Non
     with pytest.raises(IntegrityError) as duplicate, transaction(engine) as session:
         session.add(CounterRow(id="a", secret="s3cr3t-hash-value"))
     assert "s3cr3t-hash-value" not in str(duplicate.value)
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("scheme", ["postgresql", "postgres"])
+def test_plain_postgresql_urls_as_the_deploy_readme_writes_them_work(scheme: str) -> None:
+    with postgres.fresh_database() as url:
+        plain = url.replace("postgresql+psycopg2://", f"{scheme}://")
+        built = make_engine(plain)
+        try:
+            with transaction(built) as session:
+                session.add(CounterRow(id="a", value=1))
+            with transaction(built) as session:
+                row = session.get(CounterRow, "a")
+                assert row is not None and row.value == 1
+            assert built.dialect.name == "postgresql" and built.dialect.driver == "psycopg2"
+        finally:
+            built.dispose()
+
+
+def test_url_normalisation_keeps_other_urls_and_passwords() -> None:
+    assert normalise_url("postgresql://u:p%40ss@h:5432/d") == "postgresql+psycopg2://u:p%40ss@h:5432/d"
+    assert normalise_url("postgresql+psycopg2://u@h/d") == "postgresql+psycopg2://u@h/d"
+    assert normalise_url("sqlite:///var/x.db") == "sqlite:///var/x.db"

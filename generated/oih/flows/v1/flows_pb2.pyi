@@ -334,8 +334,9 @@ class NodeSettings(_message.Message):
     (keyed by step id).
     """
     concurrency: _builtins.int
-    """The most messages the step processes at once (its consumer prefetch); 0 means the default
-    (1). Must not be negative.
+    """The most messages the step's worker holds unacknowledged at once (its consumer prefetch);
+    0 means the default (50). The worker runs them one after another while their outputs are
+    confirmed in the background; a crash redelivers at most this many. Must not be negative.
     """
     @_builtins.property
     def retry_policy(self) -> Global___RetryPolicy:
@@ -361,6 +362,8 @@ class RetryPolicy(_message.Message):
     """How a step retries a message whose processing failed (OIH "rebounds"). The delay before retry
     n (n = 1, 2, …) is `min(initial_delay * multiplier^(n-1), max_delay)`, randomised by
     `jitter`. After `max_attempts` attempts the message goes to the step's dead-letter queue.
+    A step without a retry policy gets every default: 3 attempts, 1 s, doubling, at most 60 s,
+    jitter 0.2 (the worker's `oih_worker.spec` defaults; a test keeps the two in step).
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -372,20 +375,21 @@ class RetryPolicy(_message.Message):
     JITTER_FIELD_NUMBER: _builtins.int
     NON_RETRYABLE_ERRORS_FIELD_NUMBER: _builtins.int
     max_attempts: _builtins.int
-    """Attempts in total, the first one included: 1 means no retry; 0 means the default (5)."""
+    """Attempts in total, the first one included: 1 means no retry; 0 means the default (3)."""
     multiplier: _builtins.float
     """Factor by which the delay grows per retry, at least 1; 0 means the default (2)."""
     jitter: _builtins.float
     """Random spread of each delay, a fraction from 0 to 1: the delay is multiplied by a random
-    factor in [1 - jitter, 1 + jitter]. Default 0.
+    factor in [1 - jitter, 1 + jitter]. In a given policy 0 means no jitter (proto3 cannot tell
+    it from unset); a step without a policy gets the default (0.2).
     """
     @_builtins.property
     def initial_delay(self) -> _duration_pb2.Duration:
-        """Delay before the first retry; default 15 s."""
+        """Delay before the first retry; unset or 0 means the default (1 s)."""
 
     @_builtins.property
     def max_delay(self) -> _duration_pb2.Duration:
-        """Upper bound of the delay; default 10 min."""
+        """Upper bound of the delay; unset or 0 means the default (60 s)."""
 
     @_builtins.property
     def non_retryable_errors(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
