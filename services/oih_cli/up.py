@@ -14,7 +14,9 @@ from pathlib import Path
 
 from oih_cli import demo
 from oih_cli.platform import Platform, PlatformError, implemented_services, write_private
+from oih_gateway import layout
 from oih_runtime import logs
+from oih_runtime.settings import configured_ports
 
 
 def admin_password(data_dir: Path) -> str:
@@ -33,7 +35,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--data-dir", type=Path,
                         default=Path(os.environ.get("OIH_DATA_DIR", "var")))
     parser.add_argument("--gateway-port", type=int,
-                        default=int(os.environ.get("OIH_GATEWAY_PORT", "8080")))
+                        default=int(os.environ.get("OIH_GATEWAY_PORT", str(layout.LISTEN_PORT))))
+    parser.add_argument("--admin-port", type=int, help="Envoy's admin port (loopback only)",
+                        default=int(os.environ.get("OIH_GATEWAY_ADMIN_PORT",
+                                                   str(layout.ADMIN_PORT))))
     parser.add_argument("--demo", action="store_true",
                         help="run the seed scenarios once the platform is up")
     parser.add_argument("--exit-after-demo", action="store_true",
@@ -45,6 +50,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     username = os.environ.get("OIH_IAM_ADMIN_USERNAME", "admin@oih.local")
     password = admin_password(data_dir)
     platform = Platform(data_dir=data_dir, gateway_port=args.gateway_port,
+                        admin_port=args.admin_port, ports=configured_ports(),
                         extra_env={"OIH_IAM_ADMIN_PASSWORD": password,
                                    "OIH_IAM_ADMIN_USERNAME": username})
     print(f"starting {', '.join(platform.services)} and Envoy (logs in {platform.log_dir})",
@@ -55,7 +61,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 1
     print("\nThe platform is up:")
-    print(f"  REST and gRPC gateway   {platform.gateway_url}")
+    print(f"  REST and gRPC gateway   {platform.gateway_url} (Envoy admin on "
+          f"127.0.0.1:{platform.admin_port})")
     for service in platform.services:
         print(f"  {service:<22}  grpc://{platform.address(service)}")
     print(f"  RabbitMQ                {platform.rabbitmq_url.split('@')[-1]}"

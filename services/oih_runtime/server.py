@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+import time
 from collections.abc import Callable, Sequence
 from concurrent import futures
 from dataclasses import dataclass, field
@@ -39,11 +40,13 @@ class Service:
 
 
 class RunningServer:
-    def __init__(self, server: grpc.Server, port: int, service: Service, grace: float) -> None:
+    def __init__(self, server: grpc.Server, port: int, service: Service, grace: float,
+                 drain: float = 0.0) -> None:
         self.server = server
         self.port = port
         self.service = service
         self.grace = grace
+        self.drain = drain
         self.health = health.HealthServicer()
         self._stopped = threading.Event()
 
@@ -52,16 +55,20 @@ class RunningServer:
         return f"127.0.0.1:{self.port}"
 
     def stop(self) -> None:
-        """Report NOT_SERVING, let in-flight RPCs finish (up to the grace period), stop."""
+        """Report NOT_SERVING and keep serving for `drain` seconds, so that load balancers
+        (Envoy's health checks, a Kubernetes readiness probe) send new calls elsewhere; then
+        refuse new calls, let in-flight ones finish (up to the grace period), stop."""
         if self._stopped.is_set():
             return
         self._stopped.set()
         self.health.enter_graceful_shutdown()
+        draining_until = time.monotonic() + self.drain
         for callback in self.service.on_stop:
             try:
                 callback()
             except Exception:
                 log.exception("error while stopping %s", self.service.name)
+        time.sleep(max(draining_until - time.monotonic(), 0.0))
         self.server.stop(self.grace).wait()
         log.info("stopped", extra={"server": self.service.name})
 
@@ -70,7 +77,7 @@ class RunningServer:
 
 
 def start(service: Service, *, host: str, port: int, max_workers: int = 16,
-          grace: float = 5.0) -> RunningServer:
+          grace: float = 5.0, drain: float = 0.0) -> RunningServer:
     """Start serving `service` on host:port (port 0 picks a free one)."""
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix=service.name),
@@ -82,7 +89,7 @@ def start(service: Service, *, host: str, port: int, max_workers: int = 16,
     bound = server.add_insecure_port(f"{host}:{port}")
     if bound == 0:
         raise OSError(f"{service.name}: cannot listen on {host}:{port}")
-    running = RunningServer(server, bound, service, grace)
+    running = RunningServer(server, bound, service, grace, drain)
     health_pb2_grpc.add_HealthServicer_to_server(running.health, server)
     for name in [*service.service_names, ""]:
         running.health.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -99,7 +106,8 @@ def serve(config: ServiceSettings, service: Service,
     """A service's whole life in `python -m oih_<service>`: listen, start its background work
     (event relay, consumers, timers), serve until SIGTERM/SIGINT, stop gracefully."""
     running = start(service, host=config.host, port=config.port,
-                    max_workers=config.max_workers, grace=config.grace_seconds)
+                    max_workers=config.max_workers, grace=config.grace_seconds,
+                    drain=config.drain_seconds)
     if config.metrics_port:
         port = metrics.serve(config.host, config.metrics_port)
         log.info("metrics", extra={"address": f"http://{config.host}:{port}/metrics"})

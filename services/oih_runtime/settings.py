@@ -42,6 +42,9 @@ class ServiceSettings:
     max_workers: int
     log_level: str
     grace_seconds: float
+    #: After SIGTERM, how long a service keeps serving while it reports NOT_SERVING, so load
+    #: balancers stop sending it calls before it refuses them.
+    drain_seconds: float
     #: Client credentials of the platform's internal service account, for calls to other services.
     client_id: str
     client_secret: str
@@ -65,6 +68,13 @@ class ServiceSettings:
         return os.environ.get(f"OIH_{self.service.upper()}_{name}", default)
 
 
+def configured_ports(env: Mapping[str, str] | None = None) -> dict[str, int]:
+    """Each service's gRPC port: `OIH_<SERVICE>_PORT`, else its default."""
+    env = os.environ if env is None else env
+    return {service: int(env.get(f"OIH_{service.upper()}_PORT", default))
+            for service, default in DEFAULT_PORTS.items()}
+
+
 def load(service: str, env: Mapping[str, str] | None = None) -> ServiceSettings:
     """Read the settings of `service` (a key of DEFAULT_PORTS) from the environment."""
     env = os.environ if env is None else env
@@ -86,6 +96,7 @@ def load(service: str, env: Mapping[str, str] | None = None) -> ServiceSettings:
         max_workers=int(env.get("OIH_MAX_WORKERS", "16")),
         log_level=env.get("OIH_LOG_LEVEL", "INFO"),
         grace_seconds=float(env.get("OIH_GRACE_SECONDS", "5")),
+        drain_seconds=float(env.get("OIH_DRAIN_SECONDS", "2")),
         client_id=env.get("OIH_SERVICE_CLIENT_ID", ""),
         client_secret=env.get("OIH_SERVICE_CLIENT_SECRET", ""),
         bus_namespace=env.get("OIH_BUS_NAMESPACE", ""),

@@ -1,11 +1,17 @@
 """The real platform for end-to-end tests: service processes, Envoy and RabbitMQ, started the
-same way `oih up` starts them (oih_cli.platform), on free ports in a temporary directory."""
+same way `oih up` starts them (oih_cli.platform), on free ports in a temporary directory.
+
+The services keep their data in SQLite files, or with `OIH_E2E_DATABASE=postgresql` each in a
+fresh PostgreSQL database given as a plain `postgresql://` URL, as the deploy README writes them
+(`scripts/test` runs the suite both ways)."""
 
 from __future__ import annotations
 
+import os
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import ExitStack
 from typing import Any
 
 import httpx
@@ -16,6 +22,7 @@ from oih_cli.platform import Platform
 from oih_runtime.bus import RetryPolicy, ServiceQueues
 from oih_runtime.settings import DEFAULT_PORTS
 from tests.gateway.conftest import free_port
+from tests.support import postgres
 
 ADMIN = "admin@e2e.test"
 ADMIN_PASSWORD = "e2e-admin-password"
@@ -44,34 +51,56 @@ def remove_bus_namespace(url: str) -> None:
         channel.exchange_delete(EXCHANGE)
 
 
+def platform_env() -> dict[str, str]:
+    """The settings of a test platform's services (also used by the fault tests)."""
+    return {
+        "OIH_IAM_ADMIN_USERNAME": ADMIN,
+        "OIH_IAM_ADMIN_PASSWORD": ADMIN_PASSWORD,
+        # Cheap password hashing and quick lockouts keep the suite fast; production uses
+        # the defaults (argon2id, 64 MiB).
+        "OIH_IAM_ARGON2_MEMORY_KIB": "1024",
+        "OIH_IAM_ARGON2_TIME_COST": "1",
+        "OIH_LOG_LEVEL": "WARNING",
+    }
+
+
+def databases(stack: ExitStack, services: list[str]) -> dict[str, str]:
+    """`OIH_<SERVICE>_DATABASE_URL` of each service: fresh PostgreSQL databases (dropped when
+    `stack` closes) as plain `postgresql://` URLs with OIH_E2E_DATABASE=postgresql, else
+    SQLite files in the data directory (the services' default)."""
+    if os.environ.get("OIH_E2E_DATABASE", "sqlite") != "postgresql":
+        return {}
+    return {f"OIH_{service.upper()}_DATABASE_URL":
+            stack.enter_context(postgres.fresh_database()).replace(
+                "postgresql+psycopg2://", "postgresql://")
+            for service in services}
+
+
 @pytest.fixture(scope="session")
 def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
-    running = Platform(
-        data_dir=tmp_path_factory.mktemp("platform"),
-        gateway_port=free_port(),
-        admin_port=free_port(),
-        ports={name: free_port() for name in DEFAULT_PORTS},
-        services=E2E_SERVICES,
-        extra_env={
-            "OIH_IAM_ADMIN_USERNAME": ADMIN,
-            "OIH_IAM_ADMIN_PASSWORD": ADMIN_PASSWORD,
-            # Cheap password hashing and quick lockouts keep the suite fast; production uses
-            # the defaults (argon2id, 64 MiB).
-            "OIH_IAM_ARGON2_MEMORY_KIB": "1024",
-            "OIH_IAM_ARGON2_TIME_COST": "1",
-            "OIH_LOG_LEVEL": "WARNING",
-            # Each e2e run uses its own event exchange, so it never sees another run's events.
-            "OIH_BUS_NAMESPACE": NAMESPACE,
-            **{f"OIH_{name.upper()}_METRICS_PORT": str(port)
-               for name, port in METRICS_PORTS.items()},
-        },
-    )
-    with running:
-        yield running
-        broker_url = running.rabbitmq_url
-        shared_broker = running.private_broker is None
-    if shared_broker:  # a private node went away with the platform, and its queues with it
-        remove_bus_namespace(broker_url)
+    data_dir = tmp_path_factory.mktemp("platform")
+    with ExitStack() as stack:
+        running = Platform(
+            data_dir=data_dir,
+            gateway_port=free_port(),
+            admin_port=free_port(),
+            ports={name: free_port() for name in DEFAULT_PORTS},
+            services=E2E_SERVICES,
+            extra_env={
+                **platform_env(),
+                **databases(stack, E2E_SERVICES),
+                # Each e2e run uses its own event exchange, so it never sees another run's.
+                "OIH_BUS_NAMESPACE": NAMESPACE,
+                **{f"OIH_{name.upper()}_METRICS_PORT": str(port)
+                   for name, port in METRICS_PORTS.items()},
+            },
+        )
+        with running:
+            yield running
+            broker_url = running.rabbitmq_url
+            shared_broker = running.private_broker is None
+        if shared_broker:  # a private node went away with the platform, and its queues too
+            remove_bus_namespace(broker_url)
 
 
 @pytest.fixture(scope="session")
