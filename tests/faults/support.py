@@ -128,7 +128,8 @@ def sink_lines(platform: Platform, flow: str) -> list[dict[str, Any]]:
 
 
 def arrived(platform: Platform, flow: str) -> set[int]:
-    return {int(line["data"]["n"]) for line in sink_lines(platform, flow)}
+    return {int(line["data"]["n"]) for line in sink_lines(platform, flow)
+            if "n" in line["data"]}
 
 
 def wait_arrived(platform: Platform, flow: str, expected: set[int], timeout: float) -> None:
