@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+import grpc
 from google.protobuf import field_mask_pb2, json_format
 from sqlalchemy import String, cast
 from sqlalchemy.engine import Engine
@@ -25,7 +26,13 @@ from sqlmodel import Session, col, select
 from oih.secrets.v1 import secrets_pb2 as pb
 from oih_runtime import crypto, filtering, paging
 from oih_runtime.db import transaction
-from oih_runtime.errors import Aborted, InvalidArgument, NotFound, PermissionDenied
+from oih_runtime.errors import (
+    Aborted,
+    DomainError,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+)
 from oih_runtime.principal import Principal
 from oih_secrets import convert, values
 from oih_secrets.events import CREATED, DELETED, RESOLVED, UPDATED, announce, audit_resolve
@@ -87,6 +94,14 @@ FILTERS: dict[str, filtering.Condition] = {
 ORDER = {"display_name": col(SecretRow.display_name),
          "create_time": col(SecretRow.create_time),
          "update_time": col(SecretRow.update_time)}
+
+
+class Undecryptable(DomainError):
+    """A stored value does not open: it was moved or tampered with, or its master key is no
+    longer in the keyring. Nothing is handed out."""
+
+    code = grpc.StatusCode.DATA_LOSS
+    default_reason = "SECRET_UNDECRYPTABLE"
 
 
 @dataclass(frozen=True)
@@ -199,21 +214,29 @@ class Secrets:
             row = session.get(SecretRow, key)
             if row is None or row.tenant != tenant:
                 raise NotFound("secret", resource_name)
-            value = crypto.unseal(self.keyring, row.sealed_value, context(row))
-            previous = b""
-            if row.sealed_previous and _previous_lasts(row):
-                previous = crypto.unseal(self.keyring, row.sealed_previous, context(row))
+            try:
+                value = crypto.unseal(self.keyring, row.sealed_value, context(row))
+                previous = b""
+                if row.sealed_previous and _previous_lasts(row):
+                    previous = crypto.unseal(self.keyring, row.sealed_previous, context(row))
+            except crypto.DecryptionError:
+                log.error("a stored secret value does not decrypt",
+                          extra={"secret": resource_name, "tenant": tenant})
+                raise Undecryptable(f"the stored value of {resource_name} does not decrypt") \
+                    from None
             audit_resolve(session, row, caller.subject, flow)
         log.info("secret resolved", extra={
             "event": RESOLVED, "secret": resource_name, "tenant": tenant, "flow": flow,
             "actor": caller.subject, "fingerprint": row.fingerprint})
         return Resolved(resource_name, row.type, value, previous)
 
-    def rotate_master_key(self) -> tuple[str, int]:
+    def rotate_master_key(self) -> tuple[str, int, list[str]]:
         """Re-wrap every data key under the newest master key, a batch of rows per short
-        transaction, so reads and writes go on meanwhile. Returns (key id, rows re-wrapped)."""
+        transaction, so reads and writes go on meanwhile. Returns the key id, how many rows
+        were re-wrapped, and the names of those that do not decrypt (left as they are)."""
         active = self.keyring.active_id
         done = 0
+        failed: list[str] = []
         after = ""
         while True:
             with transaction(self.engine, lock=True) as session:
@@ -221,20 +244,33 @@ class Secrets:
                                     .order_by(col(SecretRow.id)).limit(REWRAP_BATCH)
                                     .with_for_update()).all()
                 for row in rows:
-                    changed = False
-                    for field in ("sealed_value", "sealed_previous"):
-                        sealed = getattr(row, field)
-                        if sealed and crypto.sealed_by(sealed) != active:
-                            setattr(row, field, crypto.rewrap(self.keyring, sealed, context(row)))
-                            changed = True
+                    try:
+                        changed = self._rewrap(row, active)
+                    except crypto.DecryptionError:
+                        failed.append(convert.name(row.id))
+                        log.error("a stored secret value does not decrypt; left as it is",
+                                  extra={"secret": convert.name(row.id), "tenant": row.tenant})
+                        continue
                     if changed:
                         done += 1
                         session.add(row)
             if len(rows) < REWRAP_BATCH:
                 break
             after = rows[-1].id
-        log.info("master key rotated", extra={"master_key_id": active, "rewrapped": done})
-        return active, done
+        log.info("master key rotated", extra={"master_key_id": active, "rewrapped": done,
+                                              "undecryptable": failed})
+        return active, done, failed
+
+    def _rewrap(self, row: SecretRow, active: str) -> bool:
+        """Re-wrap both sealed values of `row` (all or nothing); whether anything changed."""
+        rewrapped = {}
+        for field in ("sealed_value", "sealed_previous"):
+            sealed = getattr(row, field)
+            if sealed and crypto.sealed_by(sealed) != active:
+                rewrapped[field] = crypto.rewrap(self.keyring, sealed, context(row))
+        for field, sealed in rewrapped.items():
+            setattr(row, field, sealed)
+        return bool(rewrapped)
 
 
 # --- helpers ---------------------------------------------------------------------------------

@@ -46,8 +46,9 @@ class SecretServicer(secrets_pb2_grpc.SecretServiceServicer):
 
     def RotateMasterKey(self, request: pb.RotateMasterKeyRequest,
                         context: Context) -> pb.RotateMasterKeyResponse:
-        key_id, count = self.secrets.rotate_master_key()
-        return pb.RotateMasterKeyResponse(master_key_id=key_id, rewrapped=count)
+        key_id, count, failed = self.secrets.rotate_master_key()
+        return pb.RotateMasterKeyResponse(master_key_id=key_id, rewrapped=count,
+                                          undecryptable=failed)
 
     def ResolveSecret(self, request: pb.ResolveSecretRequest,
                       context: Context) -> pb.ResolvedSecret:

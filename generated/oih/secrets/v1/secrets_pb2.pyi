@@ -359,19 +359,28 @@ class RotateMasterKeyResponse(_message.Message):
 
     MASTER_KEY_ID_FIELD_NUMBER: _builtins.int
     REWRAPPED_FIELD_NUMBER: _builtins.int
+    UNDECRYPTABLE_FIELD_NUMBER: _builtins.int
     master_key_id: _builtins.str
     """The id of the master key that now wraps every data key."""
     rewrapped: _builtins.int
-    """How many data keys were re-wrapped (those already under the newest key are skipped)."""
+    """How many secrets had data keys re-wrapped (those already under the newest key are skipped)."""
+    @_builtins.property
+    def undecryptable(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Secrets whose data key does not open (tampered with, or their master key is already gone):
+        left as they are and logged with their names. Keep the old master keys while this is not 0
+        unless those secrets are known to be lost.
+        """
+
     def __init__(
         self,
         *,
         master_key_id: _builtins.str = ...,
         rewrapped: _builtins.int = ...,
+        undecryptable: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["master_key_id", b"master_key_id", "rewrapped", b"rewrapped"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["master_key_id", b"master_key_id", "rewrapped", b"rewrapped", "undecryptable", b"undecryptable"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
