@@ -9,6 +9,7 @@ Values leave this module only through `resolve`, which only a service token hold
 
 from __future__ import annotations
 
+import builtins
 import hashlib
 import logging
 import uuid
@@ -230,13 +231,13 @@ class Secrets:
             "actor": caller.subject, "fingerprint": row.fingerprint})
         return Resolved(resource_name, row.type, value, previous)
 
-    def rotate_master_key(self) -> tuple[str, int, list[str]]:
+    def rotate_master_key(self) -> tuple[str, int, Sequence[str]]:
         """Re-wrap every data key under the newest master key, a batch of rows per short
         transaction, so reads and writes go on meanwhile. Returns the key id, how many rows
         were re-wrapped, and the names of those that do not decrypt (left as they are)."""
         active = self.keyring.active_id
         done = 0
-        failed: list[str] = []
+        failed: builtins.list[str] = []  # `list` is a method of this class
         after = ""
         while True:
             with transaction(self.engine, lock=True) as session:
