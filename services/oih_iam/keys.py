@@ -3,6 +3,10 @@
 RS256 rather than ES256 because tokens are verified far more often than they are signed (at
 Envoy and in every service), and RSA verification is the cheaper of the two. The newest key
 signs; retired keys stay in the JWKS until every token they signed has expired.
+
+Private keys are stored sealed (`oih_runtime.crypto`, AES-256-GCM under a data key wrapped by
+IAM's master key, `OIH_IAM_MASTER_KEY_FILE`), bound to their `kid`. Rows an older IAM wrote in
+clear are sealed when IAM starts.
 """
 
 from __future__ import annotations
@@ -21,25 +25,39 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
 from oih_iam.models import SigningKeyRow, utcnow
+from oih_runtime import crypto
 from oih_runtime.db import transaction
 
 
-def _new_key() -> SigningKeyRow:
+def _context(kid: str) -> bytes:
+    return f"iam_signing_key|{kid}".encode()
+
+
+def _new_key(keyring: crypto.Keyring) -> SigningKeyRow:
     private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     pem = private.private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
-    ).decode()
-    return SigningKeyRow(kid=uuid.uuid4().hex[:16], private_pem=pem)
+    )
+    kid = uuid.uuid4().hex[:16]
+    return SigningKeyRow(kid=kid, private_pem=crypto.seal(keyring, pem, _context(kid)))
+
+
+def _private_key(keyring: crypto.Keyring, row: SigningKeyRow) -> rsa.RSAPrivateKey:
+    pem = crypto.unseal(keyring, row.private_pem, _context(row.kid))
+    private = serialization.load_pem_private_key(pem, None)
+    assert isinstance(private, rsa.RSAPrivateKey)
+    return private
 
 
 class KeyStore:
     """The signing keys of this IAM, cached in memory and persisted in its database."""
 
-    def __init__(self, engine: Engine, token_lifetime: timedelta,
+    def __init__(self, engine: Engine, token_lifetime: timedelta, keyring: crypto.Keyring,
                  reload_seconds: float = 30.0) -> None:
         self._engine = engine
+        self._keyring = keyring
         self._token_lifetime = token_lifetime
         # Several IAM replicas share the database: each re-reads the keys this often, so a
         # rotation made by one is signed with and published by all of them soon after.
@@ -49,9 +67,17 @@ class KeyStore:
         self._lock = threading.Lock()
         self._current: tuple[str, Any] | None = None
         self._jwks: dict[str, Any] = {}
-        with transaction(engine) as session:
+        with transaction(engine, lock=True) as session:
+            for row in session.exec(select(SigningKeyRow)):
+                if not crypto.is_sealed(row.private_pem):  # written in clear by an older IAM
+                    row.private_pem = crypto.seal(keyring, row.private_pem.encode(),
+                                                  _context(row.kid))
+                    session.add(row)
             if self._active(session) is None:
-                session.add(_new_key())
+                session.add(_new_key(keyring))
+        # A new master key put first in the file takes over the old keys' wrapping at start
+        # (replicas restarted one by one: no downtime; the old master key opens until then).
+        self.rewrap()
         self._load()
 
     @staticmethod
@@ -71,11 +97,10 @@ class KeyStore:
             retired = row.retire_time
             if retired is not None and retired.replace(tzinfo=horizon.tzinfo) < horizon:
                 continue
-            private = serialization.load_pem_private_key(row.private_pem.encode(), None)
-            assert isinstance(private, rsa.RSAPrivateKey)
+            private = _private_key(self._keyring, row)
             jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(private.public_key()))
             published.append({**jwk, "kid": row.kid, "use": "sig", "alg": "RS256"})
-        active_key = serialization.load_pem_private_key(active.private_pem.encode(), None)
+        active_key = _private_key(self._keyring, active)
         with self._lock:
             self._current = (active.kid, active_key)
             self._jwks = {"keys": published}
@@ -108,7 +133,20 @@ class KeyStore:
             ):
                 row.retire_time = utcnow()
                 session.add(row)
-            fresh = _new_key()
+            fresh = _new_key(self._keyring)
             session.add(fresh)
         self._load()
         return fresh
+
+    def rewrap(self) -> int:
+        """Re-wrap every signing key's data key under the newest master key (after a new key
+        was put first in the master key file); returns how many were re-wrapped."""
+        done = 0
+        with transaction(self._engine, lock=True) as session:
+            for row in session.exec(select(SigningKeyRow)):
+                rewrapped = crypto.rewrap(self._keyring, row.private_pem, _context(row.kid))
+                if rewrapped != row.private_pem:
+                    row.private_pem = rewrapped
+                    session.add(row)
+                    done += 1
+        return done

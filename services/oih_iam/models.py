@@ -64,6 +64,7 @@ class ServiceAccountRow(SQLModel, table=True):
 class SigningKeyRow(SQLModel, table=True):
     __tablename__ = "iam_signing_key"
     kid: str = Field(primary_key=True)
+    #: The PKCS#8 PEM, sealed by `oih_runtime.crypto` with IAM's master key (never in clear).
     private_pem: str
     create_time: datetime = Field(default_factory=utcnow)
     #: Set when a newer key took over; the key stays published until its tokens have expired.

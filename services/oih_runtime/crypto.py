@@ -97,7 +97,7 @@ class Keyring:
             return cls(env[prefix])
         raise MasterKeyError(
             f"{service} needs a master key: set {prefix}_FILE to a file (mode 0600) holding a"
-            f" line like {new_master_key_line()[:9]}…  (`oih up` creates one), or {prefix}"
+            f" line `<id>:<base64 of 32 random bytes>` (`oih up` creates one), or {prefix}"
         )
 
     def _read(self) -> list[tuple[str, bytes]]:

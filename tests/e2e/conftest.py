@@ -22,7 +22,7 @@ ADMIN_PASSWORD = "e2e-admin-password"
 PASSWORD = "correct horse battery staple"
 
 #: The services the end-to-end suite runs (all implemented ones as they land).
-E2E_SERVICES = ["iam", "components", "flows", "orchestrator"]
+E2E_SERVICES = ["iam", "components", "secrets", "flows", "orchestrator"]
 
 
 NAMESPACE = f"e2e{uuid.uuid4().hex[:8]}"
