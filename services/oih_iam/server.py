@@ -7,6 +7,7 @@ import sys
 from dataclasses import dataclass
 
 from oih.iam.v1 import iam_pb2, iam_pb2_grpc
+from oih_iam import models
 from oih_iam.keys import KeyStore
 from oih_iam.logic import Iam
 from oih_iam.servicer import IamServicer
@@ -14,6 +15,7 @@ from oih_iam.settings import IamSettings
 from oih_iam.tokens import TokenIssuer
 from oih_runtime import crypto, server
 from oih_runtime.bus import Relay
+from oih_runtime.bus.models import TABLES as BUS_TABLES
 from oih_runtime.db import make_engine
 from oih_runtime.revocation import RevocationList
 from oih_runtime.revocation_feed import RevocationFeed
@@ -44,7 +46,7 @@ def build(settings: ServiceSettings, iam_settings: IamSettings,
     """Without a master key (`OIH_IAM_MASTER_KEY_FILE` / `OIH_IAM_MASTER_KEY`) it refuses to
     build: the signing keys are stored sealed by it."""
     keyring = keyring or crypto.Keyring.from_env("iam")
-    engine = make_engine(settings.database_url)
+    engine = make_engine(settings.database_url, tables=(*models.TABLES, *BUS_TABLES))
     keys = KeyStore(engine, iam_settings.token_lifetime, keyring)
     revocations = RevocationList()
     # IAM verifies tokens against its own keys, without a network hop.

@@ -4,29 +4,19 @@ message carries metadata and fingerprints only."""
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime
 
-from google.protobuf import duration_pb2, timestamp_pb2
+from google.protobuf import duration_pb2
 
 from oih.secrets.v1 import secrets_pb2 as pb
-from oih_secrets.models import SecretRow, utcnow
+from oih_runtime import names
+from oih_runtime.clock import aware, timestamp, utcnow
+from oih_secrets.models import SecretRow
 
-COLLECTION = "secrets/"
+COLLECTION = "secrets"
 
 
 def name(secret_id: str) -> str:
-    return COLLECTION + secret_id
-
-
-def aware(moment: datetime) -> datetime:
-    """SQLite hands datetimes back without a zone; they were stored as UTC."""
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-
-
-def timestamp(moment: datetime) -> timestamp_pb2.Timestamp:
-    stamp = timestamp_pb2.Timestamp()
-    stamp.FromDatetime(aware(moment))
-    return stamp
+    return names.name(COLLECTION, secret_id)
 
 
 def secret(row: SecretRow) -> pb.Secret:

@@ -25,7 +25,8 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
 from oih.secrets.v1 import secrets_pb2 as pb
-from oih_runtime import crypto, filtering, paging
+from oih_runtime import crypto, filtering, names, paging
+from oih_runtime.clock import aware, utcnow
 from oih_runtime.db import transaction
 from oih_runtime.errors import (
     Aborted,
@@ -37,7 +38,7 @@ from oih_runtime.errors import (
 from oih_runtime.principal import Principal
 from oih_secrets import convert, values
 from oih_secrets.events import CREATED, DELETED, RESOLVED, UPDATED, announce, audit_resolve
-from oih_secrets.models import SecretRow, utcnow
+from oih_secrets.models import SecretRow
 
 log = logging.getLogger(__name__)
 
@@ -52,10 +53,7 @@ REWRAP_BATCH = 100
 
 def secret_id(resource_name: str, field: str) -> str:
     """`secrets/abc` → `abc`; anything else is INVALID_ARGUMENT naming `field`."""
-    rest = resource_name.removeprefix(convert.COLLECTION)
-    if not resource_name.startswith(convert.COLLECTION) or not rest or "/" in rest:
-        raise InvalidArgument.field(field, "must look like secrets/{secret}")
-    return rest
+    return names.resource_id(resource_name, convert.COLLECTION, field)
 
 
 def context(row: SecretRow) -> bytes:
@@ -207,10 +205,9 @@ class Secrets:
             raise PermissionDenied("only platform services may resolve secret values",
                                    reason="NOT_A_PLATFORM_SERVICE")
         key = secret_id(resource_name, "name")
-        if not tenant.startswith("tenants/") or "/" in tenant.removeprefix("tenants/"):
-            raise InvalidArgument.field("tenant", "must look like tenants/{tenant}")
-        if flow and not flow.startswith("flows/"):
-            raise InvalidArgument.field("flow", "must look like flows/{flow}")
+        names.resource_id(tenant, "tenants", "tenant")
+        if flow:
+            names.resource_id(flow, "flows", "flow")
         with transaction(self.engine) as session:
             row = session.get(SecretRow, key)
             if row is None or row.tenant != tenant:
@@ -288,7 +285,7 @@ def _check(secret: pb.Secret, prefix: str, *, value_required: bool) -> None:
         found.append((f"{prefix}.type", "must be one of API_KEY, BASIC_AUTH, BEARER_TOKEN, "
                                         "HMAC_KEY, JSON"))
     for index, owner in enumerate(secret.owners):
-        if not owner.startswith(("users/", "service-accounts/")) or owner.count("/") != 1:
+        if not (names.is_name(owner, "users") or names.is_name(owner, "service-accounts")):
             found.append((f"{prefix}.owners[{index}]",
                           "must look like users/{user} or service-accounts/{service_account}"))
     grace = secret.rotation_grace_period
@@ -326,7 +323,7 @@ def _previous_lasts(row: SecretRow, now: datetime | None = None) -> bool:
     expire = row.previous_expire_time
     if expire is None:
         return False
-    return convert.aware(expire) > (now or utcnow())
+    return aware(expire) > (now or utcnow())
 
 
 def _visible(session: Session, caller: Principal, key: str) -> SecretRow:

@@ -1,14 +1,12 @@
 """The Secrets service's tables. A value is stored only sealed (`oih_runtime.crypto`): the
 current one and, during a rotation's grace period, the previous one."""
 
-from datetime import UTC, datetime
+from datetime import datetime
 
 from sqlalchemy import JSON, Column, Text
 from sqlmodel import Field, SQLModel
 
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
+from oih_runtime.clock import utcnow
 
 
 class SecretRow(SQLModel, table=True):
@@ -34,3 +32,7 @@ class SecretRow(SQLModel, table=True):
     etag: str = Field(max_length=64)
     create_time: datetime = Field(default_factory=utcnow, index=True)
     update_time: datetime = Field(default_factory=utcnow, index=True)
+
+
+#: The tables of this service (`make_engine` creates these and no others).
+TABLES = (SecretRow,)

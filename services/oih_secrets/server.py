@@ -9,11 +9,12 @@ from sqlalchemy.engine import Engine
 from oih.secrets.v1 import secrets_pb2, secrets_pb2_grpc
 from oih_runtime import crypto, server
 from oih_runtime.bus import Consumer, Relay
+from oih_runtime.bus.models import TABLES as BUS_TABLES
 from oih_runtime.db import make_engine
 from oih_runtime.identity import PlatformIdentity, platform_identity
 from oih_runtime.settings import ServiceSettings
 from oih_runtime.tokens import TokenVerifier
-from oih_secrets import events
+from oih_secrets import events, models
 from oih_secrets.logic import Secrets
 from oih_secrets.servicer import SecretServicer
 
@@ -45,7 +46,7 @@ def build(settings: ServiceSettings, verifier: TokenVerifier | None = None,
     key (`OIH_SECRETS_MASTER_KEY_FILE` / `OIH_SECRETS_MASTER_KEY`) it refuses to build."""
     keyring = keyring or crypto.Keyring.from_env("secrets")
     identity = platform_identity(settings, exchange=settings.events_exchange) if verifier is None else None
-    engine = make_engine(settings.database_url)
+    engine = make_engine(settings.database_url, tables=(*models.TABLES, *BUS_TABLES))
     secrets = Secrets(engine, keyring)
     servicer = SecretServicer(secrets)
     relay = Relay(engine, url=settings.rabbitmq_url, exchange=settings.events_exchange,

@@ -13,7 +13,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
 from oih_iam.keys import KeyStore
-from oih_iam.models import SigningKeyRow
+from oih_iam.models import TABLES, SigningKeyRow
 from oih_runtime import crypto
 from oih_runtime.db import make_engine
 
@@ -32,7 +32,7 @@ def stored(engine: Engine) -> list[SigningKeyRow]:
 
 def test_a_rotation_on_one_replica_reaches_the_others(tmp_path: Path,
                                                       keyring: crypto.Keyring) -> None:
-    engine = make_engine(f"sqlite:///{tmp_path / 'iam.db'}")
+    engine = make_engine(f"sqlite:///{tmp_path / 'iam.db'}", tables=TABLES)
     first = KeyStore(engine, LIFETIME, keyring, reload_seconds=0)
     second = KeyStore(engine, LIFETIME, keyring, reload_seconds=0)
     old_kid = second.signing_key()[0]
@@ -43,7 +43,7 @@ def test_a_rotation_on_one_replica_reaches_the_others(tmp_path: Path,
 
 
 def test_keys_are_cached_between_reloads(tmp_path: Path, keyring: crypto.Keyring) -> None:
-    engine = make_engine(f"sqlite:///{tmp_path / 'iam.db'}")
+    engine = make_engine(f"sqlite:///{tmp_path / 'iam.db'}", tables=TABLES)
     first = KeyStore(engine, LIFETIME, keyring)
     second = KeyStore(engine, LIFETIME, keyring, reload_seconds=3600)
     before = second.signing_key()[0]
@@ -54,7 +54,7 @@ def test_keys_are_cached_between_reloads(tmp_path: Path, keyring: crypto.Keyring
 
 def test_private_keys_are_stored_sealed_and_bound_to_their_kid(tmp_path: Path,
                                                                keyring: crypto.Keyring) -> None:
-    engine = make_engine(f"sqlite:///{tmp_path / 'iam.db'}")
+    engine = make_engine(f"sqlite:///{tmp_path / 'iam.db'}", tables=TABLES)
     store = KeyStore(engine, LIFETIME, keyring)
     store.rotate()
     rows = stored(engine)
@@ -80,7 +80,7 @@ def test_private_keys_are_stored_sealed_and_bound_to_their_kid(tmp_path: Path,
 
 def test_clear_keys_of_an_older_iam_are_sealed_at_start(tmp_path: Path,
                                                         keyring: crypto.Keyring) -> None:
-    engine = make_engine(f"sqlite:///{tmp_path / 'iam.db'}")
+    engine = make_engine(f"sqlite:///{tmp_path / 'iam.db'}", tables=TABLES)
     private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     pem = private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                 serialization.NoEncryption()).decode()
@@ -95,7 +95,7 @@ def test_clear_keys_of_an_older_iam_are_sealed_at_start(tmp_path: Path,
 
 
 def test_master_key_rotation_keeps_the_signing_keys(tmp_path: Path) -> None:
-    engine = make_engine(f"sqlite:///{tmp_path / 'iam.db'}")
+    engine = make_engine(f"sqlite:///{tmp_path / 'iam.db'}", tables=TABLES)
     key_file = tmp_path / "iam-master-key"
     old_line, new_line = crypto.new_master_key_line(), crypto.new_master_key_line()
     key_file.write_text(old_line + "\n")
