@@ -45,7 +45,7 @@ def _new_key(keyring: crypto.Keyring) -> SigningKeyRow:
     return SigningKeyRow(kid=kid, private_pem=crypto.seal(keyring, pem, _context(kid)))
 
 
-def _private_key(keyring: crypto.Keyring, row: SigningKeyRow) -> rsa.RSAPrivateKey:
+def private_key(keyring: crypto.Keyring, row: SigningKeyRow) -> rsa.RSAPrivateKey:
     pem = crypto.unseal(keyring, row.private_pem, _context(row.kid))
     private = serialization.load_pem_private_key(pem, None)
     assert isinstance(private, rsa.RSAPrivateKey)
@@ -98,10 +98,10 @@ class KeyStore:
             retired = row.retire_time
             if retired is not None and retired.replace(tzinfo=horizon.tzinfo) < horizon:
                 continue
-            private = _private_key(self._keyring, row)
+            private = private_key(self._keyring, row)
             jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(private.public_key()))
             published.append({**jwk, "kid": row.kid, "use": "sig", "alg": "RS256"})
-        active_key = _private_key(self._keyring, active)
+        active_key = private_key(self._keyring, active)
         with self._lock:
             self._current = (active.kid, active_key)
             self._jwks = {"keys": published}
