@@ -242,3 +242,24 @@ def test_other_tenants_secret_is_not_found_and_unusable(rest: httpx.Client, admi
         "display_name": "x", "type": "TYPE_BASIC_AUTH", "value": {"username": "u"}})
     assert bad.status_code == 400
     assert json.loads(bad.text)["details"][-1]["field_violations"][0]["field"] == "secret.value"
+
+
+def test_a_flow_whose_secret_was_deleted_fails_to_start_saying_why(
+        rest: httpx.Client, admin_token: str, builtins: dict[str, str]  # noqa: F811
+        ) -> None:
+    _, _, owner = create_tenant_with_admin(rest, admin_token)
+    name = rest.post("/v1/secrets", headers=auth(owner), json={
+        "display_name": "short-lived", "type": "TYPE_API_KEY",
+        "value": {"api_key": "sk-short-lived-value"}}).json()["name"]
+    flow = rest.post("/v1/flows", headers=auth(owner), json={
+        "display_name": unique("orphan"),
+        "graph": {"nodes": [
+            {"id": "start", "component": builtins["trigger"], "function": "manual"},
+            {"id": "send", "component": builtins["http-request"], "function": "request",
+             "credentials": name, "fields": {"url": "http://127.0.0.1:9/"}},
+        ], "edges": [{"source": "start", "target": "send"}]},
+    }).json()["name"]
+    assert rest.delete(f"/v1/{name}", headers=auth(owner)).status_code == 200
+    assert rest.post(f"/v1/{flow}:start", headers=auth(owner), json={}).status_code == 200
+    failed = wait_state(rest, owner, flow, "STATE_FAILED", timeout=60)
+    assert f"step send: its credentials {name} do not exist" in failed["state_reason"]

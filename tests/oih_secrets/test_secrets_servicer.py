@@ -14,9 +14,13 @@ import pytest
 from google.protobuf import duration_pb2, field_mask_pb2, json_format, struct_pb2
 from sqlmodel import Session, col, select
 
+from oih.events.v1 import event_pb2
+from oih.events.v1 import iam_pb2 as iam_events
 from oih.secrets.v1 import secrets_pb2 as pb
 from oih_runtime import crypto
 from oih_runtime.bus.models import OutboxEvent
+from oih_runtime.db import transaction
+from oih_secrets import events
 from oih_secrets.models import SecretRow
 from oih_secrets.server import Built
 from tests.support.grpc_errors import field_violations, reason
@@ -313,3 +317,23 @@ def test_master_key_rotation_keeps_every_secret_readable(grpc_stub: object, make
     assert again.rewrapped == 0
     # Only the row a test above tampered with (its ciphertext moved in) is reported, by name.
     assert not set(answer.undecryptable) & set(created)
+
+
+def test_a_deleted_tenant_takes_its_secrets_along(grpc_stub: object, make_caller: Make,
+                                                  secrets_service: Built) -> None:
+    doomed, other = make_caller(), make_caller()
+    gone = [create(grpc_stub, doomed).name for _ in range(2)]
+    kept = create(grpc_stub, other).name
+    event = event_pb2.Event(id=unique("event"), type="oih.iam.tenant.deleted", source="oih-iam")
+    with transaction(secrets_service.engine) as session:
+        events.on_tenant_deleted(session, event, iam_events.TenantChanged(tenant=doomed.tenant))
+    for name in gone:
+        with pytest.raises(grpc.RpcError) as caught:
+            grpc_stub.GetSecret(pb.GetSecretRequest(name=name), metadata=doomed.md)  # type: ignore[attr-defined]
+        assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+    assert grpc_stub.GetSecret(pb.GetSecretRequest(name=kept), metadata=other.md).name == kept  # type: ignore[attr-defined]
+    with Session(secrets_service.engine) as session:
+        deleted = session.exec(select(OutboxEvent).where(
+            col(OutboxEvent.event_type) == "oih.secret.deleted",
+            col(OutboxEvent.tenant) == doomed.tenant)).all()
+    assert sorted(e.subject for e in deleted) == sorted(gone)

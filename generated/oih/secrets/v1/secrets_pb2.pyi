@@ -90,9 +90,9 @@ class Secret(_message.Message):
     tenant: _builtins.str
     """The tenant the secret belongs to, `tenants/{tenant}` (the creator's tenant)."""
     fingerprint: _builtins.str
-    """A short fingerprint of the current value (12 hex digits of an HMAC under the value's data
-    key): equal for equal values of one version, different after a rotation to a new value;
-    it reveals nothing about the value.
+    """A short fingerprint of the current value (12 hex digits of an HMAC under the value's own
+    data key): it changes with every new value, so a person can tell versions apart, and
+    without the master key it gives nothing to guess the value against.
     """
     previous_fingerprint: _builtins.str
     """The fingerprint of the previous value while its grace period lasts, else empty."""
