@@ -24,6 +24,7 @@ import pytest
 
 from oih.secrets.v1 import secrets_pb2, secrets_pb2_grpc
 from oih_cli.platform import Platform
+from oih_runtime import crypto
 from tests.e2e.conftest import auth, create_tenant_with_admin, unique, wait_state
 from tests.e2e.test_running_flows import builtins  # noqa: F401 - a fixture
 
@@ -263,3 +264,11 @@ def test_a_flow_whose_secret_was_deleted_fails_to_start_saying_why(
     assert rest.post(f"/v1/{flow}:start", headers=auth(owner), json={}).status_code == 200
     failed = wait_state(rest, owner, flow, "STATE_FAILED", timeout=60)
     assert f"step send: its credentials {name} do not exist" in failed["state_reason"]
+
+
+def test_the_platform_made_private_master_key_files(platform: Platform) -> None:
+    for service in ("iam", "secrets"):
+        path = platform.data_dir / f"{service}-master-key"
+        assert path.stat().st_mode & 0o777 == 0o600
+        (line,) = path.read_text().split()
+        assert crypto.Keyring(line).active_id == line.split(":")[0]
