@@ -37,6 +37,18 @@ class UserRow(SQLModel, table=True):
     update_time: datetime = Field(default_factory=utcnow)
 
 
+class UnknownLoginRow(SQLModel, table=True):
+    """Failed logins of a username no user has: counted and locked exactly like a user's
+    (`UserRow.failed_logins`, `locked_until`), so the answers do not tell which usernames exist.
+    Rows whose lock ran out longer ago than the longest lock are deleted as new ones come."""
+
+    __tablename__ = "iam_unknown_login"
+    username: str = Field(primary_key=True)
+    failed_logins: int = 0
+    locked_until: datetime | None = None
+    update_time: datetime = Field(default_factory=utcnow, index=True)
+
+
 class RoleRow(SQLModel, table=True):
     __tablename__ = "iam_role"
     id: str = Field(primary_key=True)

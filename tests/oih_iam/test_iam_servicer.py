@@ -90,6 +90,27 @@ def test_unknown_user_and_wrong_password_answer_the_same(grpc_stub: Stub) -> Non
     assert failed.value.details() == "wrong username or password"
 
 
+def test_lockout_answers_alike_for_existing_and_unknown_usernames(
+        grpc_stub: Stub, admin_token: str) -> None:
+    """The lockout must not tell which usernames exist: the same codes, in the same order,
+    with the same messages, whether the user exists or not."""
+    _, existing, _ = make_user(grpc_stub, admin_token)
+    unknown = f"nobody-{uuid.uuid4().hex[:8]}@example.com"
+
+    def answers(username: str) -> list[tuple[str, str]]:
+        seen = []
+        for _ in range(6):
+            with pytest.raises(grpc.RpcError) as failed:
+                grpc_stub.Login(iam_pb2.LoginRequest(username=username, password="wrong guess!"))
+            seen.append((failed.value.code().name, str(failed.value.details())))
+        return seen
+
+    from_existing = answers(existing)
+    assert from_existing == answers(unknown)
+    assert [code for code, _ in from_existing] == ["UNAUTHENTICATED"] * 3 + [
+        "RESOURCE_EXHAUSTED"] * 3
+
+
 def test_example_b_tenant_admin_creates_a_service_account_that_calls_users_me(
         grpc_stub: Stub, tenant_admin: tuple[str, str, str]) -> None:
     tenant, _, token = tenant_admin
