@@ -505,6 +505,26 @@ class Iam:
             if role in account.roles:
                 self._revoke_subject(session, f"service-accounts/{account.id}")
 
+    def _remove_from_holders(self, session: Session, role: str, tenant_id: str) -> None:
+        """A deleted role leaves its holders (else every later change of their grants would
+        name a role that does not exist), and their tokens, which carry its permissions, are
+        revoked."""
+        for user in session.exec(select(UserRow).where(UserRow.tenant_id == tenant_id)):
+            if role in user.roles:
+                user.roles = [r for r in user.roles if r != role]
+                user.update_time = utcnow()
+                session.add(user)
+                self._revoke_subject(session, f"users/{user.id}")
+                self._emit_user(session, "oih.iam.user.updated", user)
+        accounts = select(ServiceAccountRow).where(ServiceAccountRow.tenant_id == tenant_id)
+        for account in session.exec(accounts):
+            if role in account.roles:
+                account.roles = [r for r in account.roles if r != role]
+                account.update_time = utcnow()
+                session.add(account)
+                self._revoke_subject(session, f"service-accounts/{account.id}")
+                self._emit_account(session, "oih.iam.service_account.updated", account)
+
     def _check_password(self, password: str, field: str) -> None:
         if len(password) < MIN_PASSWORD_LENGTH:
             raise InvalidArgument.field(field, f"must be at least {MIN_PASSWORD_LENGTH} characters")
@@ -668,7 +688,7 @@ class Iam:
         with transaction(self.engine) as session:
             row = self._mutable_role(session, caller, name, "name")
             session.delete(row)
-            self._revoke_holders(session, name, row.tenant_id)
+            self._remove_from_holders(session, name, row.tenant_id)
 
     # ----------------------------------------------------------------- service accounts
 

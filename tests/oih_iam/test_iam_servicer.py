@@ -484,3 +484,31 @@ def test_taking_a_permission_away_refuses_tokens_that_still_carry_it(
         assert reason(refused.value) == "TOKEN_REVOKED"
     assert grpc_stub.GetCurrentPrincipal(me, metadata=bearer(untouched_token)).name == untouched
     assert role_holder != untouched
+
+
+def test_deleted_role_leaves_its_holders_whose_grants_can_still_change(
+        grpc_stub: Stub, tenant_admin: tuple[str, str, str]) -> None:
+    _, _, admin = tenant_admin
+    role = grpc_stub.CreateRole(iam_pb2.CreateRoleRequest(role=iam_pb2.Role(
+        display_name=unique("doomed"), permissions=["flows.read"])), metadata=bearer(admin))
+    holder, _, holder_token = make_user(grpc_stub, admin, roles=(role.name, "roles/integrator"))
+    account = grpc_stub.CreateServiceAccount(iam_pb2.CreateServiceAccountRequest(
+        service_account=iam_pb2.ServiceAccount(display_name="doomed holder",
+                                               roles=[role.name])), metadata=bearer(admin))
+
+    grpc_stub.DeleteRole(iam_pb2.DeleteRoleRequest(name=role.name), metadata=bearer(admin))
+
+    user = grpc_stub.GetUser(iam_pb2.GetUserRequest(name=holder), metadata=bearer(admin))
+    assert list(user.roles) == ["roles/integrator"]
+    kept = grpc_stub.GetServiceAccount(iam_pb2.GetServiceAccountRequest(
+        name=account.name), metadata=bearer(admin))
+    assert list(kept.roles) == []
+    # The holders' grants can be changed again (a dangling role made this ROLE_NOT_FOUND).
+    changed = grpc_stub.UpdateUser(iam_pb2.UpdateUserRequest(
+        user=iam_pb2.User(name=holder, permissions=["flows.read"]),
+        update_mask=field_mask_pb2.FieldMask(paths=["permissions"])), metadata=bearer(admin))
+    assert list(changed.permissions) == ["flows.read"]
+    with pytest.raises(grpc.RpcError) as refused:  # it carried the deleted role's permissions
+        grpc_stub.GetCurrentPrincipal(iam_pb2.GetCurrentPrincipalRequest(),
+                                      metadata=bearer(holder_token))
+    assert reason(refused.value) == "TOKEN_REVOKED"
