@@ -136,3 +136,17 @@ def wait_state(rest: httpx.Client, token: str, flow: str, state: str,
             assert current["state"] == state, current
             return dict(current)
         time.sleep(0.1)
+
+
+@pytest.fixture(scope="session")
+def builtins(rest: httpx.Client, admin_token: str) -> dict[str, str]:
+    """The built-in components the orchestrator registers at start: display name → name."""
+    deadline = time.monotonic() + 30
+    while True:
+        found = rest.get("/v1/components", headers=auth(admin_token),
+                         params={"filter": "access=PUBLIC", "page_size": 100}).json()
+        names = {c["display_name"]: c["name"] for c in found.get("components", [])}
+        if {"trigger", "transform", "sink"} <= names.keys() or time.monotonic() > deadline:
+            assert {"trigger", "transform", "sink"} <= names.keys(), names
+            return names
+        time.sleep(0.2)
