@@ -78,7 +78,8 @@ class SigningKeyRow(SQLModel, table=True):
     kid: str = Field(primary_key=True)
     private_pem: str
     create_time: datetime = Field(default_factory=utcnow)
-    #: Set when a newer key took over; the key stays published until its tokens have expired.
+    #: When a newer key takes over (set by a rotation, which pre-announces the newer key, so it
+    #: may lie in the future); the key stays published until its tokens have expired.
     retire_time: datetime | None = None
 
 

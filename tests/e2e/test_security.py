@@ -11,13 +11,17 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import httpx
+import jwt
 import pytest
 
 from oih_cli.platform import Platform
 from tests.e2e.conftest import (
+    ADMIN,
+    ADMIN_PASSWORD,
     PASSWORD,
     auth,
     create_tenant_with_admin,
+    login,
     unique,
     wait_state,
 )
@@ -244,3 +248,23 @@ def test_deleting_a_service_account_stops_the_flows_it_alone_owned(
     assert deleted.status_code == 200, deleted.text
     orphan = wait_state(rest, owner, name, "STATE_INACTIVE", timeout=60)
     assert orphan.get("owners", []) == []
+
+
+# --------------------------------------------------------------------------- signing keys
+
+def test_key_rotation_never_breaks_a_new_login(rest: httpx.Client, admin_token: str) -> None:
+    """Logins right after `signingKeys:rotate` and across the switch to the new key: every new
+    token is accepted by the gateway at once (the key was in the JWKS before it signed)."""
+    old_kid = jwt.get_unverified_header(admin_token)["kid"]
+    rotated = rest.post("/v1/signingKeys:rotate", headers=auth(admin_token), json={})
+    assert rotated.status_code == 200, rotated.text
+    new_kid = rotated.json()["key_id"]
+    kids = set()
+    deadline = time.monotonic() + 40
+    while new_kid not in kids and time.monotonic() < deadline:
+        token = login(rest, ADMIN, ADMIN_PASSWORD)
+        kids.add(jwt.get_unverified_header(token)["kid"])
+        me = rest.get("/v1/users/me", headers=auth(token))
+        assert me.status_code == 200, (jwt.get_unverified_header(token), me.text)
+        time.sleep(0.2)
+    assert kids == {old_kid, new_kid}
