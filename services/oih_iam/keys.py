@@ -28,7 +28,8 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
-from oih_iam.models import SigningKeyRow, utcnow
+from oih_iam.models import SigningKeyRow
+from oih_runtime.clock import aware, utcnow
 from oih_runtime.db import transaction
 
 
@@ -40,11 +41,6 @@ def _new_key() -> SigningKeyRow:
         serialization.NoEncryption(),
     ).decode()
     return SigningKeyRow(kid=uuid.uuid4().hex[:16], private_pem=pem)
-
-
-def _aware(moment: datetime) -> datetime:
-    # SQLite gives naive datetimes back; every time here is UTC.
-    return moment if moment.tzinfo else moment.replace(tzinfo=utcnow().tzinfo)
 
 
 class KeyStore:
@@ -76,7 +72,7 @@ class KeyStore:
         now = self._clock()
         rows = session.exec(select(SigningKeyRow).order_by(col(SigningKeyRow.create_time)))
         return [row for row in rows
-                if row.retire_time is None or _aware(row.retire_time) > now]
+                if row.retire_time is None or aware(row.retire_time) > now]
 
     def _load(self) -> None:
         # Keys retired longer ago than a token lives (plus margin) can no longer verify anything.
@@ -86,7 +82,7 @@ class KeyStore:
                                 .order_by(col(SigningKeyRow.create_time))).all()
         published, keys = [], []
         for row in rows:
-            retired = _aware(row.retire_time) if row.retire_time is not None else None
+            retired = aware(row.retire_time) if row.retire_time is not None else None
             if retired is not None and retired < horizon:
                 continue
             private = serialization.load_pem_private_key(row.private_pem.encode(), None)
@@ -132,7 +128,7 @@ class KeyStore:
             for row in self._unretired(session):
                 # The current key signs until the new one starts (an earlier rotation's
                 # pending key keeps its own, earlier, turn).
-                if row.retire_time is None or _aware(row.retire_time) > start:
+                if row.retire_time is None or aware(row.retire_time) > start:
                     row.retire_time = start
                     session.add(row)
             fresh = _new_key()

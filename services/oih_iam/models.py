@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 
 from sqlalchemy import JSON, Column
 from sqlmodel import Field, SQLModel
 
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
+from oih_runtime.clock import utcnow
 
 
 class TenantRow(SQLModel, table=True):
@@ -92,3 +90,8 @@ class RevocationRow(SQLModel, table=True):
     subject: str = ""
     issued_before: int = 0
     expires: int
+
+
+#: IAM's own tables.
+TABLES = (TenantRow, UserRow, UnknownLoginRow, RoleRow, ServiceAccountRow, SigningKeyRow,
+          RevocationRow)

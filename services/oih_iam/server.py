@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from oih.iam.v1 import iam_pb2, iam_pb2_grpc
+from oih_iam import models
 from oih_iam.keys import KeyStore
 from oih_iam.logic import Iam
 from oih_iam.servicer import IamServicer
@@ -15,6 +16,7 @@ from oih_iam.settings import IamSettings
 from oih_iam.tokens import TokenIssuer
 from oih_runtime import server
 from oih_runtime.bus import Relay
+from oih_runtime.bus.models import TABLES as BUS_TABLES
 from oih_runtime.db import make_engine
 from oih_runtime.revocation import RevocationList
 from oih_runtime.revocation_feed import RevocationFeed
@@ -41,7 +43,7 @@ class Built:
 
 
 def build(settings: ServiceSettings, iam_settings: IamSettings) -> Built:
-    engine = make_engine(settings.database_url)
+    engine = make_engine(settings.database_url, tables=(*models.TABLES, *BUS_TABLES))
     keys = KeyStore(engine, iam_settings.token_lifetime,
                     announce=timedelta(seconds=iam_settings.key_announce_seconds))
     revocations = RevocationList()

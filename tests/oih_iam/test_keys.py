@@ -6,12 +6,13 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 from oih_iam.keys import KeyStore
-from oih_iam.models import utcnow
+from oih_iam.models import TABLES
+from oih_runtime.clock import utcnow
 from oih_runtime.db import make_engine
 
 
 def test_a_rotation_on_one_replica_reaches_the_others(tmp_path: Path) -> None:
-    engine = make_engine(f"sqlite:///{tmp_path / 'iam.db'}")
+    engine = make_engine(f"sqlite:///{tmp_path / 'iam.db'}", tables=TABLES)
     first = KeyStore(engine, timedelta(minutes=15), reload_seconds=0, announce=timedelta(0))
     second = KeyStore(engine, timedelta(minutes=15), reload_seconds=0, announce=timedelta(0))
     old_kid = second.signing_key()[0]
@@ -22,7 +23,7 @@ def test_a_rotation_on_one_replica_reaches_the_others(tmp_path: Path) -> None:
 
 
 def test_keys_are_cached_between_reloads(tmp_path: Path) -> None:
-    engine = make_engine(f"sqlite:///{tmp_path / 'iam.db'}")
+    engine = make_engine(f"sqlite:///{tmp_path / 'iam.db'}", tables=TABLES)
     first = KeyStore(engine, timedelta(minutes=15))
     second = KeyStore(engine, timedelta(minutes=15), reload_seconds=3600)
     before = second.signing_key()[0]
@@ -42,7 +43,7 @@ class Clock:
 def test_a_rotated_key_is_published_before_it_signs(tmp_path: Path) -> None:
     """Pre-announce: the new key is in the JWKS at once, signs only `announce` later; the old
     one signs until then and stays published."""
-    engine = make_engine(f"sqlite:///{tmp_path / 'iam.db'}")
+    engine = make_engine(f"sqlite:///{tmp_path / 'iam.db'}", tables=TABLES)
     clock = Clock()
     keys = KeyStore(engine, timedelta(minutes=15), reload_seconds=0,
                     announce=timedelta(seconds=60), clock=clock)
@@ -63,7 +64,7 @@ def test_a_rotated_key_is_published_before_it_signs(tmp_path: Path) -> None:
 
 
 def test_rotations_in_quick_succession_each_wait_their_announcement(tmp_path: Path) -> None:
-    engine = make_engine(f"sqlite:///{tmp_path / 'iam.db'}")
+    engine = make_engine(f"sqlite:///{tmp_path / 'iam.db'}", tables=TABLES)
     clock = Clock()
     keys = KeyStore(engine, timedelta(minutes=15), reload_seconds=0,
                     announce=timedelta(seconds=60), clock=clock)
