@@ -72,7 +72,8 @@ def make_driver(settings: ServiceSettings, own: OrchestratorSettings) -> Driver:
         kubernetes: Any = importlib.import_module("oih_orchestrator.kubernetes")
         return kubernetes.KubernetesDriver(  # type: ignore[no-any-return]
             namespace=own.kubernetes_namespace or kubernetes.DEFAULT_NAMESPACE,
-            python_image=own.python_image)
+            python_image=own.python_image,
+            egress_allowed_networks=own.egress_allowed_networks)
     raise ValueError(f"unknown driver {own.driver!r}: use local or kubernetes")
 
 
