@@ -146,8 +146,8 @@ def _image(component: components_pb2.Component, python_image: str) -> tuple[str,
 
 def manifests(spec: StepSpec, component: components_pb2.Component, *,
               namespace: str = DEFAULT_NAMESPACE, replicas: int = 1,
-              python_image: str = "", credentials: bytes | None = None
-              ) -> list[dict[str, Any]]:
+              python_image: str = "", credentials: bytes | None = None,
+              egress_allowed_networks: str = "") -> list[dict[str, Any]]:
     """The Secrets and the Deployment of one step (Secrets first: they must exist first).
 
     The first Secret holds `OIH_WORKER_SPEC`, the step's StepSpec as JSON including its broker
@@ -155,6 +155,8 @@ def manifests(spec: StepSpec, component: components_pb2.Component, *,
     `credentials` (the step's resolved secret, JSON) go into a second Secret that the pod
     mounts as a file (tmpfs), so they are in no env var and not in the Deployment's spec.
     `python_image` runs a component that is a Python entry point (see the module docstring).
+    `egress_allowed_networks` is the administrator's allow-list of internal networks flows may
+    call (`OIH_EGRESS_ALLOWED_NETWORKS`, see oih_sdk.egress).
     """
     image, pull_policy = _image(component, python_image)
     name = deployment_name(spec.flow_id, spec.step_id)
@@ -190,6 +192,8 @@ def manifests(spec: StepSpec, component: components_pb2.Component, *,
             {"name": "TMPDIR", "value": "/tmp"},  # noqa: S108 - an emptyDir, not shared
             # Files components write (the sink built-in) go to the emptyDir too.
             {"name": "OIH_DATA_DIR", "value": DATA_DIR},
+            *([{"name": "OIH_EGRESS_ALLOWED_NETWORKS", "value": egress_allowed_networks}]
+              if egress_allowed_networks else []),
         ],
         "resources": _resources(component),
         "securityContext": {
@@ -308,10 +312,11 @@ class KubernetesDriver:
     name = "kubernetes"
 
     def __init__(self, namespace: str = DEFAULT_NAMESPACE, api_client: Any = None, *,
-                 python_image: str = "") -> None:
+                 python_image: str = "", egress_allowed_networks: str = "") -> None:
         self.namespace = namespace
         #: The platform image, which runs Python entry-point components ("" refuses them).
         self.python_image = python_image
+        self.egress_allowed_networks = egress_allowed_networks
         self._api_client = api_client
 
     def refusal(self, component: components_pb2.Component) -> str:
@@ -337,7 +342,8 @@ class KubernetesDriver:
             *secrets, deployment = manifests(
                 spec, components[spec.step_id], namespace=self.namespace,
                 python_image=self.python_image,
-                credentials=(credentials or {}).get(spec.step_id))
+                credentials=(credentials or {}).get(spec.step_id),
+                egress_allowed_networks=self.egress_allowed_networks)
             for secret in secrets:
                 self._apply(core.create_namespaced_secret, core.replace_namespaced_secret,
                             secret)
