@@ -25,8 +25,13 @@ import pytest
 from oih.secrets.v1 import secrets_pb2, secrets_pb2_grpc
 from oih_cli.platform import Platform
 from oih_runtime import crypto
-from tests.e2e.conftest import auth, create_tenant_with_admin, unique, wait_state
-from tests.e2e.test_running_flows import builtins  # noqa: F401 - a fixture
+from tests.e2e.conftest import (
+    RECEIVER_HOST,
+    auth,
+    create_tenant_with_admin,
+    unique,
+    wait_state,
+)
 
 
 class Receiver:
@@ -50,8 +55,10 @@ class Receiver:
             def log_message(self, *args: Any) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/orders"
+        # The one address the e2e platform lets flows reach (OIH_EGRESS_ALLOWED_NETWORKS):
+        # the rest of loopback stays refused, as the security tests expect.
+        self.server = ThreadingHTTPServer((RECEIVER_HOST, 0), Handler)
+        self.url = f"http://{RECEIVER_HOST}:{self.server.server_address[1]}/orders"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
     def wait_for(self, count: int, timeout: float = 30.0) -> list[str]:
@@ -112,7 +119,7 @@ def files_containing(root: Path, needle: bytes) -> list[str]:
 
 def test_a_step_uses_a_secret_that_never_shows_and_survives_rotation(
         rest: httpx.Client, platform: Platform, admin_token: str, receiver: Receiver,
-        builtins: dict[str, str]) -> None:  # noqa: F811 - the fixture
+        builtins: dict[str, str]) -> None:
     call = Answers(rest)
     tenant, _, owner = create_tenant_with_admin(rest, admin_token)
     value = f"api-key-{uuid.uuid4().hex}"
@@ -216,7 +223,7 @@ def test_tenant_admin_cannot_resolve_even_over_grpc(rest: httpx.Client, platform
 
 
 def test_other_tenants_secret_is_not_found_and_unusable(rest: httpx.Client, admin_token: str,
-                                                        builtins: dict[str, str]  # noqa: F811
+                                                        builtins: dict[str, str]
                                                         ) -> None:
     _, _, owner = create_tenant_with_admin(rest, admin_token)
     _, _, stranger = create_tenant_with_admin(rest, admin_token)
@@ -246,7 +253,7 @@ def test_other_tenants_secret_is_not_found_and_unusable(rest: httpx.Client, admi
 
 
 def test_a_flow_whose_secret_was_deleted_fails_to_start_saying_why(
-        rest: httpx.Client, admin_token: str, builtins: dict[str, str]  # noqa: F811
+        rest: httpx.Client, admin_token: str, builtins: dict[str, str]
         ) -> None:
     _, _, owner = create_tenant_with_admin(rest, admin_token)
     name = rest.post("/v1/secrets", headers=auth(owner), json={
