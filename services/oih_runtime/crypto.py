@@ -19,6 +19,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import logging
 import os
 import secrets
 import threading
@@ -28,6 +29,8 @@ from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+log = logging.getLogger(__name__)
 
 VERSION = "v1"
 KEY_BYTES = 32
@@ -113,9 +116,15 @@ class Keyring:
     def _current(self) -> list[tuple[str, bytes]]:
         if self._path is not None:
             with self._lock:
-                stat = self._path.stat()
-                if (stat.st_mtime_ns, stat.st_size) != self._stamp:
-                    self._keys = self._read()
+                try:
+                    stat = self._path.stat()
+                    if (stat.st_mtime_ns, stat.st_size) != self._stamp:
+                        self._keys = self._read()
+                except (OSError, MasterKeyError) as error:
+                    # A file being replaced, or a half-written one: keep the keys we have (the
+                    # service goes on answering) and try again at the next use.
+                    log.error("cannot reload the master key file; keeping the loaded keys",
+                              extra={"path": str(self._path), "error": str(error)})
         return self._keys
 
     @property

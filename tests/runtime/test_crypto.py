@@ -68,3 +68,18 @@ def test_keyring_from_env_file_or_value(tmp_path: Path) -> None:
         crypto.Keyring.from_env("secrets", {})
     with pytest.raises(crypto.MasterKeyError, match="cannot read"):
         crypto.Keyring.from_env("secrets", {"OIH_SECRETS_MASTER_KEY_FILE": str(tmp_path / "x")})
+
+
+def test_a_broken_or_missing_key_file_keeps_the_loaded_keys(tmp_path: Path) -> None:
+    line = crypto.new_master_key_line()
+    path = tmp_path / "key"
+    path.write_text(line + "\n")
+    keyring = crypto.Keyring(path=path)
+    sealed = crypto.seal(keyring, b"value", b"c")
+    path.write_text("half-writ")  # a bad file: the service goes on with what it had
+    assert crypto.unseal(keyring, sealed, b"c") == b"value"
+    path.unlink()
+    assert crypto.unseal(keyring, sealed, b"c") == b"value"
+    newer = crypto.new_master_key_line()
+    path.write_text(f"{newer}\n{line}\n")  # fixed: the new key is taken up without a restart
+    assert keyring.active_id == newer.split(":")[0]
