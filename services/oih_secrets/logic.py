@@ -14,11 +14,10 @@ import hashlib
 import logging
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-import grpc
 from google.protobuf import field_mask_pb2, json_format
 from sqlalchemy import String, cast
 from sqlalchemy.engine import Engine
@@ -28,13 +27,7 @@ from oih.secrets.v1 import secrets_pb2 as pb
 from oih_runtime import crypto, filtering, names, paging
 from oih_runtime.clock import aware, utcnow
 from oih_runtime.db import transaction
-from oih_runtime.errors import (
-    Aborted,
-    DomainError,
-    InvalidArgument,
-    NotFound,
-    PermissionDenied,
-)
+from oih_runtime.errors import Aborted, DataLoss, InvalidArgument, NotFound, PermissionDenied
 from oih_runtime.principal import Principal
 from oih_secrets import convert, values
 from oih_secrets.events import CREATED, DELETED, RESOLVED, UPDATED, announce, audit_resolve
@@ -95,20 +88,14 @@ ORDER = {"display_name": col(SecretRow.display_name),
          "update_time": col(SecretRow.update_time)}
 
 
-class Undecryptable(DomainError):
-    """A stored value does not open: it was moved or tampered with, or its master key is no
-    longer in the keyring. Nothing is handed out."""
-
-    code = grpc.StatusCode.DATA_LOSS
-    default_reason = "SECRET_UNDECRYPTABLE"
-
-
 @dataclass(frozen=True)
 class Resolved:
+    """A value for a platform service; `repr` leaves the values out (a stray log line)."""
+
     name: str
     type: int
-    value: bytes
-    previous_value: bytes
+    value: bytes = field(repr=False)
+    previous_value: bytes = field(repr=False)
 
 
 class Secrets:
@@ -220,8 +207,9 @@ class Secrets:
             except crypto.DecryptionError:
                 log.error("a stored secret value does not decrypt",
                           extra={"secret": resource_name, "tenant": tenant})
-                raise Undecryptable(f"the stored value of {resource_name} does not decrypt") \
-                    from None
+                raise DataLoss(f"the stored value of {resource_name} does not decrypt "
+                               "(moved, tampered with, or its master key is gone)",
+                               reason="SECRET_UNDECRYPTABLE") from None
             audit_resolve(session, row, caller.subject, flow)
         log.info("secret resolved", extra={
             "event": RESOLVED, "secret": resource_name, "tenant": tenant, "flow": flow,
@@ -262,12 +250,12 @@ class Secrets:
     def _rewrap(self, row: SecretRow, active: str) -> bool:
         """Re-wrap both sealed values of `row` (all or nothing); whether anything changed."""
         rewrapped = {}
-        for field in ("sealed_value", "sealed_previous"):
-            sealed = getattr(row, field)
+        for column in ("sealed_value", "sealed_previous"):
+            sealed = getattr(row, column)
             if sealed and crypto.sealed_by(sealed) != active:
-                rewrapped[field] = crypto.rewrap(self.keyring, sealed, context(row))
-        for field, sealed in rewrapped.items():
-            setattr(row, field, sealed)
+                rewrapped[column] = crypto.rewrap(self.keyring, sealed, context(row))
+        for column, sealed in rewrapped.items():
+            setattr(row, column, sealed)
         return bool(rewrapped)
 
 
@@ -346,7 +334,7 @@ def _changeable(session: Session, caller: Principal, key: str, etag: str) -> Sec
 def _paths(requested: pb.Secret, mask: field_mask_pb2.FieldMask) -> list[str]:
     """The mask's paths, or — for an empty mask — the updatable fields set in `requested`."""
     if not mask.paths:
-        return [field.name for field, _ in requested.ListFields() if field.name in UPDATABLE]
+        return [d.name for d, _ in requested.ListFields() if d.name in UPDATABLE]
     if not mask.IsValidForDescriptor(pb.Secret.DESCRIPTOR):
         raise InvalidArgument.field("update_mask", "names a field Secret does not have")
     return [p for p in mask.paths if p.split(".", 1)[0] in UPDATABLE]
