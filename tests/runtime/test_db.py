@@ -61,7 +61,7 @@ def test_database_errors_do_not_show_statement_parameters(engine: Engine) -> Non
 def test_plain_postgresql_urls_as_the_deploy_readme_writes_them_work(scheme: str) -> None:
     with postgres.fresh_database() as url:
         plain = url.replace("postgresql+psycopg2://", f"{scheme}://")
-        built = make_engine(plain)
+        built = make_engine(plain, tables=[CounterRow])
         try:
             with transaction(built) as session:
                 session.add(CounterRow(id="a", value=1))
