@@ -318,3 +318,37 @@ def test_an_event_naming_a_flow_id_outside_the_workers_folder_removes_nothing(
         orchestrator.bus.stopping(running)
         assert orchestrator.bus.answer(running).type == "oih.flow.stopped"
     assert keep.exists()
+
+
+def _park(broker: PrivateBroker, flow_id: str, count: int) -> None:
+    """Put `count` dead letters into the flow's `sink` step (messages that stay queued)."""
+    with pika.BlockingConnection(pika.URLParameters(broker.url)) as connection:
+        channel = connection.channel()
+        channel.confirm_delivery()
+        for n in range(count):
+            channel.basic_publish(topology.exchange_name(flow_id), topology.dead_key("sink"),
+                                  f'{{"n": {n}}}'.encode(),
+                                  pika.BasicProperties(delivery_mode=2), mandatory=True)
+
+
+def test_a_failure_keeps_queued_messages_and_a_stop_says_how_many_it_discards(
+        orchestrator: Orchestrator, builtins: dict[str, str], management: Management,
+        broker: PrivateBroker) -> None:
+    flow = three_step_flow(builtins)
+    flow_id = flow.name.split("/")[1]
+    assert start(orchestrator, flow).type == "oih.flow.started"
+    _park(broker, flow_id, 3)
+    # Failed elsewhere (a timed-out transition): workers and users go, the messages stay.
+    orchestrator.bus.publish("oih.flow.failed", answers.FlowFailed(
+        flow=flow.name, reason="timed out", tenant=flow.tenant))
+    wait_for(lambda: flow_id not in orchestrator.driver.flows() and
+             management.users(f"oih-flow-{flow_id}.") == [], 30, "the workers to be removed")
+    assert topology.dead_queue(flow_id, "sink") in flow_queues(management, flow_id)
+    # Only an explicit stop deletes them, and it tells how many messages went with them.
+    orchestrator.bus.stopping(flow)
+    answer = orchestrator.bus.answer(flow)
+    assert answer.type == "oih.flow.stopped", answer
+    stopped = answers.FlowStateChanged()
+    answer.data.Unpack(stopped)
+    assert stopped.discarded_messages == 3
+    assert flow_queues(management, flow_id) == []
