@@ -59,7 +59,7 @@ def poison_flow(rest: httpx.Client, token: str, components: dict[str, str]) -> s
                 {"id": "sink", "component": components["sink"], "function": "sink"}],
             "edges": [{"source": "start", "target": "middle"},
                       {"source": "middle", "target": "sink",
-                       "mapper": "{'n': n, 'v': $number(v)}"}],
+                       "mapper": "{'n': data.n, 'v': $number(data.v)}"}],
         }})
     assert flow.status_code == 200, flow.text
     name = str(flow.json()["name"])
