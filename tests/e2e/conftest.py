@@ -11,15 +11,18 @@ import os
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from typing import Any
 
 import httpx
 import pika
 import pytest
+from sqlalchemy import create_engine
+from sqlalchemy.engine import Connection
 
 from oih_cli.platform import Platform
 from oih_runtime.bus import RetryPolicy, ServiceQueues
+from oih_runtime.db import normalise_url
 from oih_runtime.settings import DEFAULT_PORTS
 from tests.gateway.conftest import free_port
 from tests.support import postgres
@@ -77,6 +80,19 @@ def databases(stack: ExitStack, services: list[str]) -> dict[str, str]:
             stack.enter_context(postgres.fresh_database()).replace(
                 "postgresql+psycopg2://", "postgresql://")
             for service in services}
+
+
+@contextmanager
+def service_database(platform: Platform, service: str) -> Iterator[Connection]:
+    """A connection to a service's own database, wherever this run keeps it."""
+    url = platform.extra_env.get(f"OIH_{service.upper()}_DATABASE_URL",
+                                 f"sqlite:///{platform.data_dir / service}.db")
+    engine = create_engine(normalise_url(url))
+    try:
+        with engine.connect() as connection:
+            yield connection
+    finally:
+        engine.dispose()
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,6 @@ import base64
 import hashlib
 import hmac
 import json
-import sqlite3
 import time
 import uuid
 from typing import Any
@@ -18,13 +17,20 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
+from sqlalchemy import text
 
 from oih.iam.v1 import iam_pb2, iam_pb2_grpc
 from oih_cli.platform import Platform
 from oih_iam.keys import private_key
 from oih_iam.models import SigningKeyRow
 from oih_runtime import crypto
-from tests.e2e.conftest import PASSWORD, auth, create_tenant_with_admin, unique
+from tests.e2e.conftest import (
+    PASSWORD,
+    auth,
+    create_tenant_with_admin,
+    service_database,
+    unique,
+)
 
 
 @pytest.fixture(scope="module")
@@ -64,9 +70,9 @@ def test_jwks_is_public_and_lists_the_signing_key(rest: httpx.Client, admin_toke
 def iam_signing_key(platform: Platform) -> tuple[str, Any]:
     """IAM's real private key, read from its database and opened with its master key file (to
     forge otherwise-valid tokens)."""
-    with sqlite3.connect(platform.data_dir / "iam.db") as db:
-        kid, sealed = db.execute(
-            "SELECT kid, private_pem FROM iam_signing_key WHERE retire_time IS NULL").fetchone()
+    with service_database(platform, "iam") as db:
+        kid, sealed = db.execute(text(
+            "SELECT kid, private_pem FROM iam_signing_key WHERE retire_time IS NULL")).one()
     assert crypto.is_sealed(sealed)  # never in clear at rest
     keyring = crypto.Keyring(path=platform.data_dir / "iam-master-key")
     return kid, private_key(keyring, SigningKeyRow(kid=kid, private_pem=sealed))

@@ -8,7 +8,6 @@ a worker's environment. Only the platform's own service token may resolve a valu
 from __future__ import annotations
 
 import json
-import sqlite3
 import subprocess
 import threading
 import time
@@ -21,6 +20,7 @@ from typing import Any
 import grpc
 import httpx
 import pytest
+from sqlalchemy import text
 
 from oih.secrets.v1 import secrets_pb2, secrets_pb2_grpc
 from oih_cli.platform import Platform
@@ -29,6 +29,7 @@ from tests.e2e.conftest import (
     RECEIVER_HOST,
     auth,
     create_tenant_with_admin,
+    service_database,
     unique,
     wait_state,
 )
@@ -190,11 +191,12 @@ def test_a_step_uses_a_secret_that_never_shows_and_survives_rotation(
     wait_state(rest, owner, flow_name, "STATE_INACTIVE", timeout=60)
 
     # Every resolve was audited (who, which secret, which flow) in the Secrets outbox.
-    with sqlite3.connect(platform.data_dir / "secrets.db") as db:
-        audits = db.execute("SELECT body FROM oih_outbox_event WHERE event_type = ? AND "
-                            "subject = ?", ("oih.secret.resolved", name)).fetchall()
+    with service_database(platform, "secrets") as db:
+        audits = db.execute(text("SELECT body FROM oih_outbox_event WHERE event_type = :type "
+                                 "AND subject = :subject"),
+                            {"type": "oih.secret.resolved", "subject": name}).all()
     assert len(audits) == 2
-    assert all(flow_name.encode() in body and b"service-accounts/" in body
+    assert all(flow_name.encode() in bytes(body) and b"service-accounts/" in bytes(body)
                for (body,) in audits)
 
     # Nowhere: REST answers, every file under the data directory (logs, worker logs and spec
