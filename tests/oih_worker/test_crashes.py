@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import signal
+import subprocess
+import sys
 from collections import defaultdict
+from pathlib import Path
 
-from oih_worker.spec import EdgeSpec
-from tests.oih_worker.support import FlowHarness, wait_for
+from oih_worker.spec import EdgeSpec, StepSpec
+from tests.gateway.conftest import free_port
+from tests.oih_worker.support import ROOT, FlowHarness, wait_for
 
 TRIGGER = "oih_builtins.trigger:component"
 SINK = "oih_builtins.sink:component"
@@ -68,3 +73,28 @@ def test_sigterm_stops_gracefully(harness: FlowHarness) -> None:
     # A graceful stop acks what it finished and hands back the rest: no duplicates at all.
     assert len(lines) == total
     assert sorted(line["data"]["n"] for line in lines) == list(range(total))
+
+
+def test_a_worker_without_a_broker_waits_for_it_instead_of_exiting(tmp_path: Path) -> None:
+    # Losing (or never reaching) the broker is not a crash: the worker keeps trying with
+    # back-off, so its supervisor never counts it as one, and a stop still ends it cleanly.
+    nobody = free_port()
+    spec = StepSpec(flow_id="t-no-broker", step_id="s", entry_point=TRIGGER, function="manual",
+                    amqp_url=f"amqp://guest:guest@127.0.0.1:{nobody}/%2F")
+    log_path = tmp_path / "worker.log"
+    with log_path.open("wb") as log:
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "oih_worker"], cwd=ROOT, stdout=log, stderr=log,
+            env={**os.environ, "OIH_WORKER_SPEC": spec.to_json(), "OIH_DATA_DIR": str(tmp_path),
+                 "PYTHONPATH": os.pathsep.join(
+                     [str(ROOT), str(ROOT / "generated"), str(ROOT / "services")])})
+        try:
+            wait_for(lambda: log_path.read_text().count("broker unavailable") >= 3, 30,
+                     "three attempts to reach the broker")
+            assert worker.poll() is None
+            worker.send_signal(signal.SIGTERM)
+            assert worker.wait(timeout=30) == 0
+        finally:
+            if worker.poll() is None:
+                worker.kill()
+                worker.wait()
