@@ -279,3 +279,21 @@ def test_the_platform_made_private_master_key_files(platform: Platform) -> None:
         assert path.stat().st_mode & 0o777 == 0o600
         (line,) = path.read_text().split()
         assert crypto.Keyring(line).active_id == line.split(":")[0]
+
+
+def test_no_tenant_can_hold_the_resolve_permission(rest: httpx.Client, admin_token: str) -> None:
+    _, _, owner = create_tenant_with_admin(rest, admin_token)
+    for path, body in (
+        ("/v1/roles", {"display_name": unique("resolver"), "permissions": ["secrets.resolve"]}),
+        ("/v1/service-accounts", {"display_name": unique("robot"),
+                                  "permissions": ["secrets.resolve"]}),
+    ):
+        answer = rest.post(path, headers=auth(owner), json=body)
+        assert answer.status_code in (400, 403), answer.text
+    me = rest.get("/v1/users/me", headers=auth(owner)).json()
+    assert "secrets.resolve" not in json.dumps(me)
+    # Not in any built-in role a tenant can be given either.
+    roles = rest.get("/v1/roles", headers=auth(owner), params={"page_size": 100}).json()["roles"]
+    for role in roles:
+        if role["name"] != "roles/platform-admin":
+            assert "secrets.resolve" not in role.get("permissions", []), role
