@@ -37,5 +37,7 @@ def step_credentials(flow: flows_pb2.Flow, resolve: Resolve,
         except grpc.RpcError as error:
             raise CredentialsFailed(f"step {node.id}: the Secrets service could not resolve "
                                     f"{node.credentials} ({error.code().name})") from None
-        found[node.id] = json.dumps(resolved.value).encode()
+        # Compact, as stored (at most 64 KiB): it fits a pipe's buffer in one write.
+        found[node.id] = json.dumps(resolved.value, separators=(",", ":"),
+                                    ensure_ascii=False).encode()
     return found

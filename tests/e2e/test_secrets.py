@@ -19,13 +19,17 @@ from typing import Any
 
 import grpc
 import httpx
+import pika
 import pytest
 from sqlalchemy import text
 
+from oih.events.v1 import event_pb2
+from oih.events.v1 import secrets_pb2 as secret_events
 from oih.secrets.v1 import secrets_pb2, secrets_pb2_grpc
 from oih_cli.platform import Platform
 from oih_runtime import crypto
 from tests.e2e.conftest import (
+    EXCHANGE,
     RECEIVER_HOST,
     auth,
     create_tenant_with_admin,
@@ -68,6 +72,34 @@ class Receiver:
             time.sleep(0.1)
         assert len(self.keys) >= count, self.keys
         return self.keys
+
+
+class EventTap:
+    """A queue bound to every event of this e2e run's exchange: what the services published."""
+
+    def __init__(self, url: str) -> None:
+        self.connection = pika.BlockingConnection(pika.URLParameters(url))
+        self.channel = self.connection.channel()
+        self.queue = self.channel.queue_declare("", exclusive=True).method.queue
+        self.channel.queue_bind(self.queue, EXCHANGE, routing_key="#")
+
+    def drain(self) -> list[event_pb2.Event]:
+        events = []
+        while True:
+            method, _properties, body = self.channel.basic_get(self.queue, auto_ack=True)
+            if method is None:
+                return events
+            events.append(event_pb2.Event.FromString(body))
+
+    def close(self) -> None:
+        self.connection.close()
+
+
+@pytest.fixture
+def event_tap(platform: Platform) -> Iterator[EventTap]:
+    tap = EventTap(platform.rabbitmq_url)
+    yield tap
+    tap.close()
 
 
 @pytest.fixture
@@ -120,7 +152,7 @@ def files_containing(root: Path, needle: bytes) -> list[str]:
 
 def test_a_step_uses_a_secret_that_never_shows_and_survives_rotation(
         rest: httpx.Client, platform: Platform, admin_token: str, receiver: Receiver,
-        builtins: dict[str, str]) -> None:
+        event_tap: EventTap, builtins: dict[str, str]) -> None:
     call = Answers(rest)
     tenant, _, owner = create_tenant_with_admin(rest, admin_token)
     value = f"api-key-{uuid.uuid4().hex}"
@@ -195,9 +227,26 @@ def test_a_step_uses_a_secret_that_never_shows_and_survives_rotation(
         audits = db.execute(text("SELECT body FROM oih_outbox_event WHERE event_type = :type "
                                  "AND subject = :subject"),
                             {"type": "oih.secret.resolved", "subject": name}).all()
-    assert len(audits) == 2
+    assert len(audits) >= 2
     assert all(flow_name.encode() in bytes(body) and b"service-accounts/" in bytes(body)
                for (body,) in audits)
+
+    # The audit events went out on the bus too; no event of the run carries either value.
+    deadline = time.monotonic() + 30
+    events: list[event_pb2.Event] = []
+    while time.monotonic() < deadline:
+        events += event_tap.drain()
+        if len([e for e in events if e.type == "oih.secret.resolved"]) >= 2:
+            break
+        time.sleep(0.2)
+    resolved = [secret_events.SecretResolved.FromString(e.data.value) for e in events
+                if e.type == "oih.secret.resolved" and e.subject == name]
+    # One resolve per deployment (start, restart); a reconciler's redeploy would add one.
+    assert len(resolved) >= 2
+    assert {(r.flow, r.tenant) for r in resolved} == {(flow_name, tenant)}
+    assert {e.type for e in events} >= {"oih.secret.created", "oih.secret.updated",
+                                        "oih.flow.starting", "oih.flow.started"}
+    event_bytes = b"".join(e.SerializeToString() for e in events)
 
     # Nowhere: REST answers, every file under the data directory (logs, worker logs and spec
     # files, SQLite databases with their outboxes, the executions view), ps, environments.
@@ -206,6 +255,7 @@ def test_a_step_uses_a_secret_that_never_shows_and_survives_rotation(
         assert files_containing(platform.data_dir, needle.encode()) == []
         assert needle not in listing
         assert needle.encode() not in environments
+        assert needle.encode() not in event_bytes
 
 
 def test_tenant_admin_cannot_resolve_even_over_grpc(rest: httpx.Client, platform: Platform,
@@ -281,3 +331,21 @@ def test_the_platform_made_private_master_key_files(platform: Platform) -> None:
         assert path.stat().st_mode & 0o777 == 0o600
         (line,) = path.read_text().split()
         assert crypto.Keyring(line).active_id == line.split(":")[0]
+
+
+def test_no_tenant_can_hold_the_resolve_permission(rest: httpx.Client, admin_token: str) -> None:
+    _, _, owner = create_tenant_with_admin(rest, admin_token)
+    for path, body in (
+        ("/v1/roles", {"display_name": unique("resolver"), "permissions": ["secrets.resolve"]}),
+        ("/v1/service-accounts", {"display_name": unique("robot"),
+                                  "permissions": ["secrets.resolve"]}),
+    ):
+        answer = rest.post(path, headers=auth(owner), json=body)
+        assert answer.status_code in (400, 403), answer.text
+    me = rest.get("/v1/users/me", headers=auth(owner)).json()
+    assert "secrets.resolve" not in json.dumps(me)
+    # Not in any built-in role a tenant can be given either.
+    roles = rest.get("/v1/roles", headers=auth(owner), params={"page_size": 100}).json()["roles"]
+    for role in roles:
+        if role["name"] != "roles/platform-admin":
+            assert "secrets.resolve" not in role.get("permissions", []), role
