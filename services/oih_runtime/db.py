@@ -32,11 +32,56 @@ def make_engine(url: str) -> Engine:
             hide_parameters=True,
         )
         event.listen(engine, "connect", _sqlite_pragmas)
+        _use_incremental_vacuum(engine)
     else:
         engine = create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20,
                                hide_parameters=True)
     SQLModel.metadata.create_all(engine)
+    _create_missing_indexes(engine)
     return engine
+
+
+def _create_missing_indexes(engine: Engine) -> None:
+    """`create_all` skips a table that exists, and with it every index added to the model since
+    the table was made: create those here, so an existing database gets the indexes its list
+    queries rely on (tests/runtime/test_query_plans.py checks the plans)."""
+    with engine.begin() as connection:
+        for table in SQLModel.metadata.sorted_tables:
+            for index in table.indexes:
+                index.create(connection, checkfirst=True)
+
+
+def _use_incremental_vacuum(engine: Engine) -> None:
+    """Let the file shrink: SQLite keeps the pages of deleted rows for reuse but never gives
+    them back unless `auto_vacuum` is on. A new file gets INCREMENTAL before its first table;
+    an existing file is rewritten once (VACUUM) to switch it. `reclaim_free_pages` then returns
+    the free pages from time to time (the outbox relay calls it after its purge)."""
+    raw = engine.raw_connection()
+    try:
+        cursor = raw.cursor()
+        if cursor.execute("PRAGMA auto_vacuum").fetchone()[0] != _INCREMENTAL:
+            cursor.execute(f"PRAGMA auto_vacuum={_INCREMENTAL}")
+            cursor.execute("VACUUM")  # only a rewrite applies the mode to an existing file
+        cursor.close()
+    finally:
+        raw.close()
+
+
+def reclaim_free_pages(engine: Engine) -> None:
+    """Return SQLite's free pages (left by deleted rows) to the file system; nothing to do on
+    PostgreSQL, whose autovacuum makes dead rows' space reusable."""
+    if engine.dialect.name != "sqlite":
+        return
+    raw = engine.raw_connection()
+    try:
+        # executescript runs the pragma to its end; execute() would step it once, and each
+        # step frees one page.
+        raw.cursor().executescript("PRAGMA incremental_vacuum")
+    finally:
+        raw.close()
+
+
+_INCREMENTAL = 2  # PRAGMA auto_vacuum: 0 NONE, 1 FULL, 2 INCREMENTAL
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -47,6 +92,8 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA busy_timeout=30000")
+    # The WAL is reused after each checkpoint; this also truncates it after a large burst.
+    cursor.execute("PRAGMA journal_size_limit=67108864")
     cursor.close()
 
 

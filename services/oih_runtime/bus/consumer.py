@@ -16,6 +16,7 @@ import traceback
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import pika
@@ -24,14 +25,15 @@ from google.protobuf import descriptor_pool, message_factory
 from google.protobuf.message import DecodeError, Message
 from pika.adapters.blocking_connection import BlockingChannel
 from pika.spec import Basic
+from sqlalchemy import delete
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import Session
+from sqlmodel import Session, col
 
 from oih.events.v1 import event_pb2
 from oih_runtime.db import transaction
 
-from .models import ProcessedEvent
+from .models import ProcessedEvent, utcnow
 from .topology import (
     DEFAULT_EXCHANGE,
     H_ATTEMPTS,
@@ -91,9 +93,15 @@ class Consumer:
         retry: RetryPolicy | None = None,
         reconnect_initial: float = 0.5,
         reconnect_max: float = 30.0,
+        keep_processed: timedelta = timedelta(days=1),
     ) -> None:
         self.engine = engine
         self.service = service
+        #: How long a handled event's id is remembered. A duplicate comes from a relay that
+        #: republished after losing its lease, or from the broker redelivering an unacked
+        #: message: minutes after the original, far within this window.
+        self.keep_processed = keep_processed
+        self._last_forget = utcnow()
         self.url = url or rabbitmq_url()
         self.exchange = exchange
         self.prefetch = prefetch
@@ -179,6 +187,7 @@ class Consumer:
                                                         inactivity_timeout=0.25):
             if method is not None:
                 self.process(channel, method, properties, body)
+            self._forget_processed()
             if self._stopping.is_set():
                 break
         channel.cancel()  # prefetched, unprocessed messages go back to the queue
@@ -235,6 +244,20 @@ class Consumer:
                 if session.get(ProcessedEvent, (self.service, event.id)) is not None:
                     return
             raise
+
+    def _forget_processed(self) -> None:
+        """Delete this consumer's event ids older than `keep_processed`, once a minute: the
+        table holds a day of work, not the service's whole history."""
+        now = utcnow()
+        if now - self._last_forget < timedelta(minutes=1):
+            return
+        self._last_forget = now
+        with transaction(self.engine) as session:
+            session.execute(
+                delete(ProcessedEvent)
+                .where(col(ProcessedEvent.consumer) == self.service,
+                       col(ProcessedEvent.processed_at) < now - self.keep_processed)
+                .execution_options(synchronize_session=False))
 
     def _match(self, event_type: str) -> _Route | None:
         for route in self._routes:
