@@ -166,7 +166,7 @@ class Relay:
 
     # --- database ---------------------------------------------------------------------------
 
-    def candidates(self, now: datetime) -> Select[tuple[int]]:
+    def candidates(self, now: datetime) -> Select[int | None]:
         """The next batch's rows: unsent, not leased to a live relay, oldest first.
 
         Served by the partial index of unsent rows (models.py) on PostgreSQL, by the `sent_at`
