@@ -4,8 +4,12 @@ their cost follows the page (or the batch), not the table's size."""
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
+from sqlalchemy import event
 from sqlalchemy.engine import Engine
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.expression import ClauseElement, Executable
@@ -44,6 +48,13 @@ def plan(engine: Engine, statement: Any) -> str:
 def assert_served_by_index(engine: Engine, statement: Any, index: str | None = None) -> str:
     """The statement reads through an index (`index` if named) and sorts nothing."""
     found = plan(engine, statement)
+    _check(engine, found)
+    if index is not None:
+        assert index in found, found
+    return found
+
+
+def _check(engine: Engine, found: str) -> None:
     if engine.dialect.name == "sqlite":
         assert "USE TEMP B-TREE" not in found, found
         assert not any(line.startswith("SCAN") and " USING " not in line
@@ -51,6 +62,42 @@ def assert_served_by_index(engine: Engine, statement: Any, index: str | None = N
     else:
         assert "Sort" not in found, found
         assert "Seq Scan" not in found, found
-    if index is not None:
-        assert index in found, found
+
+
+@contextmanager
+def captured_selects(engine: Engine, table: str) -> Iterator[list[tuple[str, Any]]]:
+    """The SELECT statements reading FROM `table` that run on `engine` inside the block, with
+    their parameters as sent to the driver (the real queries of a list, not a copy of them)."""
+    found: list[tuple[str, Any]] = []
+
+    def record(_connection: Any, _cursor: Any, statement: str, parameters: Any,
+               _context: Any, _executemany: bool) -> None:
+        if statement.lstrip().upper().startswith("SELECT") and re.search(
+                rf"\bFROM {table}\b", statement):
+            found.append((statement, parameters))
+
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        yield found
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+
+
+def assert_statement_served_by_index(engine: Engine, statement: str, parameters: Any) -> str:
+    """`assert_served_by_index` for a statement captured by `captured_selects`."""
+    raw = engine.raw_connection()
+    try:
+        cursor = raw.cursor()
+        if engine.dialect.name == "sqlite":
+            cursor.execute(f"EXPLAIN QUERY PLAN {statement}", parameters)
+            found = "\n".join(str(row[-1]) for row in cursor.fetchall())
+        else:
+            cursor.execute("SET enable_seqscan = off")
+            cursor.execute("SET enable_sort = off")
+            cursor.execute(f"EXPLAIN {statement}", parameters)
+            found = "\n".join(str(row[0]) for row in cursor.fetchall())
+            raw.rollback()
+    finally:
+        raw.close()
+    _check(engine, found)
     return found
