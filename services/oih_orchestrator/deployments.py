@@ -401,7 +401,11 @@ class Orchestrator:
                                    if row is not None else None)
             except Exception:  # reports are a view: never let them block a stop
                 log.exception("could not merge the last reports", extra={"flow_id": flow_id})
-        for user in self.management.users(f"{USER_PREFIX}{flow_id}."):
+        # By name (a missing user is fine): listing the broker's users costs as much as there
+        # are users and fails while other stops delete theirs (management.py). A user of a step
+        # known to neither the row nor the flow is a stray; the reconciler finds those.
+        for user in sorted({user_name(flow_id, step) for step in steps}
+                           | set((row.broker_users or {}).values() if row is not None else ())):
             self.management.delete_user(user)
         if steps:
             self.amqp.delete_flow(flow_id, steps)
