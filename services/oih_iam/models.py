@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 
 from sqlalchemy import JSON, Column, Index, text
 from sqlmodel import Field, SQLModel
 
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
-
+from oih_runtime.clock import utcnow
 
 # Each list's order has an index (within the caller's tenant and over all), so a page is a range
 # of an index, never a sort of the table (tests/runtime/test_query_plans.py).
@@ -90,3 +87,7 @@ class RevocationRow(SQLModel, table=True):
     subject: str = ""
     issued_before: int = 0
     expires: int
+
+
+#: IAM's own tables.
+TABLES = (TenantRow, UserRow, RoleRow, ServiceAccountRow, SigningKeyRow, RevocationRow)

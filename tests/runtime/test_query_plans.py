@@ -11,17 +11,27 @@ from typing import Any
 
 import pytest
 from sqlalchemy.engine import Engine
+from sqlmodel import SQLModel
 
 from oih.orchestrator.v1 import orchestrator_pb2
+from oih_components import models as component_models
 from oih_components.logic import Components
 from oih_components.models import ACCESS_PUBLIC, ACCESS_TENANT, ComponentRow
+from oih_flows import models as flow_models
 from oih_flows.logic import Flows
 from oih_flows.models import FlowRow
+from oih_orchestrator.executions import models as execution_models
 from oih_orchestrator.executions.models import ExecutionRow
 from oih_orchestrator.executions.views import list_executions
 from oih_runtime.db import transaction
 from oih_runtime.principal import ALL, Principal
 from tests.support.query_plans import assert_statement_served_by_index, captured_selects
+
+
+@pytest.fixture
+def tables() -> Sequence[type[SQLModel]]:
+    return (*flow_models.TABLES, *component_models.TABLES, *execution_models.TABLES)
+
 
 TENANT = "tenants/t1"
 MEMBER = Principal(subject="users/u1", tenant=TENANT, permissions=frozenset({"flows.read"}))

@@ -31,9 +31,10 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col
 
 from oih.events.v1 import event_pb2
+from oih_runtime.clock import utcnow
 from oih_runtime.db import transaction
 
-from .models import ProcessedEvent, utcnow
+from .models import ProcessedEvent
 from .topology import (
     DEFAULT_EXCHANGE,
     H_ATTEMPTS,

@@ -21,10 +21,11 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.sql import ColumnElement, Select
 from sqlmodel import col
 
+from oih_runtime.clock import utcnow
 from oih_runtime.db import reclaim_free_pages, transaction
 
 from . import outbox
-from .models import OutboxEvent, utcnow
+from .models import OutboxEvent
 from .publisher import ConfirmPublisher, Message, PublisherError
 from .topology import DEFAULT_EXCHANGE, properties_for, rabbitmq_url, redact_url
 

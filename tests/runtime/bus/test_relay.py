@@ -14,7 +14,7 @@ from sqlmodel import col, select
 
 from oih.events.v1 import event_pb2, iam_pb2
 from oih_runtime.bus import Outbox, OutboxEvent, Relay
-from oih_runtime.bus.models import utcnow
+from oih_runtime.clock import utcnow
 from oih_runtime.db import make_engine, transaction
 from tests.runtime.bus.support import Amqp, wait_for
 from tests.support.query_plans import assert_served_by_index
@@ -121,7 +121,7 @@ def test_relay_forgets_sent_events_after_keep_sent(engine: Engine, amqp: Amqp) -
 
 def test_sqlite_outbox_file_shrinks_after_the_purge(tmp_path: Path, amqp: Amqp) -> None:
     path = tmp_path / "service.db"
-    engine = make_engine(f"sqlite:///{path}")
+    engine = make_engine(f"sqlite:///{path}", tables=(OutboxEvent,))
     queue = amqp.bind_queue()
     with transaction(engine) as session:  # about 8 MiB of event bodies
         for i in range(200):
