@@ -131,9 +131,9 @@ def list_latency(tmp: Path, rows: int) -> tuple[float, float]:
         return str(reply.next_page_token)
 
     first = _median_ms(lambda: page(""))
-    middle, walked = "", 0
-    while walked + 1000 <= rows // 2:  # a token from the middle of the list
-        middle, walked = page(middle, 1000), walked + 1000
+    middle, walked, step = "", 0, max(1, min(1000, rows // 2))
+    while walked + step <= rows // 2:  # a token from the middle of the list
+        middle, walked = page(middle, step), walked + step
     deep = _median_ms(lambda: page(middle))
     engine.dispose()
     return first, deep
