@@ -28,7 +28,7 @@ import pika
 from google.protobuf import json_format
 
 from oih.component.v1 import message_pb2
-from oih_sdk import Message, Snapshot, load_function, non_retryable
+from oih_sdk import Message, Snapshot, call, load_function, non_retryable, takes_credentials
 from oih_sdk.errors import error_type, is_retryable
 
 from . import envelope, topology
@@ -110,10 +110,15 @@ def emitted(result: Any) -> Iterator[Message | dict[str, Any] | Snapshot]:
 
 
 class StepProcessor:
-    def __init__(self, spec: StepSpec, fn: Any = None, part_size: int = PART_SIZE) -> None:
+    def __init__(self, spec: StepSpec, fn: Any = None,
+                 credentials: dict[str, Any] | None = None, part_size: int = PART_SIZE) -> None:
         self.spec = spec
         self.part_size = part_size
         self.fn = fn or load_function(spec.entry_point, spec.function)
+        #: The step's resolved secret: held in memory only, handed to the function apart from
+        #: its config (see oih_sdk), never put in a report, a log line or an output.
+        self._credentials = credentials
+        self._with_credentials = takes_credentials(self.fn)
         self.edges = [CompiledEdge(edge) for edge in spec.edges]
         self.snapshot: dict[str, Any] = dict(spec.snapshot)
         self.exchange = topology.exchange_name(spec.flow_id)
@@ -134,7 +139,9 @@ class StepProcessor:
         snapshot: Snapshot | None = None
         try:
             index = 0
-            for item in emitted(self.fn(message, self.spec.config, self.snapshot)):
+            result = call(self.fn, message, self.spec.config, self.snapshot,
+                          self._credentials, with_credentials=self._with_credentials)
+            for item in emitted(result):
                 if isinstance(item, Snapshot):
                     snapshot = item
                     continue
