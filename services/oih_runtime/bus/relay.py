@@ -2,10 +2,14 @@
 
 It wakes at once when a local transaction added events (`outbox.subscribe`) and also polls,
 for rows written by other processes. Several relays may run against one database: a relay
-claims a batch with a lease (one UPDATE; `FOR UPDATE SKIP LOCKED` on PostgreSQL) so that each
-row is published by one relay, and a crashed relay's rows come back when the lease ends.
-Delivery is at-least-once (a crash between the confirm and the `sent_at` update republishes);
-consumers are idempotent by event id.
+claims a batch with a lease (under SQLite's write lock; `FOR UPDATE SKIP LOCKED` on
+PostgreSQL) so that each row is published by one relay, and a crashed relay's rows come back
+when the lease ends. Delivery is at-least-once (a crash between the confirm and the `sent_at`
+update republishes); consumers are idempotent by event id.
+
+Cost per event does not depend on history: the batch is found through an index of the unsent
+rows and handled by primary key; a sent row loses its body at once and the row itself after
+`keep_sent`; the purge also returns SQLite's free pages to the file system.
 """
 
 from __future__ import annotations
