@@ -13,7 +13,6 @@ from oih_cli.platform import Platform
 from oih_orchestrator.management import USER_PREFIX, Management
 from oih_orchestrator.settings import management_url_for
 from tests.e2e.conftest import auth, unique, wait_state
-from tests.e2e.test_running_flows import builtins  # noqa: F401  (fixture)
 
 FLOWS = 20
 BURSTS = 5
@@ -21,7 +20,7 @@ BURSTS = 5
 
 def test_20_flows_stopped_at_once_five_times_all_end_inactive(
         rest: httpx.Client, platform: Platform, integrator: dict[str, str],
-        builtins: dict[str, str]) -> None:  # noqa: F811  (the imported fixture)
+        builtins: dict[str, str]) -> None:
     token = integrator["token"]
     flows = []
     for _ in range(FLOWS):
