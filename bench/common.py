@@ -53,4 +53,4 @@ def curve(title: str, size_label: str, unit: str, points: list[tuple[int, float]
         print(f"  ({note})")
     print(f"  {size_label:>14} {unit:>14}  ratio to {points[0][0]:,}")
     for size, value in points:
-        print(f"  {size:>14,} {value:>14,.1f}  {value / base:5.2f}x")
+        print(f"  {size:>14,} {value:>14,.2f}  {value / base:5.2f}x")

@@ -62,7 +62,7 @@ def test_list_flows_is_served_by_an_index(engine: Engine, caller: Principal,
     with transaction(engine) as session:
         for i in range(3):
             session.add(FlowRow(id=f"f{i}", tenant=TENANT, display_name=f"flow {i % 2}", state=1))
-    flows = Flows(engine, components=None)  # type: ignore[arg-type]  (lists need no lookup)
+    flows = Flows(engine, components=None, secrets=None)  # type: ignore[arg-type]  (unused by lists)
     seen = every_page(engine, "flows_flow", lambda token: flows.list(
         caller, 1, token, "", order_by))
     assert seen == 3
