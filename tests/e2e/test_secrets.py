@@ -20,18 +20,55 @@ from typing import Any
 
 import grpc
 import httpx
+import pika
 import pytest
 
+from oih.events.v1 import event_pb2
 from oih.secrets.v1 import secrets_pb2, secrets_pb2_grpc
 from oih_cli.platform import Platform
 from oih_runtime import crypto
 from tests.e2e.conftest import (
+    EXCHANGE,
     RECEIVER_HOST,
     auth,
     create_tenant_with_admin,
     unique,
     wait_state,
 )
+
+
+class BusEvents:
+    """A queue of this test's own bound to one event type of this run's exchange."""
+
+    def __init__(self, url: str, event_type: str) -> None:
+        self.connection = pika.BlockingConnection(pika.URLParameters(url))
+        self.channel = self.connection.channel()
+        self.channel.exchange_declare(EXCHANGE, exchange_type="topic", durable=True)
+        self.queue = self.channel.queue_declare("", exclusive=True).method.queue
+        self.channel.queue_bind(self.queue, EXCHANGE, routing_key=event_type)
+
+    def take(self, *, timeout: float, until: int, subject: str) -> list[event_pb2.Event]:
+        """The events about `subject`, waiting up to `timeout` for `until` of them."""
+        found: list[event_pb2.Event] = []
+        deadline = time.monotonic() + timeout
+        while len(found) < until and time.monotonic() < deadline:
+            method, _properties, body = self.channel.basic_get(self.queue, auto_ack=True)
+            if method is None:
+                time.sleep(0.05)
+                continue
+            event = event_pb2.Event.FromString(body)
+            if event.subject == subject:
+                found.append(event)
+        return found
+
+
+@pytest.fixture
+def resolved_events(platform: Platform) -> Iterator[BusEvents]:
+    events = BusEvents(platform.rabbitmq_url, "oih.secret.resolved")
+    try:
+        yield events
+    finally:
+        events.connection.close()
 
 
 class Receiver:
@@ -119,7 +156,7 @@ def files_containing(root: Path, needle: bytes) -> list[str]:
 
 def test_a_step_uses_a_secret_that_never_shows_and_survives_rotation(
         rest: httpx.Client, platform: Platform, admin_token: str, receiver: Receiver,
-        builtins: dict[str, str]) -> None:
+        builtins: dict[str, str], resolved_events: BusEvents) -> None:
     call = Answers(rest)
     tenant, _, owner = create_tenant_with_admin(rest, admin_token)
     value = f"api-key-{uuid.uuid4().hex}"
@@ -189,13 +226,16 @@ def test_a_step_uses_a_secret_that_never_shows_and_survives_rotation(
     assert call("POST", f"/v1/{flow_name}:stop", owner, json={}).status_code == 200
     wait_state(rest, owner, flow_name, "STATE_INACTIVE", timeout=60)
 
-    # Every resolve was audited (who, which secret, which flow) in the Secrets outbox.
+    # Every resolve was audited (who, which secret, which flow): an event in the Secrets
+    # outbox, published on the bus (a relayed event keeps only its id in the outbox).
     with sqlite3.connect(platform.data_dir / "secrets.db") as db:
-        audits = db.execute("SELECT body FROM oih_outbox_event WHERE event_type = ? AND "
+        audits = db.execute("SELECT event_id FROM oih_outbox_event WHERE event_type = ? AND "
                             "subject = ?", ("oih.secret.resolved", name)).fetchall()
     assert len(audits) == 2
-    assert all(flow_name.encode() in body and b"service-accounts/" in body
-               for (body,) in audits)
+    published = resolved_events.take(timeout=15, until=2, subject=name)
+    assert sorted(event.id for event in published) == sorted(event_id for (event_id,) in audits)
+    assert all(flow_name.encode() in event.data.value and b"service-accounts/" in event.data.value
+               for event in published)
 
     # Nowhere: REST answers, every file under the data directory (logs, worker logs and spec
     # files, SQLite databases with their outboxes, the executions view), ps, environments.
