@@ -96,6 +96,7 @@ def test_json_at_the_default_limit_reaches_the_service_however_large_its_protobu
 def test_json_over_the_default_limit_is_413_naming_the_limit(http: httpx.Client) -> None:
     body = assert_local_error(create(http, numbers(LIMIT + 1, FLOW)), 413)
     assert f"{LIMIT} bytes" in body["message"], body
+    assert body["limit_bytes"] == LIMIT, body
 
 
 def test_execute_takes_the_large_limit(http: httpx.Client) -> None:
