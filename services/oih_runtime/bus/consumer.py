@@ -95,6 +95,7 @@ class Consumer:
         reconnect_initial: float = 0.5,
         reconnect_max: float = 30.0,
         keep_processed: timedelta = timedelta(days=1),
+        forget_every: timedelta = timedelta(minutes=1),
     ) -> None:
         self.engine = engine
         self.service = service
@@ -102,6 +103,7 @@ class Consumer:
         #: republished after losing its lease, or from the broker redelivering an unacked
         #: message: minutes after the original, far within this window.
         self.keep_processed = keep_processed
+        self.forget_every = forget_every
         self._last_forget = utcnow()
         self.url = url or rabbitmq_url()
         self.exchange = exchange
@@ -226,10 +228,10 @@ class Consumer:
             raise
 
     def _forget_processed(self) -> None:
-        """Delete this consumer's event ids older than `keep_processed`, once a minute: the
-        table holds a day of work, not the service's whole history."""
+        """Delete this consumer's event ids older than `keep_processed`, at most once per
+        `forget_every`: the table holds a day of work, not the service's whole history."""
         now = utcnow()
-        if now - self._last_forget < timedelta(minutes=1):
+        if now - self._last_forget < self.forget_every:
             return
         self._last_forget = now
         with transaction(self.engine) as session:
