@@ -118,6 +118,10 @@ class Cancelled(Exception):
     """A start gave way to a newer request for its flow (or to a shutdown)."""
 
 
+#: How often the reconciler lists the broker's users to find strays (see `reconcile`).
+USER_SWEEP_SECONDS = 300.0
+
+
 class Orchestrator:
     def __init__(self, engine: Engine, driver: Driver, amqp: Amqp, management: Management,
                  components: ComponentLookup, *, worker_amqp_url: str,
@@ -143,6 +147,7 @@ class Orchestrator:
         #: Rows last changed before this moment were not changed by this process: a STARTING
         #: or STOPPING one of them is an intent a previous orchestrator did not finish.
         self.born = utcnow()
+        self._next_user_sweep = 0.0  # the first reconcile round looks for stray users
         self._locks: dict[str, threading.RLock] = {}
         self._locks_guard = threading.Lock()
         self._requests: dict[str, int] = {}
@@ -457,8 +462,14 @@ class Orchestrator:
                     # E.g. stopped while this orchestrator was down, or a stop cut short.
                     log.warning("removing a stray flow", extra={"flow_id": flow_id})
                     self.teardown(flow_id, self._known_steps(flow_id))
-        # Only users of flows this orchestrator deployed (it has a row for them): another
-        # orchestrator with its own database may share the broker.
+        # Stray broker users are rare (a teardown cut short by a crash; teardowns are retried)
+        # and listing them costs as much as the broker has users: look at start-up, then every
+        # USER_SWEEP_SECONDS, not every round. Only users of flows this orchestrator deployed
+        # (it has a row for them): another orchestrator with its own database may share the
+        # broker.
+        if time.monotonic() < self._next_user_sweep:
+            return
+        self._next_user_sweep = time.monotonic() + USER_SWEEP_SECONDS
         for user in self.management.users():
             flow_id = user[len(USER_PREFIX):].split(".", 1)[0]
             if flow_id not in wanted and not self.tasks.busy(flow_id):
