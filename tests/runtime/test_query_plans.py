@@ -96,3 +96,27 @@ def test_list_executions_is_served_by_an_index(engine: Engine, caller: Principal
         return reply.executions, reply.next_page_token
 
     assert every_page(engine, "orch_execution", list_page) == 3
+
+
+@pytest.mark.parametrize("filter_text", ["state=ACTIVE", 'display_name:"flow"', "has_cron=false"])
+def test_filtered_list_flows_is_served_by_an_index(engine: Engine, filter_text: str) -> None:
+    with transaction(engine) as session:
+        for i in range(3):
+            session.add(FlowRow(id=f"f{i}", tenant=TENANT, display_name=f"flow {i}", state=2))
+    flows = Flows(engine, components=None, secrets=None)  # type: ignore[arg-type]  (unused by lists)
+    every_page(engine, "flows_flow", lambda token: flows.list(MEMBER, 1, token, filter_text, ""))
+
+
+@pytest.mark.parametrize("filter_text", ["state=RUNNING", "source=api"])
+def test_filtered_list_executions_is_served_by_an_index(engine: Engine, filter_text: str) -> None:
+    with transaction(engine) as session:
+        for i in range(3):
+            session.add(ExecutionRow(flow_id="f1", execution_id=f"e{i}", tenant=TENANT,
+                                     source="api"))
+
+    def list_page(token: str) -> tuple[Sequence[Any], str]:
+        reply = list_executions(engine, MEMBER, orchestrator_pb2.ListExecutionsRequest(
+            parent="flows/f1", page_size=1, page_token=token, filter=filter_text))
+        return reply.executions, reply.next_page_token
+
+    assert every_page(engine, "orch_execution", list_page) == 3
