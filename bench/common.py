@@ -41,3 +41,16 @@ def report(title: str, baseline: tuple[str, float], rows: list[tuple[str, float]
     print(f"  {'':44} {unit:>12}  ratio to {name}")
     for label, value in [baseline, *rows]:
         print(f"  {label:44} {value:12,.0f}  {value / base:5.2f}x")
+
+
+def curve(title: str, size_label: str, unit: str, points: list[tuple[int, float]],
+          *, note: str = "") -> None:
+    """A growth curve: each size with its value and the ratio to the first size's value (the
+    baseline measured in the same run). Flat means the ratios stay near 1."""
+    base = points[0][1] or 1.0
+    print(f"\n{title}")
+    if note:
+        print(f"  ({note})")
+    print(f"  {size_label:>14} {unit:>14}  ratio to {points[0][0]:,}")
+    for size, value in points:
+        print(f"  {size:>14,} {value:>14,.2f}  {value / base:5.2f}x")

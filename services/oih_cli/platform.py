@@ -386,7 +386,7 @@ class Platform:
             config, descriptor_set, upstreams, listen_host="127.0.0.1",
             listen_port=self.gateway_port, admin_port=self.admin_port,
             descriptor_path=str(layout.DESCRIPTOR_SET), issuer=layout.ISSUER,
-            audience=layout.AUDIENCE,
+            audience=layout.AUDIENCE, **layout.request_limits(),
         )
         self.envoy = EnvoyProcess(config, admin_port=self.admin_port,
                                   log_path=self.log_dir / "envoy.log")

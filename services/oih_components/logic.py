@@ -103,16 +103,13 @@ class Components:
 
     def list(self, caller: Principal, page_size: int, page_token: str, filter_text: str,
              order_by: str) -> tuple[Sequence[ComponentRow], str]:
-        query = (
-            select(ComponentRow)
-            .where(visibility.visible_clause(caller),
-                   *filtering.conditions(filter_text, FILTERS))
-            .order_by(*filtering.order_by(order_by, ORDER, [ORDER["create_time"]]),
-                      col(ComponentRow.id))  # a total order, so pages neither skip nor repeat
-        )
+        query = select(ComponentRow).where(visibility.visible_clause(caller),
+                                           *filtering.conditions(filter_text, FILTERS))
+        # id: a total order, so pages neither skip nor repeat
+        keys = filtering.order_keys(order_by, ORDER, [ORDER["create_time"]], col(ComponentRow.id))
         fingerprint = hashlib.sha256(f"{filter_text}\n{order_by}".encode()).hexdigest()[:16]
         with Session(self.engine) as session:
-            return paging.page(session, query, page_size, page_token, fingerprint)
+            return paging.keyset_page(session, query, keys, page_size, page_token, fingerprint)
 
     # --- change ----------------------------------------------------------------------------
 

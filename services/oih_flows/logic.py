@@ -94,11 +94,11 @@ class Flows:
         if not caller.is_platform_admin:
             query = query.where(FlowRow.tenant == caller.tenant)
         query = query.where(*filtering.conditions(filter_text, _FILTERS))
-        ordering = filtering.order_by(order_by, _ORDER_COLUMNS, [col(FlowRow.create_time)])
-        query = query.order_by(*ordering, col(FlowRow.id))  # id: a stable order for paging
+        keys = filtering.order_keys(order_by, _ORDER_COLUMNS, [col(FlowRow.create_time)],
+                                    col(FlowRow.id))  # id: a total order for paging
         fingerprint = "|".join(("flows", caller.tenant, filter_text, order_by))
         with Session(self.engine) as session:
-            return paging.page(session, query, page_size, page_token, fingerprint)
+            return paging.keyset_page(session, query, keys, page_size, page_token, fingerprint)
 
     # ----------------------------------------------------------------- writing
 

@@ -6,6 +6,8 @@ one-command launcher, tests) imports them instead of repeating the numbers.
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from pathlib import Path
 
 from oih_runtime.settings import DEFAULT_AUDIENCE, DEFAULT_ISSUER, DEFAULT_PORTS
@@ -50,3 +52,14 @@ def default_upstreams(services: list[str], host: str = SERVICE_HOST) -> dict[str
         if port is not None:
             upstreams[service] = f"{host}:{port}"
     return upstreams
+
+
+def request_limits(env: Mapping[str, str] | None = None) -> dict[str, int]:
+    """The body limits a launched gateway uses (`render_envoy_config` options), from
+    `OIH_GATEWAY_MAX_REQUEST_BYTES` (default 1 MiB) and `OIH_GATEWAY_LARGE_REQUEST_BYTES`
+    (default 10 MiB, for `:execute`, StartExecution and webhooks): bytes of JSON per request.
+    The committed gateway/envoy.yaml always has the defaults."""
+    env = os.environ if env is None else env
+    names = {"max_request_bytes": "OIH_GATEWAY_MAX_REQUEST_BYTES",
+             "large_request_bytes": "OIH_GATEWAY_LARGE_REQUEST_BYTES"}
+    return {option: int(env[name]) for option, name in names.items() if env.get(name)}

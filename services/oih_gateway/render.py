@@ -7,7 +7,9 @@ Everything the gateway knows about the API comes from the descriptor set:
   matched by a regex derived from the path template and by the HTTP method,
 - each RPC's `(oih.auth.v1.rule)` access rule: RPCs marked `public: true` get jwt_authn rules
   without requirements (REST route and native gRPC path); everything else falls through to a
-  catch-all rule that requires a valid token from IAM.
+  catch-all rule that requires a valid token from IAM,
+- each RPC's `(oih.gateway.v1.request_size)`: the JSON body limit of its REST routes (see
+  "Request limits" below).
 
 The function is pure: same descriptor set and arguments, same dict. `write_envoy_config` dumps it
 as JSON, which is valid YAML, so no YAML library is needed.
@@ -26,6 +28,7 @@ from google.api import annotations_pb2, http_pb2
 from google.protobuf import descriptor_pb2
 
 from oih.auth.v1 import auth_pb2
+from oih.gateway.v1 import gateway_pb2
 
 __all__ = [
     "HttpPattern",
@@ -89,6 +92,8 @@ class Rpc:
     http: tuple[HttpPattern, ...]
     #: The HTTP body is a `google.api.HttpBody` (raw bytes, any content type), not JSON.
     raw_body: bool = False
+    #: The contract gives the RPC the large body limit (raw-body RPCs always have it).
+    large_body: bool = False
 
     @property
     def grpc_path(self) -> str:
@@ -175,7 +180,10 @@ def read_rpcs(descriptor_set: bytes) -> list[Rpc]:
                         _body_type(messages, method.input_type, r.body) == HTTP_BODY
                         for r in _http_rules(http)
                     )
-                rpcs.append(Rpc(full_name, method.name, public, patterns, raw_body))
+                large = (options.Extensions[gateway_pb2.request_size]
+                         == gateway_pb2.REQUEST_SIZE_LARGE)
+                rpcs.append(Rpc(full_name, method.name, public, patterns, raw_body,
+                                large_body=large or raw_body))
     return rpcs
 
 
@@ -360,6 +368,93 @@ def _regex_match(regex: str, method: str) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------------------------
+# Request limits
+#
+# A REST body is limited in bytes of JSON as the client sends them, one number per route:
+# `max_request_bytes`, or `large_request_bytes` for RPCs the contract marks
+# `(oih.gateway.v1.request_size) = REQUEST_SIZE_LARGE` and for raw-body RPCs.
+#
+# - The buffer filter reads up to DRAIN_ALLOWANCE times the limit. A small Lua filter then
+#   compares the whole body with the route's limit (from the route's metadata) and answers 413.
+#   So a client that writes its whole body before reading (no `Expect: 100-continue`) still
+#   reads the 413: the gateway has read everything it sent. Beyond the allowance the buffer
+#   filter answers 413 at once and stops reading (a gateway must bound what it reads).
+# - The transcoder turns the JSON into protobuf, which can be several times larger (each number
+#   in a Struct becomes an 11-byte Value): its own limit is PROTOBUF_GROWTH times the JSON
+#   limit, so a body within the JSON limit is never refused for what it became.
+# - Every 413 is JSON naming the route's limit (the local reply reads the route's metadata).
+
+#: Route metadata namespace of the limit: the Lua filter's own (it reads it from there).
+LIMIT_FILTER = "envoy.filters.http.lua"
+#: How much larger than the limit a body may be and still be read to its end before the 413.
+DRAIN_ALLOWANCE = 2
+#: How much larger than its JSON a request's protobuf may be (the worst case, `[0,0,…]` in a
+#: Struct, is 5.5 times).
+PROTOBUF_GROWTH = 6
+_CHECK_LIMIT_LUA = """
+function envoy_on_request(handle)
+  local limit = handle:metadata():get("max_request_bytes")
+  if limit == nil then
+    return
+  end
+  local body = handle:body()
+  if body ~= nil and body:length() > limit then
+    handle:respond({[":status"] = "413"}, "")
+  end
+end
+"""
+
+
+def _limit_metadata(limit: int) -> dict[str, Any]:
+    return {"filter_metadata": {LIMIT_FILTER: {"max_request_bytes": limit}}}
+
+
+def _limit_filter() -> dict[str, Any]:
+    return {
+        "name": LIMIT_FILTER,
+        "typed_config": {
+            _TYPE: _T + "envoy.extensions.filters.http.lua.v3.Lua",
+            "default_source_code": {"inline_string": _CHECK_LIMIT_LUA},
+        },
+    }
+
+
+def _buffer(limit: int) -> dict[str, Any]:
+    return {_TYPE: _T + "envoy.extensions.filters.http.buffer.v3.Buffer",
+            "max_request_bytes": DRAIN_ALLOWANCE * limit}
+
+
+def _route_limit_filters(transcoder: Mapping[str, Any], limit: int) -> dict[str, Any]:
+    """The per-route filter configs of a route whose limit is not the default one (or whose
+    transcoder differs)."""
+    return {
+        "envoy.filters.http.grpc_json_transcoder": {
+            **transcoder, "max_request_body_size": PROTOBUF_GROWTH * limit},
+        "envoy.filters.http.buffer": {
+            _TYPE: _T + "envoy.extensions.filters.http.buffer.v3.BufferPerRoute",
+            "buffer": {"max_request_bytes": DRAIN_ALLOWANCE * limit},
+        },
+    }
+
+
+def _too_large_reply() -> dict[str, Any]:
+    """The local reply mapper of every 413: JSON naming the route's limit."""
+    return {
+        "filter": {"status_code_filter": {"comparison": {
+            "op": "EQ", "value": {"default_value": 413, "runtime_key": "oih_gateway_413"}}}},
+        "body_format_override": {
+            "json_format": {
+                "code": "%RESPONSE_CODE%",
+                "message": "the request body is larger than the limit of this route: "
+                           f"%METADATA(ROUTE:{LIMIT_FILTER}:max_request_bytes)% bytes of JSON",
+                "limit_bytes": f"%METADATA(ROUTE:{LIMIT_FILTER}:max_request_bytes)%",
+            },
+            "content_type": "application/json",
+        },
+    }
+
+
+# --------------------------------------------------------------------------------------------
 # The config
 
 
@@ -377,7 +472,7 @@ def render_envoy_config(
     jwks_cache_seconds: int = 10,
     clock_skew_seconds: int = 5,
     max_request_bytes: int = MIB,
-    raw_body_max_request_bytes: int = 10 * MIB,
+    large_request_bytes: int = 10 * MIB,
     listen_host: str = "0.0.0.0",
     admin_host: str = "127.0.0.1",
     jwks_path: str = JWKS_PATH,
@@ -419,49 +514,48 @@ def render_envoy_config(
             "reject_unknown_query_parameters": True,
             "reject_binding_body_field_collisions": True,
         },
+        "max_request_body_size": PROTOBUF_GROWTH * max_request_bytes,
     }
 
     # REST routes, one per (method, template), most specific template first.
-    rest: dict[tuple[str, str], tuple[str, str, bool]] = {}  # (method, regex) → (template,
-    for rpc in rpcs:  # cluster, raw body)
+    # (method, regex) → (template, cluster, raw body, large body)
+    rest: dict[tuple[str, str], tuple[str, str, bool, bool]] = {}
+    for rpc in rpcs:
         for pattern in rpc.http:
             key = (pattern.method, template_regex(pattern.template))
             cluster = cluster_of[rpc.service]
-            template, seen, raw = rest.get(key, (pattern.template, cluster, False))
+            template, seen, raw, large = rest.get(key, (pattern.template, cluster, False, False))
             if seen != cluster:
                 raise ValueError(
                     f"{pattern.method} {pattern.template} is bound by services on two "
                     f"clusters ({seen}, {cluster})"
                 )
-            rest[key] = (template, cluster, raw or rpc.raw_body)
+            rest[key] = (template, cluster, raw or rpc.raw_body, large or rpc.large_body)
     # Raw-body RPCs (a google.api.HttpBody body, e.g. webhooks) take any content and any query
     # parameters: the transcoder captures unknown ones in HttpBody.extensions instead of
-    # rejecting them, and their body limit is raw_body_max_request_bytes.
-    raw_body_filters = {
-        "envoy.filters.http.grpc_json_transcoder": {
-            **transcoder,
-            "capture_unknown_query_parameters": True,
-            "request_validation_options": {
-                **transcoder["request_validation_options"],
-                "reject_unknown_query_parameters": False,
-            },
-        },
-        "envoy.filters.http.buffer": {
-            _TYPE: _T + "envoy.extensions.filters.http.buffer.v3.BufferPerRoute",
-            "buffer": {"max_request_bytes": raw_body_max_request_bytes},
+    # rejecting them.
+    raw_body_transcoder = {
+        **transcoder,
+        "capture_unknown_query_parameters": True,
+        "request_validation_options": {
+            **transcoder["request_validation_options"],
+            "reject_unknown_query_parameters": False,
         },
     }
     ordered = sorted(rest.items(), key=lambda item: _specificity(item[1][0]))
     routes: list[dict[str, Any]] = []
-    for (method, regex), (template, cluster, raw) in ordered:
+    for (method, regex), (template, cluster, raw, large) in ordered:
+        limit = large_request_bytes if large else max_request_bytes
         route: dict[str, Any] = {
             "name": f"{method} {template}",
             "match": _regex_match(regex, method),
             "route": {"cluster": cluster, "timeout": f"{rest_timeout_seconds}s",
                       "retry_policy": _retry_policy(idempotent=method == "GET")},
+            "metadata": _limit_metadata(limit),
         }
-        if raw:
-            route["typed_per_filter_config"] = raw_body_filters
+        if raw or large:
+            route["typed_per_filter_config"] = _route_limit_filters(
+                raw_body_transcoder if raw else transcoder, limit)
         routes.append(route)
     # Native gRPC on the same listener: one prefix route per service. No route timeout (streams
     # may be long); the client's grpc-timeout is honoured instead. Not buffered: the gRPC
@@ -540,13 +634,11 @@ def render_envoy_config(
         "rules": jwt_rules,
     }
 
-    buffer = {
-        _TYPE: _T + "envoy.extensions.filters.http.buffer.v3.Buffer",
-        "max_request_bytes": max_request_bytes,
-    }
+    buffer = _buffer(max_request_bytes)
 
     local_reply_config = {
         "mappers": [
+            _too_large_reply(),
             {
                 # jwt_authn answers 403 for a token of another audience; to a client that is
                 # an invalid token like any other (RFC 6750 invalid_token): 401.
@@ -623,6 +715,7 @@ def render_envoy_config(
             },
             {"name": "envoy.filters.http.jwt_authn", "typed_config": jwt_authn},
             {"name": "envoy.filters.http.buffer", "typed_config": buffer},
+            _limit_filter(),
             {"name": "envoy.filters.http.grpc_json_transcoder", "typed_config": transcoder},
             {
                 "name": "envoy.filters.http.router",

@@ -4,14 +4,18 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import JSON, Column
+from sqlalchemy import JSON, Column, Index, text
 from sqlmodel import Field, SQLModel
 
 from oih_runtime.clock import utcnow
 
+# Each list's order has an index (within the caller's tenant and over all), so a page is a range
+# of an index, never a sort of the table (tests/runtime/test_query_plans.py).
+
 
 class TenantRow(SQLModel, table=True):
     __tablename__ = "iam_tenant"
+    __table_args__ = (Index("ix_iam_tenant_page", "create_time", "id"),)
     id: str = Field(primary_key=True)
     display_name: str = Field(unique=True)
     state: int = 1
@@ -21,6 +25,8 @@ class TenantRow(SQLModel, table=True):
 
 class UserRow(SQLModel, table=True):
     __tablename__ = "iam_user"
+    __table_args__ = (Index("ix_iam_user_tenant_page", "tenant_id", "create_time", "id"),
+                      Index("ix_iam_user_page", "create_time", "id"))
     id: str = Field(primary_key=True)
     username: str = Field(unique=True, index=True)
     display_name: str = ""
@@ -49,6 +55,7 @@ class UnknownLoginRow(SQLModel, table=True):
 
 class RoleRow(SQLModel, table=True):
     __tablename__ = "iam_role"
+    __table_args__ = (Index("ix_iam_role_page", text("built_in DESC"), "id"),)
     id: str = Field(primary_key=True)
     display_name: str
     description: str = ""
@@ -59,6 +66,9 @@ class RoleRow(SQLModel, table=True):
 
 class ServiceAccountRow(SQLModel, table=True):
     __tablename__ = "iam_service_account"
+    __table_args__ = (
+        Index("ix_iam_service_account_tenant_page", "tenant_id", "create_time", "id"),
+        Index("ix_iam_service_account_page", "create_time", "id"))
     id: str = Field(primary_key=True)
     client_id: str = Field(unique=True, index=True)
     display_name: str

@@ -127,6 +127,10 @@ class Cancelled(Exception):
     """A start gave way to a newer request for its flow (or to a shutdown)."""
 
 
+#: How often the reconciler lists the broker's users to find strays (see `reconcile`).
+USER_SWEEP_SECONDS = 300.0
+
+
 class Orchestrator:
     def __init__(self, engine: Engine, driver: Driver, amqp: Amqp, management: Management,
                  components: ComponentLookup, *, worker_amqp_url: str,
@@ -152,6 +156,7 @@ class Orchestrator:
         #: Rows last changed before this moment were not changed by this process: a STARTING
         #: or STOPPING one of them is an intent a previous orchestrator did not finish.
         self.born = utcnow()
+        self._next_user_sweep = 0.0  # the first reconcile round looks for stray users
         self._locks: dict[str, threading.RLock] = {}
         self._locks_guard = threading.Lock()
         self._requests: dict[str, int] = {}
@@ -430,7 +435,11 @@ class Orchestrator:
                                    if row is not None else None)
             except Exception:  # reports are a view: never let them block a stop
                 log.exception("could not merge the last reports", extra={"flow_id": flow_id})
-        for user in self.management.users(f"{USER_PREFIX}{flow_id}."):
+        # By name (a missing user is fine): listing the broker's users costs as much as there
+        # are users and fails while other stops delete theirs (management.py). A user of a step
+        # known to neither the row nor the flow is a stray; the reconciler finds those.
+        for user in sorted({user_name(flow_id, step) for step in steps}
+                           | set((row.broker_users or {}).values() if row is not None else ())):
             self.management.delete_user(user)
         if not steps:
             return 0
@@ -478,8 +487,14 @@ class Orchestrator:
                     log.warning("removing a stray flow", extra={"flow_id": flow_id})
                     self.teardown(flow_id, self._known_steps(flow_id),
                                   discard=self._stopped(flow_id))
-        # Only users of flows this orchestrator deployed (it has a row for them): another
-        # orchestrator with its own database may share the broker.
+        # Stray broker users are rare (a teardown cut short by a crash; teardowns are retried)
+        # and listing them costs as much as the broker has users: look at start-up, then every
+        # USER_SWEEP_SECONDS, not every round. Only users of flows this orchestrator deployed
+        # (it has a row for them): another orchestrator with its own database may share the
+        # broker.
+        if time.monotonic() < self._next_user_sweep:
+            return
+        self._next_user_sweep = time.monotonic() + USER_SWEEP_SECONDS
         with self._per_flow("*", "delete stray broker users"):
             for user in self.management.users():
                 flow_id = user[len(USER_PREFIX):].split(".", 1)[0]

@@ -4,17 +4,27 @@ Why one broker user per step: a worker runs third-party component code. With its
 whose permissions come from `oih_worker.topology.step_permissions`, a compromised component can
 publish only to its own flow's exchange and read only its own step's queue — never another
 flow's or tenant's messages — and cannot declare or delete anything.
+
+Users are addressed by name (`user_name(flow, step)`), never found by listing: listing every
+user costs as much as the broker has users, and RabbitMQ 3.10 answers it with HTTP 500 when a
+user is deleted while the list is built (one stop in a burst of 20 used to fail that way). Only
+the reconciler's search for stray users lists them, and like every call it is retried with
+back-off when the broker answers 5xx or the connection fails.
 """
 
 from __future__ import annotations
 
 import base64
 import json
+import logging
 import secrets
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 #: Every step user's name starts with this, so strays can be found (and nothing else touched).
 USER_PREFIX = "oih-flow-"
@@ -40,7 +50,7 @@ def vhost_of(amqp_url: str) -> str:
 
 class Management:
     def __init__(self, url: str, *, fallback_user: str = "", fallback_password: str = "",
-                 timeout: float = 10.0) -> None:
+                 timeout: float = 10.0, attempts: int = 6, first_delay: float = 0.2) -> None:
         parsed = urllib.parse.urlparse(url)
         user = urllib.parse.unquote(parsed.username or fallback_user)
         password = urllib.parse.unquote(parsed.password or fallback_password)
@@ -50,6 +60,10 @@ class Management:
         self.base = f"{parsed.scheme or 'http'}://{netloc}{parsed.path.rstrip('/')}/api"
         self._auth = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
         self.timeout = timeout
+        #: Tries of a call that fails transiently (5xx, no connection), the waits between them
+        #: doubling from `first_delay` (0.2 s … 3.2 s: about 6 s in all).
+        self.attempts = attempts
+        self.first_delay = first_delay
 
     @classmethod
     def for_broker(cls, management_url: str, amqp_url: str) -> Management:
@@ -94,6 +108,21 @@ class Management:
 
     def _call(self, method: str, path: str, body: Any = None, *,
               missing_ok: bool = False) -> Any:
+        """One API call, retried while the failure is transient. Every call we make is
+        idempotent (PUT, DELETE of a name, GET), so repeating one is safe."""
+        delay = self.first_delay
+        for attempt in range(1, self.attempts + 1):
+            try:
+                return self._call_once(method, path, body, missing_ok=missing_ok)
+            except _Transient as error:
+                if attempt == self.attempts:
+                    raise ManagementError(str(error)) from None
+                log.warning("RabbitMQ management API: %s; retrying in %.1fs", error, delay)
+                time.sleep(delay)
+                delay *= 2
+        raise AssertionError("unreachable")
+
+    def _call_once(self, method: str, path: str, body: Any, *, missing_ok: bool) -> Any:
         data = None if body is None else json.dumps(body).encode()
         request = urllib.request.Request(  # noqa: S310 (the configured management URL)
             self.base + path, data=data, method=method,
@@ -105,10 +134,17 @@ class Management:
             if error.code == 404 and missing_ok:
                 return None
             detail = error.read()[:500].decode(errors="replace")
-            raise ManagementError(f"{method} {path}: HTTP {error.code} {detail}") from None
+            failure = f"{method} {path}: HTTP {error.code} {detail}"
+            if error.code >= 500:
+                raise _Transient(failure) from None
+            raise ManagementError(failure) from None
         except (urllib.error.URLError, OSError) as error:
-            raise ManagementError(f"{method} {path}: {error}") from None
+            raise _Transient(f"{method} {path}: {error}") from None
         return json.loads(raw) if raw else None
+
+
+class _Transient(Exception):
+    """A failure worth another try: the broker answered 5xx or could not be reached."""
 
 
 def _q(part: str) -> str:

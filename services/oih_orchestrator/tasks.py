@@ -7,7 +7,13 @@ other flow's events. A flow holds a pool thread only while it has tasks queued.
 
 Each submit also trips the flow's *cancel* event: a start still in progress sees it and gives
 up (a newer request — a stop, a new start, a failure from elsewhere — is queued behind it and
-knows better). `close()` cancels everything and refuses new tasks: what was asked but not done
+knows better).
+
+A task that fails (the broker's management API down for longer than its own retries, a
+database error) runs again with back-off until it succeeds, a newer request of the flow
+arrives, or `max_attempts` is spent: a stop is finished within seconds of the broker
+recovering instead of waiting for the sweeper. Every task is written to be run again (each part
+idempotent), which is also what the reconciler relies on after a crash. `close()` cancels everything and refuses new tasks: what was asked but not done
 is in the deployments table (STARTING, STOPPING), which the reconciler finishes after a restart.
 """
 
@@ -25,7 +31,11 @@ Task = Callable[[threading.Event], None]
 
 
 class FlowTasks:
-    def __init__(self, threads: int = 8) -> None:
+    def __init__(self, threads: int = 8, *, max_attempts: int = 8, first_delay: float = 1.0,
+                 max_delay: float = 30.0) -> None:
+        self.max_attempts = max_attempts
+        self.first_delay = first_delay
+        self.max_delay = max_delay
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="oih-flow-task")
         self._lock = threading.Lock()
         self._queues: dict[str, deque[Task]] = {}
@@ -80,10 +90,7 @@ class FlowTasks:
                 cancel = self._cancels[flow_id] = threading.Event()
                 if self._closed:
                     cancel.set()
-            try:
-                task(cancel)
-            except Exception:
-                log.exception("a background task of flow %s failed", flow_id)
+            self._run(flow_id, task, cancel)
             with self._lock:
                 queue = self._queues[flow_id]
                 queue.popleft()
@@ -92,3 +99,22 @@ class FlowTasks:
                     self._cancels.pop(flow_id, None)
                     self._idle.notify_all()
                     return
+
+    def _run(self, flow_id: str, task: Task, cancel: threading.Event) -> None:
+        delay = self.first_delay
+        for attempt in range(1, self.max_attempts + 1):
+            try:
+                task(cancel)
+                return
+            except Exception:
+                if attempt == self.max_attempts:
+                    log.exception("a background task of flow %s failed %d times; giving up",
+                                  flow_id, attempt)
+                    return
+                log.exception("a background task of flow %s failed (attempt %d of %d); "
+                              "trying again in %.0fs", flow_id, attempt, self.max_attempts, delay)
+            if cancel.wait(delay):
+                log.info("not repeating a failed task of flow %s: a newer request (or a "
+                         "shutdown) decides", flow_id)
+                return
+            delay = min(delay * 2, self.max_delay)

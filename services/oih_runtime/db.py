@@ -48,6 +48,7 @@ def make_engine(url: str, *, tables: Iterable[type[SQLModel]]) -> Engine:
             hide_parameters=True,
         )
         event.listen(engine, "connect", _sqlite_pragmas)
+        _use_incremental_vacuum(engine)
     else:
         engine = create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20,
                                hide_parameters=True)
@@ -56,10 +57,50 @@ def make_engine(url: str, *, tables: Iterable[type[SQLModel]]) -> Engine:
 
 
 def create_tables(engine: Engine, tables: Iterable[type[SQLModel]]) -> None:
-    """Create the tables of `tables` that do not exist yet (existing ones are not altered)."""
+    """Create the tables of `tables` that do not exist yet (existing ones are not altered),
+    and every index of theirs that is missing: `create_all` skips a table that exists, and
+    with it each index added to the model since, so an existing database also gets the
+    indexes its list queries rely on (tests/runtime/test_query_plans.py checks the plans)."""
     metadata = SQLModel.metadata
-    metadata.create_all(engine, tables=[metadata.tables[str(model.__tablename__)]
-                                        for model in tables])
+    chosen = [metadata.tables[str(model.__tablename__)] for model in tables]
+    metadata.create_all(engine, tables=chosen)
+    with engine.begin() as connection:
+        for table in chosen:
+            for index in table.indexes:
+                index.create(connection, checkfirst=True)
+
+
+def _use_incremental_vacuum(engine: Engine) -> None:
+    """Let the file shrink: SQLite keeps the pages of deleted rows for reuse but never gives
+    them back unless `auto_vacuum` is on. A new file gets INCREMENTAL before its first table;
+    an existing file is rewritten once (VACUUM) to switch it. `reclaim_free_pages` then returns
+    the free pages from time to time (the outbox relay calls it after its purge)."""
+    raw = engine.raw_connection()
+    try:
+        cursor = raw.cursor()
+        if cursor.execute("PRAGMA auto_vacuum").fetchone()[0] != _INCREMENTAL:
+            cursor.execute(f"PRAGMA auto_vacuum={_INCREMENTAL}")
+            cursor.execute("VACUUM")  # only a rewrite applies the mode to an existing file
+        cursor.close()
+    finally:
+        raw.close()
+
+
+def reclaim_free_pages(engine: Engine) -> None:
+    """Return SQLite's free pages (left by deleted rows) to the file system; nothing to do on
+    PostgreSQL, whose autovacuum makes dead rows' space reusable."""
+    if engine.dialect.name != "sqlite":
+        return
+    raw = engine.raw_connection()
+    try:
+        # executescript runs the pragma to its end; execute() would step it once, and each
+        # step frees one page.
+        raw.cursor().executescript("PRAGMA incremental_vacuum")
+    finally:
+        raw.close()
+
+
+_INCREMENTAL = 2  # PRAGMA auto_vacuum: 0 NONE, 1 FULL, 2 INCREMENTAL
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -70,6 +111,8 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA busy_timeout=30000")
+    # The WAL is reused after each checkpoint; this also truncates it after a large burst.
+    cursor.execute("PRAGMA journal_size_limit=67108864")
     cursor.close()
 
 

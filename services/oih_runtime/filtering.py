@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from oih_runtime.errors import InvalidArgument
+from oih_runtime.paging import Key
 
 _TERM = re.compile(
     r'\s*(?P<field>[a-z_][a-z0-9_.]*)\s*(?P<op>!=|<=|>=|=|<|>|:)\s*'
@@ -84,18 +85,24 @@ def compare(column: Any, op: str, value: Any) -> Any:
     return column >= value
 
 
-def order_by(text: str, columns: Mapping[str, Any], default: list[Any]) -> list[Any]:
-    """`"display_name, create_time desc"` → ORDER BY clauses over the allowed columns."""
-    if not text.strip():
-        return default
-    clauses = []
-    for part in text.split(","):
+def order_keys(text: str, columns: Mapping[str, Any], default: list[Any], tie_breaker: Any
+               ) -> list[Key]:
+    """`"display_name, create_time desc"` → the sort keys of a keyset-paged list over the
+    allowed columns, ending in `tie_breaker` (a primary key column) for a total order. The tie
+    breaker goes the way of the key before it, so one index on (…, column, id) serves the
+    order in either direction."""
+    keys = [Key(column) for column in default] if not text.strip() else []
+    for part in text.split(",") if text.strip() else ():
         words = part.split()
         if not words or len(words) > 2 or words[0] not in columns or (
             len(words) == 2 and words[1].lower() not in ("asc", "desc")
         ):
             allowed = ", ".join(sorted(columns))
             raise InvalidArgument.field("order_by", f"cannot order by {part.strip()!r}; use {allowed} [desc]")
-        column = columns[words[0]]
-        clauses.append(column.desc() if len(words) == 2 and words[1].lower() == "desc" else column)
-    return clauses
+        keys.append(Key(columns[words[0]], len(words) == 2 and words[1].lower() == "desc"))
+    return [*keys, Key(tie_breaker, keys[-1].descending if keys else False)]
+
+
+def order_by(text: str, columns: Mapping[str, Any], default: list[Any]) -> list[Any]:
+    """`"display_name, create_time desc"` → ORDER BY clauses over the allowed columns."""
+    return [key.clause for key in order_keys(text, columns, default, None)[:-1]]

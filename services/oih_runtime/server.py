@@ -22,6 +22,12 @@ from oih_runtime.tokens import TokenVerifier
 
 log = logging.getLogger(__name__)
 
+#: The largest request a service accepts (gRPC's default is 4 MiB). The gateway lets through up
+#: to 10 MiB of JSON on `:execute` and webhooks, whose protobuf may be up to 6 times larger
+#: (oih_gateway.render, "Request limits"); tests/gateway/test_request_limits.py checks the two
+#: agree.
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+
 #: Registers a servicer on the server, e.g. `lambda s: add_FlowServiceServicer_to_server(x, s)`.
 Registration = Callable[[grpc.Server], None]
 
@@ -82,7 +88,8 @@ def start(service: Service, *, host: str, port: int, max_workers: int = 16,
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix=service.name),
         interceptors=server_interceptors(service.verifier),
-        options=[("grpc.so_reuseport", 0)],
+        options=[("grpc.so_reuseport", 0),
+                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)],
     )
     for register in service.registrations:
         register(server)

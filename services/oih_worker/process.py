@@ -1,8 +1,15 @@
 """What one input message turns into: the publishes a step owes for it (no I/O here).
 
-The runtime publishes the returned `Outgoing` list and acks the input once all of them are
-confirmed, so everything a message causes (outputs, snapshot, retry or dead letter) is decided
-before anything is sent: a failure half-way through emitting publishes nothing.
+The runtime publishes each part's `Outgoing` list and acks the input once all of them are
+confirmed. An input's outcome comes in parts of at most `part_size` publishes: the first part
+from `handle`, the others from `Outcome.rest` as the runtime asks for them, while the function
+is still emitting (a generator is consumed only as far as the runtime has room). So a split
+into 50,000 messages holds one part in memory, not 50,000 encoded messages.
+
+A function that emits fewer outputs than a part holds is decided whole before anything is sent,
+as before: a failure half-way through emitting publishes nothing but the retry or dead letter.
+A larger fan-out that fails after parts were sent keeps those (at-least-once, like a crash
+before the ack): the retry emits them again with the same deterministic ids.
 """
 
 from __future__ import annotations
@@ -11,7 +18,7 @@ import hashlib
 import inspect
 import json
 import traceback
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -28,6 +35,8 @@ from . import envelope, topology
 from .spec import EdgeSpec, StepSpec
 
 MAX_STACK = 16 * 1024
+#: Publishes in one part of an outcome (see the module comment).
+PART_SIZE = 256
 
 
 @non_retryable
@@ -52,6 +61,9 @@ class Outcome:
     retried: bool = False
     #: Deliveries to successor steps (outputs x edges whose condition held) in `outgoing`.
     routed: int = 0
+    #: The outcome's further parts, produced on demand; the last one carries the snapshot,
+    #: or the retry or dead letter when the function failed after the parts before it.
+    rest: Iterator[Outcome] = field(default_factory=lambda: iter(()))
 
 
 class CompiledEdge:
@@ -79,10 +91,9 @@ class CompiledEdge:
         return mapped if isinstance(mapped, dict) else {"value": mapped}
 
 
-def collect(result: Any) -> tuple[list[Message | dict[str, Any]], Snapshot | None]:
-    """Flatten what a function returned or yielded into outputs and the last snapshot."""
-    outputs: list[Message | dict[str, Any]] = []
-    snapshot: Snapshot | None = None
+def emitted(result: Any) -> Iterator[Message | dict[str, Any] | Snapshot]:
+    """What a function returned or yielded, one item at a time (a generator is consumed only
+    as far as it is read)."""
     items: Iterable[Any]
     if result is None:
         items = ()
@@ -93,19 +104,16 @@ def collect(result: Any) -> tuple[list[Message | dict[str, Any]], Snapshot | Non
     for item in items:
         if item is None:
             continue
-        if isinstance(item, Snapshot):
-            snapshot = item
-        elif isinstance(item, Message | dict):
-            outputs.append(item)
-        else:
+        if not isinstance(item, Snapshot | Message | dict):
             raise TypeError(f"a function may emit dicts, Messages or Snapshots, not {type(item)}")
-    return outputs, snapshot
+        yield item
 
 
 class StepProcessor:
     def __init__(self, spec: StepSpec, fn: Any = None,
-                 credentials: dict[str, Any] | None = None) -> None:
+                 credentials: dict[str, Any] | None = None, part_size: int = PART_SIZE) -> None:
         self.spec = spec
+        self.part_size = part_size
         self.fn = fn or load_function(spec.entry_point, spec.function)
         #: The step's resolved secret: held in memory only, handed to the function apart from
         #: its config (see oih_sdk), never put in a report, a log line or an output.
@@ -120,26 +128,44 @@ class StepProcessor:
             message = envelope.decode(body, properties, self.spec.flow_id, self.spec.step_id)
         except envelope.MalformedMessage as exc:
             return self._malformed(body, properties, exc)
+        parts = self._parts(message, body, properties)
+        first = next(parts)
+        first.rest = parts
+        return first
+
+    def _parts(self, message: Message, body: bytes, properties: pika.BasicProperties
+               ) -> Iterator[Outcome]:
+        part = Outcome(message)
+        snapshot: Snapshot | None = None
         try:
+            index = 0
             result = call(self.fn, message, self.spec.config, self.snapshot,
                           self._credentials, with_credentials=self._with_credentials)
-            emitted, snapshot = collect(result)
-            outcome = Outcome(message)
-            outcome.outputs = [self._output(message, item) for item in emitted]
-            for index, output in enumerate(outcome.outputs):
+            for item in emitted(result):
+                if isinstance(item, Snapshot):
+                    snapshot = item
+                    continue
+                output = self._output(message, item)
+                part.outputs.append(output)
                 for edge in self.edges:
                     data = edge.route(output)
                     if data is not None:
-                        outcome.outgoing.append(
+                        part.outgoing.append(
                             self._to_edge(message, output, edge.target, index, data, properties))
-                        outcome.routed += 1
+                        part.routed += 1
+                index += 1
+                if len(part.outgoing) >= self.part_size:
+                    yield part
+                    part = Outcome(message)
         except Exception as exc:  # a component error: retry or dead-letter the input
-            return self._failed(message, body, properties, exc)
+            # The outputs of the unfinished part were never sent: they are dropped.
+            yield self._failed(message, body, properties, exc)
+            return
         if snapshot is not None:
             # Kept for the next call only once the outcome stands (an error above discards it).
             self.snapshot = dict(snapshot.data)
-            outcome.outgoing.append(self._snapshot(message, snapshot))
-        return outcome
+            part.outgoing.append(self._snapshot(message, snapshot))
+        yield part
 
     # --- outputs -------------------------------------------------------------------------
 

@@ -17,6 +17,11 @@ Design (why it looks like this):
   and so produces a different message (different data, a different id, a different
   `oih-step-id`); bindings could only copy one identical message to every successor. One
   publish per matching edge to `step.<target>.input` still reaches each successor in one hop.
+- Fan-out is streamed: an input's outcome comes in parts (process.py), and the next part is
+  asked for only while fewer than `MAX_IN_FLIGHT` of that input's publishes wait for their
+  confirms. A split into 50,000 messages thus holds about `MAX_IN_FLIGHT` of them, not all.
+  While one input streams, further deliveries wait in arrival order (at most the prefetch);
+  acks stay in delivery order and come only after every part's confirms.
 - Every publish is `mandatory`: a message no queue takes (topology missing) comes back; the
   worker then stops without acking (exit code 3), so the input is redelivered later rather than
   silently lost.
@@ -33,7 +38,8 @@ from __future__ import annotations
 import logging
 import signal
 import threading
-from collections import OrderedDict
+from collections import OrderedDict, deque
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,7 +49,7 @@ from pika.adapters.select_connection import SelectConnection
 from pika.spec import Basic
 
 from . import topology
-from .process import Outgoing, StepProcessor
+from .process import Outcome, Outgoing, StepProcessor
 from .reports import Reporter
 from .spec import StepSpec
 
@@ -53,12 +59,16 @@ EXIT_OK, EXIT_UNROUTABLE = 0, 3
 STOP_TIMEOUT = 30.0
 #: Back-off between attempts to reach the broker: doubles from the first to the last value.
 RECONNECT_INITIAL, RECONNECT_MAX = 0.5, 5.0
+#: Unconfirmed publishes of a streaming input before its next part is asked for.
+MAX_IN_FLIGHT = 1024
 
 
 @dataclass
 class _InFlight:
     pending: int  # publishes not yet confirmed
     nacked: bool = False
+    #: Parts of the outcome still to come (not ackable yet, whatever `pending` says).
+    streaming: bool = False
 
 
 class Worker:
@@ -87,6 +97,12 @@ class Worker:
         self._owners: dict[int, int | None] = {}
         self._seq = 0
         self._lowest = 1
+        # The input whose outcome is still being produced, and the rest of its parts.
+        self._stream: tuple[int, Iterator[Outcome]] | None = None
+        # Deliveries that arrived while an input streams, processed once it is done.
+        self._waiting: deque[tuple[Basic.Deliver, pika.BasicProperties, bytes]] = deque()
+        #: The most unconfirmed publishes one input had at a time (tests, bench).
+        self.peak_in_flight = 0
         self._stopping = False
         self._cancelled = False
         self._final_report = False
@@ -229,7 +245,7 @@ class Worker:
         self._maybe_finish()
 
     def _maybe_finish(self) -> None:
-        if not (self._stopping and self._cancelled) or self._inflight:
+        if not (self._stopping and self._cancelled) or self._inflight or self._waiting:
             return
         if not self._final_report:
             self._final_report = True
@@ -254,11 +270,45 @@ class Worker:
                     properties: pika.BasicProperties, body: bytes) -> None:
         if self._failed:
             return
+        self._waiting.append((method, properties, body))
+        self._pump()
+
+    def _start(self, method: Basic.Deliver, properties: pika.BasicProperties,
+               body: bytes) -> None:
         outcome = self.processor.handle(body, properties)
+        if outcome.input is not None:
+            self.reporter.received(outcome.input.execution_id, outcome.input.data)
+        tag = method.delivery_tag
+        self._inflight[tag] = _InFlight(pending=0, streaming=True)
+        self._stream = (tag, outcome.rest)
+        self._send(tag, outcome)
+
+    def _pump(self) -> None:
+        """Ask the streaming input for parts while it has room for their confirms; when it is
+        done, start the next waiting delivery (in arrival order)."""
+        while not self._failed:
+            if self._stream is None:
+                if not self._waiting:
+                    break
+                self._start(*self._waiting.popleft())
+                continue
+            tag, rest = self._stream
+            entry = self._inflight[tag]
+            if entry.pending >= MAX_IN_FLIGHT:
+                return  # _on_confirm pumps again when confirms made room
+            part = next(rest, None)
+            if part is None:
+                entry.streaming = False
+                self._stream = None
+                self._ack_ready()
+                continue
+            self._send(tag, part)
+        self._maybe_finish()
+
+    def _send(self, tag: int, outcome: Outcome) -> None:
+        """Report one part of an input's outcome and publish it."""
         message = outcome.input
         execution = message.execution_id if message else ""
-        if message is not None:
-            self.reporter.received(execution, message.data)
         if outcome.error is not None:
             dead = outcome.error_envelope is not None
             self.reporter.failed(execution, outcome.error_envelope, dead_lettered=dead)
@@ -270,11 +320,11 @@ class Worker:
         else:
             self.reporter.emitted(execution, [output.data for output in outcome.outputs],
                                   outcome.routed)
-        tag = method.delivery_tag
-        self._inflight[tag] = _InFlight(pending=len(outcome.outgoing))
+        entry = self._inflight[tag]
+        entry.pending += len(outcome.outgoing)
+        self.peak_in_flight = max(self.peak_in_flight, entry.pending)
         for outgoing in outcome.outgoing:
             self._publish(outgoing, tag)
-        self._ack_ready()
         if self.reporter.counted >= self.spec.report_max_messages:
             self._flush_reports()
 
@@ -304,7 +354,7 @@ class Worker:
         while self._lowest <= self._seq and self._lowest not in self._owners:
             self._lowest += 1
         self._ack_ready()
-        self._maybe_finish()
+        self._pump()
 
     def _ack_ready(self) -> None:
         """Ack the longest prefix of inputs whose publishes are all confirmed."""
@@ -313,7 +363,7 @@ class Worker:
         last_ok: int | None = None
         while self._inflight:
             tag, entry = next(iter(self._inflight.items()))
-            if entry.pending > 0:
+            if entry.pending > 0 or entry.streaming:
                 break
             del self._inflight[tag]
             if entry.nacked:

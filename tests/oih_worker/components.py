@@ -34,3 +34,10 @@ def count(message: Message, config: dict[str, Any], snapshot: dict[str, Any]) ->
     seen = int(snapshot.get("seen", 0)) + 1
     yield {**message.data, "seen": seen}
     yield Snapshot({"seen": seen})
+
+
+@component.action("fan_out")
+def fan_out(message: Message, config: dict[str, Any], snapshot: dict[str, Any]) -> Any:
+    """`data.n` outputs, produced one at a time (a generator, like the built-in split)."""
+    for i in range(int(message.data["n"])):
+        yield {"i": i}

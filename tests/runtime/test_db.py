@@ -3,15 +3,17 @@ an error message may show."""
 
 from __future__ import annotations
 
+import sqlite3
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from sqlalchemy import Index, delete
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Field, SQLModel
 
-from oih_runtime.db import make_engine, normalise_url, transaction
+from oih_runtime.db import make_engine, normalise_url, reclaim_free_pages, transaction
 from tests.support import postgres
 
 
@@ -77,3 +79,50 @@ def test_url_normalisation_keeps_other_urls_and_passwords() -> None:
     assert normalise_url("postgresql://u:p%40ss@h:5432/d") == "postgresql+psycopg2://u:p%40ss@h:5432/d"
     assert normalise_url("postgresql+psycopg2://u@h/d") == "postgresql+psycopg2://u@h/d"
     assert normalise_url("sqlite:///var/x.db") == "sqlite:///var/x.db"
+
+
+class IndexedRow(SQLModel, table=True):
+    __tablename__ = "test_runtime_indexed"
+    __table_args__ = (Index("ix_test_runtime_indexed_page", "tenant", "id"),)
+    id: str = Field(primary_key=True)
+    tenant: str = ""
+
+
+def test_an_existing_sqlite_file_gets_incremental_vacuum_and_the_indexes_added_since(
+        tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as old:  # made by an older version: no auto_vacuum, no index
+        old.execute("CREATE TABLE test_runtime_indexed (id VARCHAR PRIMARY KEY, "
+                    "tenant VARCHAR NOT NULL)")
+        old.executemany("INSERT INTO test_runtime_indexed VALUES (?, 't')",
+                        [(str(i),) for i in range(100)])
+    old.close()
+    engine = make_engine(f"sqlite:///{path}", tables=[IndexedRow])
+    with engine.connect() as connection:
+        assert connection.exec_driver_sql("PRAGMA auto_vacuum").scalar() == 2  # INCREMENTAL
+        indexes = {row[1] for row in connection.exec_driver_sql(
+            "PRAGMA index_list('test_runtime_indexed')")}
+        assert "ix_test_runtime_indexed_page" in indexes
+        assert connection.exec_driver_sql(
+            "SELECT count(*) FROM test_runtime_indexed").scalar() == 100
+    engine.dispose()
+
+
+def test_reclaiming_free_pages_shrinks_the_sqlite_file(tmp_path: Path) -> None:
+    path = tmp_path / "db.sqlite"
+    engine = make_engine(f"sqlite:///{path}", tables=[CounterRow])
+    with transaction(engine) as session:
+        for i in range(2000):
+            session.add(CounterRow(id=str(i), secret="x" * 2000))
+    with transaction(engine) as session:
+        session.execute(delete(CounterRow))
+
+    def size() -> int:
+        with engine.connect() as connection:
+            connection.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+        return path.stat().st_size
+
+    grown = size()
+    reclaim_free_pages(engine)
+    assert size() < grown / 10
+    engine.dispose()

@@ -41,6 +41,11 @@ def parse_name(name: str) -> tuple[str, str]:
     return flow_id, execution_id
 
 
+#: The list's order, served by the indexes of models.ExecutionRow.
+NEWEST_FIRST = (paging.Key(col(ExecutionRow.create_time), descending=True),
+                paging.Key(col(ExecutionRow.execution_id), descending=True))
+
+
 def list_executions(engine: Engine, principal: Principal,
                     request: orchestrator_pb2.ListExecutionsRequest,
                     flow_tenant: FlowTenant | None = None
@@ -59,11 +64,10 @@ def list_executions(engine: Engine, principal: Principal,
         query = query.where(ExecutionRow.tenant == principal.tenant)
     for condition in filtering.conditions(request.filter, {"state": _state, "source": _source}):
         query = query.where(condition)
-    query = query.order_by(col(ExecutionRow.create_time).desc(),
-                           col(ExecutionRow.execution_id).desc())
     with Session(engine) as session:
-        rows, token = paging.page(session, query, request.page_size, request.page_token,
-                                  fingerprint=f"{request.parent}|{request.filter}")
+        rows, token = paging.keyset_page(session, query, NEWEST_FIRST, request.page_size,
+                                         request.page_token,
+                                         fingerprint=f"{request.parent}|{request.filter}")
         return orchestrator_pb2.ListExecutionsResponse(
             executions=[to_proto(row, steps_of(session, row)) for row in rows],
             next_page_token=token)

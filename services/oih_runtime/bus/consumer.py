@@ -16,6 +16,7 @@ import traceback
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import pika
@@ -24,12 +25,14 @@ from google.protobuf import descriptor_pool, message_factory
 from google.protobuf.message import DecodeError, Message
 from pika.adapters.blocking_connection import BlockingChannel
 from pika.spec import Basic
+from sqlalchemy import delete
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import Session
+from sqlmodel import Session, col
 
 from oih.events.v1 import event_pb2
 from oih_runtime.background import Reconnecting
+from oih_runtime.clock import utcnow
 from oih_runtime.db import transaction
 
 from .models import ProcessedEvent
@@ -91,9 +94,17 @@ class Consumer:
         retry: RetryPolicy | None = None,
         reconnect_initial: float = 0.5,
         reconnect_max: float = 30.0,
+        keep_processed: timedelta = timedelta(days=1),
+        forget_every: timedelta = timedelta(minutes=1),
     ) -> None:
         self.engine = engine
         self.service = service
+        #: How long a handled event's id is remembered. A duplicate comes from a relay that
+        #: republished after losing its lease, or from the broker redelivering an unacked
+        #: message: minutes after the original, far within this window.
+        self.keep_processed = keep_processed
+        self.forget_every = forget_every
+        self._last_forget = utcnow()
         self.url = url or rabbitmq_url()
         self.exchange = exchange
         self.prefetch = prefetch
@@ -158,6 +169,7 @@ class Consumer:
                                                         inactivity_timeout=0.25):
             if method is not None:
                 self.process(channel, method, properties, body)
+            self._forget_processed()
             if self._stopping.is_set():
                 break
         channel.cancel()  # prefetched, unprocessed messages go back to the queue
@@ -214,6 +226,20 @@ class Consumer:
                 if session.get(ProcessedEvent, (self.service, event.id)) is not None:
                     return
             raise
+
+    def _forget_processed(self) -> None:
+        """Delete this consumer's event ids older than `keep_processed`, at most once per
+        `forget_every`: the table holds a day of work, not the service's whole history."""
+        now = utcnow()
+        if now - self._last_forget < self.forget_every:
+            return
+        self._last_forget = now
+        with transaction(self.engine) as session:
+            session.execute(
+                delete(ProcessedEvent)
+                .where(col(ProcessedEvent.consumer) == self.service,
+                       col(ProcessedEvent.processed_at) < now - self.keep_processed)
+                .execution_options(synchronize_session=False))
 
     def _match(self, event_type: str) -> _Route | None:
         for route in self._routes:

@@ -2,22 +2,36 @@
 
 `OutboxEvent` rows are written in the caller's transaction and relayed to RabbitMQ afterwards;
 `ProcessedEvent` rows make handlers idempotent (written in the handler's transaction).
+
+Both tables only grow with recent work, never with history: a relayed event loses its body at
+once and its row after `Relay.keep_sent`; a processed event id is forgotten after
+`Consumer.keep_processed`. The relay finds what it owes through a partial index that holds only
+the unsent rows, so its cost per event does not depend on how much it has sent before.
 """
 
 from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import Column, LargeBinary
+from sqlalchemy import Column, Index, LargeBinary, text
 from sqlmodel import Field, SQLModel
 
 from oih_runtime.clock import utcnow
 
+UNSENT = "sent_at IS NULL"
+
 
 class OutboxEvent(SQLModel, table=True):
-    """An event owed to the broker. `seq` orders publishing; `sent_at` marks it relayed."""
+    """An event owed to the broker. `seq` orders publishing; `sent_at` marks it relayed (its
+    body is emptied then: only the id stays, until the purge)."""
 
     __tablename__ = "oih_outbox_event"
+    __table_args__ = (
+        # The relay's only question, "the oldest unsent rows", answered from an index that
+        # holds just those rows: as small as the backlog, however many rows were sent.
+        Index("ix_oih_outbox_event_unsent", "seq",
+              sqlite_where=text(UNSENT), postgresql_where=text(UNSENT)),
+    )
 
     seq: int | None = Field(default=None, primary_key=True)
     event_id: str = Field(unique=True, max_length=64)

@@ -2,10 +2,14 @@
 
 It wakes at once when a local transaction added events (`outbox.subscribe`) and also polls,
 for rows written by other processes. Several relays may run against one database: a relay
-claims a batch with a lease (one UPDATE; `FOR UPDATE SKIP LOCKED` on PostgreSQL) so that each
-row is published by one relay, and a crashed relay's rows come back when the lease ends.
-Delivery is at-least-once (a crash between the confirm and the `sent_at` update republishes);
-consumers are idempotent by event id.
+claims a batch with a lease (under SQLite's write lock; `FOR UPDATE SKIP LOCKED` on
+PostgreSQL) so that each row is published by one relay, and a crashed relay's rows come back
+when the lease ends. Delivery is at-least-once (a crash between the confirm and the `sent_at`
+update republishes); consumers are idempotent by event id.
+
+Cost per event does not depend on history: the batch is found through an index of the unsent
+rows and handled by primary key; a sent row loses its body at once and the row itself after
+`keep_sent`; the purge also returns SQLite's free pages to the file system.
 """
 
 from __future__ import annotations
@@ -14,15 +18,16 @@ import logging
 import threading
 import uuid
 from collections.abc import Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from sqlalchemy import delete, or_, select, update
 from sqlalchemy.engine import Engine
+from sqlalchemy.sql import ColumnElement, Select
 from sqlmodel import col
 
 from oih_runtime.background import Reconnecting
 from oih_runtime.clock import utcnow
-from oih_runtime.db import transaction
+from oih_runtime.db import reclaim_free_pages, transaction
 
 from . import outbox
 from .models import OutboxEvent
@@ -44,7 +49,8 @@ class Relay:
         lease: float = 60.0,
         reconnect_initial: float = 0.5,
         reconnect_max: float = 30.0,
-        keep_sent: timedelta = timedelta(hours=1),
+        keep_sent: timedelta = timedelta(minutes=10),
+        purge_every: timedelta = timedelta(minutes=1),
         name: str = "oih-relay",
     ) -> None:
         self.engine = engine
@@ -56,6 +62,7 @@ class Relay:
         self.reconnect_initial = reconnect_initial
         self.reconnect_max = reconnect_max
         self.keep_sent = keep_sent
+        self.purge_every = purge_every
         self.name = name
         self._wake = threading.Event()
         self._background = Reconnecting(name, self._session, initial=reconnect_initial,
@@ -118,9 +125,10 @@ class Relay:
     def _serve(self, publisher: ConfirmPublisher) -> None:
         while not self._stopping.is_set():
             self._wake.clear()
-            if self.relay_batch(publisher) >= self.batch_size:
-                continue  # a full batch: more rows are probably waiting
-            self._purge_sent()
+            full = self.relay_batch(publisher) >= self.batch_size
+            self._purge_sent()  # also under a steady load, when batches are always full
+            if full:
+                continue  # more rows are probably waiting
             publisher.idle(self.poll_interval, self._wake)
 
     def relay_batch(self, publisher: ConfirmPublisher) -> int:
@@ -151,31 +159,40 @@ class Relay:
 
     # --- database ---------------------------------------------------------------------------
 
+    def candidates(self, now: datetime) -> Select[int | None]:
+        """The next batch's rows: unsent, not leased to a live relay, oldest first.
+
+        Served by the partial index of unsent rows (models.py) on PostgreSQL, by the `sent_at`
+        index on SQLite: it never reads sent rows, so a batch costs the same with an empty
+        outbox and after a million relayed events (tests/runtime/bus/test_relay.py checks the
+        plan). On PostgreSQL SKIP LOCKED lets concurrent relays take different rows.
+        """
+        return (
+            select(col(OutboxEvent.seq)).where(*_claimable(now)).order_by(col(OutboxEvent.seq))
+            .limit(self.batch_size).with_for_update(skip_locked=True)
+        )
+
     def _claim(self) -> tuple[str, Sequence[OutboxEvent]]:
         token = uuid.uuid4().hex
         now = utcnow()
-        claimable = (
-            col(OutboxEvent.sent_at).is_(None),
-            or_(col(OutboxEvent.claimed_until).is_(None),
-                col(OutboxEvent.claimed_until) < now),
-        )
-        # One UPDATE claims the batch: on SQLite it takes the write lock before reading (no
-        # two relays can claim a row); on PostgreSQL SKIP LOCKED lets concurrent relays take
-        # different rows, and repeating the conditions re-checks rows another relay just took.
-        batch = (
-            select(col(OutboxEvent.seq)).where(*claimable).order_by(col(OutboxEvent.seq))
-            .limit(self.batch_size).with_for_update(skip_locked=True)
-        )
-        with transaction(self.engine) as session:
+        # Every statement after the candidates addresses rows by primary key. On SQLite the
+        # write lock is taken before the candidates are read (`lock`); on PostgreSQL the
+        # UPDATE repeats the conditions, so a row another relay took in between stays with
+        # that relay, and the read-back by token returns only the rows this relay claimed.
+        with transaction(self.engine, lock=True) as session:
+            seqs = list(session.scalars(self.candidates(now)).all())
+            if not seqs:
+                return token, []
             session.execute(
                 update(OutboxEvent)
-                .where(col(OutboxEvent.seq).in_(batch), *claimable)
+                .where(col(OutboxEvent.seq).in_(seqs), *_claimable(now))
                 .values(claimed_by=token, claimed_until=now + timedelta(seconds=self.lease),
                         publish_attempts=col(OutboxEvent.publish_attempts) + 1)
                 .execution_options(synchronize_session=False)
             )
             rows = session.scalars(
-                select(OutboxEvent).where(col(OutboxEvent.claimed_by) == token)
+                select(OutboxEvent)
+                .where(col(OutboxEvent.seq).in_(seqs), col(OutboxEvent.claimed_by) == token)
                 .order_by(col(OutboxEvent.seq))
             ).all()
         return token, rows
@@ -187,7 +204,8 @@ class Relay:
                 session.execute(
                     update(OutboxEvent)
                     .where(col(OutboxEvent.seq).in_(chunk), col(OutboxEvent.claimed_by) == token)
-                    .values(sent_at=now, claimed_until=None)
+                    # The body is not needed any more: only the id stays, until the purge.
+                    .values(sent_at=now, claimed_until=None, body=b"")
                     .execution_options(synchronize_session=False)
                 )
             for chunk in _chunks(failed):
@@ -200,8 +218,10 @@ class Relay:
                 )
 
     def _purge_sent(self) -> None:
+        """Forget relayed events older than `keep_sent` (their ids) and give the freed pages
+        back to the file system, at most once per `purge_every`."""
         now = utcnow()
-        if now - self._last_purge < timedelta(minutes=1):
+        if now - self._last_purge < self.purge_every:
             return
         self._last_purge = now
         with transaction(self.engine) as session:
@@ -210,6 +230,14 @@ class Relay:
                 .where(col(OutboxEvent.sent_at) < now - self.keep_sent)
                 .execution_options(synchronize_session=False)
             )
+        reclaim_free_pages(self.engine)
+
+
+def _claimable(now: datetime) -> tuple[ColumnElement[bool], ...]:
+    return (
+        col(OutboxEvent.sent_at).is_(None),
+        or_(col(OutboxEvent.claimed_until).is_(None), col(OutboxEvent.claimed_until) < now),
+    )
 
 
 def _chunks(items: list[int], size: int = 500) -> list[list[int]]:

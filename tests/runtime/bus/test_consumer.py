@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -23,6 +24,7 @@ from oih_runtime.bus import (
     topic_matches,
 )
 from oih_runtime.bus.cli import main as cli_main
+from oih_runtime.clock import utcnow
 from oih_runtime.db import transaction
 from tests.runtime.bus.support import Amqp, Widget, wait_for
 
@@ -229,3 +231,23 @@ def test_list_dead_letters_of_an_unknown_service(amqp: Amqp) -> None:
 ])
 def test_topic_matches(pattern: str, key: str, expected: bool) -> None:
     assert topic_matches(pattern, key) is expected
+
+
+def test_consumer_forgets_its_old_event_ids_and_only_its_own(engine: Engine, amqp: Amqp) -> None:
+    old = utcnow() - timedelta(days=2)
+    with transaction(engine) as session:
+        for consumer_name in (amqp.service, "another-service"):
+            session.add(ProcessedEvent(consumer=consumer_name, event_id="e-old", processed_at=old))
+
+    def remembered() -> set[str]:
+        with transaction(engine) as session:
+            return {row.consumer for row in session.exec(select(ProcessedEvent)).all()}
+
+    consumer = Consumer(engine, amqp.service, url=amqp.url, exchange=amqp.exchange,
+                        keep_processed=timedelta(days=1), forget_every=timedelta(0))
+    consumer.on("oih.iam.#", lambda session, event, payload: None)
+    consumer.start()
+    try:
+        wait_for(lambda: remembered() == {"another-service"})
+    finally:
+        consumer.stop()

@@ -1,17 +1,23 @@
-"""The relay publishes outbox rows with pipelined confirms and marks them sent."""
+"""The relay publishes outbox rows with pipelined confirms, marks them sent (dropping their
+bodies), forgets them after a while, and never reads the sent ones to find the next batch."""
 
 from __future__ import annotations
 
 import time
+from datetime import timedelta
+from pathlib import Path
 
+from google.protobuf import struct_pb2
 from sqlalchemy import func
 from sqlalchemy.engine import Engine
-from sqlmodel import select
+from sqlmodel import col, select
 
 from oih.events.v1 import event_pb2, iam_pb2
 from oih_runtime.bus import Outbox, OutboxEvent, Relay
-from oih_runtime.db import transaction
+from oih_runtime.clock import utcnow
+from oih_runtime.db import make_engine, transaction
 from tests.runtime.bus.support import Amqp, wait_for
+from tests.support.query_plans import assert_served_by_index
 
 OUTBOX = Outbox("oih-test")
 
@@ -87,3 +93,61 @@ def test_two_relays_publish_each_event_once(engine: Engine, amqp: Amqp) -> None:
     ids = [event_pb2.Event.FromString(body).id for _, body in amqp.get_all(queue, 600)]
     assert sorted(ids) == sorted(e.id for e in added)
     assert amqp.depth(queue) == 0  # nothing published twice
+
+
+def test_relayed_event_keeps_its_id_but_not_its_body(engine: Engine, amqp: Amqp) -> None:
+    queue = amqp.bind_queue()
+    added = add_events(engine, 3)
+    with Relay(engine, url=amqp.url, exchange=amqp.exchange, poll_interval=0.2):
+        assert len(amqp.get_all(queue, 3)) == 3
+        wait_for(lambda: unsent(engine) == 0)
+    with transaction(engine) as session:
+        rows = session.exec(select(OutboxEvent).order_by(col(OutboxEvent.seq))).all()
+    assert [row.event_id for row in rows] == [event.id for event in added]
+    assert [row.body for row in rows] == [b"", b"", b""]
+
+
+def test_relay_forgets_sent_events_after_keep_sent(engine: Engine, amqp: Amqp) -> None:
+    queue = amqp.bind_queue()
+    add_events(engine, 40)
+    relay = Relay(engine, url=amqp.url, exchange=amqp.exchange, poll_interval=0.1,
+                  keep_sent=timedelta(0), purge_every=timedelta(0))
+    with relay:
+        assert len(amqp.get_all(queue, 40)) == 40
+        wait_for(lambda: rows(engine) == 0)
+        add_events(engine, 2)  # a later event is still relayed after the purge
+        assert len(amqp.get_all(queue, 2)) == 2
+
+
+def test_sqlite_outbox_file_shrinks_after_the_purge(tmp_path: Path, amqp: Amqp) -> None:
+    path = tmp_path / "service.db"
+    engine = make_engine(f"sqlite:///{path}", tables=(OutboxEvent,))
+    queue = amqp.bind_queue()
+    with transaction(engine) as session:  # about 8 MiB of event bodies
+        for i in range(200):
+            OUTBOX.add(session, "oih.test.big", struct_pb2.Value(string_value=f"{i}" * 40_000))
+    grown = _file_size(engine, path)
+    with Relay(engine, url=amqp.url, exchange=amqp.exchange, poll_interval=0.1,
+               keep_sent=timedelta(0), purge_every=timedelta(0)):
+        assert len(amqp.get_all(queue, 200)) == 200
+        wait_for(lambda: rows(engine) == 0)
+        wait_for(lambda: _file_size(engine, path) < grown / 10)
+    engine.dispose()
+
+
+def test_claiming_reads_only_unsent_rows(engine: Engine) -> None:
+    """The relay's candidates come from the partial index of unsent rows, not a scan of the
+    outbox's history (the cost of a batch must not grow with the events already sent)."""
+    add_events(engine, 3)
+    assert_served_by_index(engine, Relay(engine).candidates(utcnow()))
+
+
+def rows(engine: Engine) -> int:
+    with transaction(engine) as session:
+        return int(session.exec(select(func.count()).select_from(OutboxEvent)).one())
+
+
+def _file_size(engine: Engine, path: Path) -> int:
+    with engine.connect() as connection:  # move the WAL's pages into the file first
+        connection.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+    return path.stat().st_size

@@ -222,7 +222,8 @@ class FlowServiceServicer:
         """Runs an ACTIVE flow once with the given data: emits `oih.flow.execute`, which the
         orchestrator turns into a message to the first step. Returns at once with the execution's
         name; follow it with the orchestrator's GetExecution. Answers FAILED_PRECONDITION unless the
-        flow is ACTIVE.
+        flow is ACTIVE. Through the gateway the JSON body may be up to the large limit (10 MiB by
+        default); other requests up to 1 MiB.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -113,7 +113,8 @@ class FlowServiceStub:
     """Runs an ACTIVE flow once with the given data: emits `oih.flow.execute`, which the
     orchestrator turns into a message to the first step. Returns at once with the execution's
     name; follow it with the orchestrator's GetExecution. Answers FAILED_PRECONDITION unless the
-    flow is ACTIVE.
+    flow is ACTIVE. Through the gateway the JSON body may be up to the large limit (10 MiB by
+    default); other requests up to 1 MiB.
     """
 
 @_typing.type_check_only
@@ -200,7 +201,8 @@ class FlowServiceAsyncStub(FlowServiceStub):
     """Runs an ACTIVE flow once with the given data: emits `oih.flow.execute`, which the
     orchestrator turns into a message to the first step. Returns at once with the execution's
     name; follow it with the orchestrator's GetExecution. Answers FAILED_PRECONDITION unless the
-    flow is ACTIVE.
+    flow is ACTIVE. Through the gateway the JSON body may be up to the large limit (10 MiB by
+    default); other requests up to 1 MiB.
     """
 
 class FlowServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -332,7 +334,8 @@ class FlowServiceServicer(metaclass=_abc_1.ABCMeta):
         """Runs an ACTIVE flow once with the given data: emits `oih.flow.execute`, which the
         orchestrator turns into a message to the first step. Returns at once with the execution's
         name; follow it with the orchestrator's GetExecution. Answers FAILED_PRECONDITION unless the
-        flow is ACTIVE.
+        flow is ACTIVE. Through the gateway the JSON body may be up to the large limit (10 MiB by
+        default); other requests up to 1 MiB.
         """
 
 def add_FlowServiceServicer_to_server(servicer: FlowServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

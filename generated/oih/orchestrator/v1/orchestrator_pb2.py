@@ -29,9 +29,10 @@ from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from oih.auth.v1 import auth_pb2 as oih_dot_auth_dot_v1_dot_auth__pb2
 from oih.component.v1 import message_pb2 as oih_dot_component_dot_v1_dot_message__pb2
+from oih.gateway.v1 import gateway_pb2 as oih_dot_gateway_dot_v1_dot_gateway__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&oih/orchestrator/v1/orchestrator.proto\x12\x13oih.orchestrator.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x16oih/auth/v1/auth.proto\x1a\x1eoih/component/v1/message.proto\"\xd8\x01\n\x0b\x46lowRuntime\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x08\x12\x0e\n\x06\x64river\x18\x02 \x01(\t\x12\x14\n\x0c\x66low_version\x18\x03 \x01(\x03\x12,\n\x07workers\x18\x04 \x03(\x0b\x32\x1b.oih.orchestrator.v1.Worker\x12/\n\x06queues\x18\x05 \x03(\x0b\x32\x1f.oih.orchestrator.v1.QueueDepth\x12\x30\n\x0cobserve_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xb9\x02\n\x06Worker\x12\x0f\n\x07step_id\x18\x01 \x01(\t\x12\x30\n\x05state\x18\x02 \x01(\x0e\x32!.oih.orchestrator.v1.Worker.State\x12\x10\n\x08instance\x18\x03 \x01(\t\x12\x10\n\x08restarts\x18\x04 \x01(\x05\x12.\n\nstart_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0cstate_reason\x18\x06 \x01(\t\"\x81\x01\n\x05State\x12\x15\n\x11STATE_UNSPECIFIED\x10\x00\x12\x12\n\x0eSTATE_STARTING\x10\x01\x12\x11\n\rSTATE_RUNNING\x10\x02\x12\x14\n\x10STATE_RESTARTING\x10\x03\x12\x12\n\x0eSTATE_STOPPING\x10\x04\x12\x10\n\x0cSTATE_FAILED\x10\x05\"u\n\nQueueDepth\x12\x0f\n\x07step_id\x18\x01 \x01(\t\x12\r\n\x05queue\x18\x02 \x01(\t\x12\r\n\x05ready\x18\x03 \x01(\x03\x12\x0f\n\x07unacked\x18\x04 \x01(\x03\x12\x10\n\x08retrying\x18\x05 \x01(\x03\x12\x15\n\rdead_lettered\x18\x06 \x01(\x03\"\xd5\x03\n\tExecution\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x08\x12\x12\n\x04\x66low\x18\x02 \x01(\tB\x04\xe2\x41\x01\x03\x12\x39\n\x05state\x18\x03 \x01(\x0e\x32$.oih.orchestrator.v1.Execution.StateB\x04\xe2\x41\x01\x03\x12\x14\n\x06source\x18\x04 \x01(\tB\x04\xe2\x41\x01\x03\x12\x1a\n\x0c\x66low_version\x18\x05 \x01(\x03\x42\x04\xe2\x41\x01\x03\x12\x37\n\x05steps\x18\x06 \x03(\x0b\x32\".oih.orchestrator.v1.StepExecutionB\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x63reate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0bupdate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x32\n\x08\x65nd_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\"X\n\x05State\x12\x15\n\x11STATE_UNSPECIFIED\x10\x00\x12\x11\n\rSTATE_RUNNING\x10\x01\x12\x13\n\x0fSTATE_SUCCEEDED\x10\x02\x12\x10\n\x0cSTATE_FAILED\x10\x03\"\xa2\x02\n\rStepExecution\x12\x0f\n\x07step_id\x18\x01 \x01(\t\x12\x13\n\x0bmessages_in\x18\x02 \x01(\x03\x12\x14\n\x0cmessages_out\x18\x03 \x01(\x03\x12\x0e\n\x06\x65rrors\x18\x04 \x01(\x03\x12\x15\n\rdead_lettered\x18\x05 \x01(\x03\x12.\n\rinput_samples\x18\x06 \x03(\x0b\x32\x17.google.protobuf.Struct\x12/\n\x0eoutput_samples\x18\x07 \x03(\x0b\x32\x17.google.protobuf.Struct\x12\x34\n\nlast_error\x18\x08 \x01(\x0b\x32 .oih.orchestrator.v1.ErrorRecord\x12\x17\n\x0fmessages_routed\x18\t \x01(\x03\"|\n\x0b\x45rrorRecord\x12\x0f\n\x07message\x18\x01 \x01(\t\x12\x12\n\nerror_type\x18\x02 \x01(\t\x12\r\n\x05stack\x18\x03 \x01(\t\x12(\n\x04time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07\x61ttempt\x18\x05 \x01(\x05\"\xee\x01\n\nDeadLetter\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x08\x12\x15\n\x07step_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x03\x12\x17\n\texecution\x18\x03 \x01(\tB\x04\xe2\x41\x01\x03\x12.\n\x05input\x18\x04 \x01(\x0b\x32\x19.oih.component.v1.MessageB\x04\xe2\x41\x01\x03\x12\x35\n\x05\x65rror\x18\x05 \x01(\x0b\x32 .oih.orchestrator.v1.ErrorRecordB\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x63reate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\"+\n\x15GetFlowRuntimeRequest\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"h\n\x15StartExecutionRequest\x12\x12\n\x04\x66low\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12%\n\x04\x64\x61ta\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x14\n\x0c\x65xecution_id\x18\x03 \x01(\t\"d\n\x15ListExecutionsRequest\x12\x14\n\x06parent\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12\x0e\n\x06\x66ilter\x18\x04 \x01(\t\"e\n\x16ListExecutionsResponse\x12\x32\n\nexecutions\x18\x01 \x03(\x0b\x32\x1e.oih.orchestrator.v1.Execution\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\")\n\x13GetExecutionRequest\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"e\n\x16ListDeadLettersRequest\x12\x14\n\x06parent\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12\x0e\n\x06\x66ilter\x18\x04 \x01(\t\"i\n\x17ListDeadLettersResponse\x12\x35\n\x0c\x64\x65\x61\x64_letters\x18\x01 \x03(\x0b\x32\x1f.oih.orchestrator.v1.DeadLetter\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"*\n\x14GetDeadLetterRequest\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\".\n\x18\x44iscardDeadLetterRequest\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"T\n\x17ReplayDeadLetterRequest\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12%\n\x04\x64\x61ta\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct2\x84\n\n\x13OrchestratorService\x12\x92\x01\n\x0eGetFlowRuntime\x12*.oih.orchestrator.v1.GetFlowRuntimeRequest\x1a .oih.orchestrator.v1.FlowRuntime\"2\x92\x82\x19\x0c\n\nflows.read\x82\xd3\xe4\x93\x02\x1c\x12\x1a/v1/{name=flows/*/runtime}\x12\x99\x01\n\x0eStartExecution\x12*.oih.orchestrator.v1.StartExecutionRequest\x1a\x1e.oih.orchestrator.v1.Execution\";\x92\x82\x19\x0f\n\rflows.execute\x82\xd3\xe4\x93\x02\"\"\x1d/v1/{flow=flows/*}/executions:\x01*\x12\xa2\x01\n\x0eListExecutions\x12*.oih.orchestrator.v1.ListExecutionsRequest\x1a+.oih.orchestrator.v1.ListExecutionsResponse\"7\x92\x82\x19\x0c\n\nflows.read\x82\xd3\xe4\x93\x02!\x12\x1f/v1/{parent=flows/*}/executions\x12\x91\x01\n\x0cGetExecution\x12(.oih.orchestrator.v1.GetExecutionRequest\x1a\x1e.oih.orchestrator.v1.Execution\"7\x92\x82\x19\x0c\n\nflows.read\x82\xd3\xe4\x93\x02!\x12\x1f/v1/{name=flows/*/executions/*}\x12\xa6\x01\n\x0fListDeadLetters\x12+.oih.orchestrator.v1.ListDeadLettersRequest\x1a,.oih.orchestrator.v1.ListDeadLettersResponse\"8\x92\x82\x19\x0c\n\nflows.read\x82\xd3\xe4\x93\x02\"\x12 /v1/{parent=flows/*}/deadLetters\x12\x95\x01\n\rGetDeadLetter\x12).oih.orchestrator.v1.GetDeadLetterRequest\x1a\x1f.oih.orchestrator.v1.DeadLetter\"8\x92\x82\x19\x0c\n\nflows.read\x82\xd3\xe4\x93\x02\"\x12 /v1/{name=flows/*/deadLetters/*}\x12\x97\x01\n\x11\x44iscardDeadLetter\x12-.oih.orchestrator.v1.DiscardDeadLetterRequest\x1a\x16.google.protobuf.Empty\";\x92\x82\x19\x0f\n\rflows.control\x82\xd3\xe4\x93\x02\"* /v1/{name=flows/*/deadLetters/*}\x12\xa7\x01\n\x10ReplayDeadLetter\x12,.oih.orchestrator.v1.ReplayDeadLetterRequest\x1a\x1e.oih.orchestrator.v1.Execution\"E\x92\x82\x19\x0f\n\rflows.control\x82\xd3\xe4\x93\x02,\"\'/v1/{name=flows/*/deadLetters/*}:replay:\x01*b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&oih/orchestrator/v1/orchestrator.proto\x12\x13oih.orchestrator.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x16oih/auth/v1/auth.proto\x1a\x1eoih/component/v1/message.proto\x1a\x1coih/gateway/v1/gateway.proto\"\xd8\x01\n\x0b\x46lowRuntime\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x08\x12\x0e\n\x06\x64river\x18\x02 \x01(\t\x12\x14\n\x0c\x66low_version\x18\x03 \x01(\x03\x12,\n\x07workers\x18\x04 \x03(\x0b\x32\x1b.oih.orchestrator.v1.Worker\x12/\n\x06queues\x18\x05 \x03(\x0b\x32\x1f.oih.orchestrator.v1.QueueDepth\x12\x30\n\x0cobserve_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xb9\x02\n\x06Worker\x12\x0f\n\x07step_id\x18\x01 \x01(\t\x12\x30\n\x05state\x18\x02 \x01(\x0e\x32!.oih.orchestrator.v1.Worker.State\x12\x10\n\x08instance\x18\x03 \x01(\t\x12\x10\n\x08restarts\x18\x04 \x01(\x05\x12.\n\nstart_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0cstate_reason\x18\x06 \x01(\t\"\x81\x01\n\x05State\x12\x15\n\x11STATE_UNSPECIFIED\x10\x00\x12\x12\n\x0eSTATE_STARTING\x10\x01\x12\x11\n\rSTATE_RUNNING\x10\x02\x12\x14\n\x10STATE_RESTARTING\x10\x03\x12\x12\n\x0eSTATE_STOPPING\x10\x04\x12\x10\n\x0cSTATE_FAILED\x10\x05\"u\n\nQueueDepth\x12\x0f\n\x07step_id\x18\x01 \x01(\t\x12\r\n\x05queue\x18\x02 \x01(\t\x12\r\n\x05ready\x18\x03 \x01(\x03\x12\x0f\n\x07unacked\x18\x04 \x01(\x03\x12\x10\n\x08retrying\x18\x05 \x01(\x03\x12\x15\n\rdead_lettered\x18\x06 \x01(\x03\"\xd5\x03\n\tExecution\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x08\x12\x12\n\x04\x66low\x18\x02 \x01(\tB\x04\xe2\x41\x01\x03\x12\x39\n\x05state\x18\x03 \x01(\x0e\x32$.oih.orchestrator.v1.Execution.StateB\x04\xe2\x41\x01\x03\x12\x14\n\x06source\x18\x04 \x01(\tB\x04\xe2\x41\x01\x03\x12\x1a\n\x0c\x66low_version\x18\x05 \x01(\x03\x42\x04\xe2\x41\x01\x03\x12\x37\n\x05steps\x18\x06 \x03(\x0b\x32\".oih.orchestrator.v1.StepExecutionB\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x63reate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0bupdate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x32\n\x08\x65nd_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\"X\n\x05State\x12\x15\n\x11STATE_UNSPECIFIED\x10\x00\x12\x11\n\rSTATE_RUNNING\x10\x01\x12\x13\n\x0fSTATE_SUCCEEDED\x10\x02\x12\x10\n\x0cSTATE_FAILED\x10\x03\"\xa2\x02\n\rStepExecution\x12\x0f\n\x07step_id\x18\x01 \x01(\t\x12\x13\n\x0bmessages_in\x18\x02 \x01(\x03\x12\x14\n\x0cmessages_out\x18\x03 \x01(\x03\x12\x0e\n\x06\x65rrors\x18\x04 \x01(\x03\x12\x15\n\rdead_lettered\x18\x05 \x01(\x03\x12.\n\rinput_samples\x18\x06 \x03(\x0b\x32\x17.google.protobuf.Struct\x12/\n\x0eoutput_samples\x18\x07 \x03(\x0b\x32\x17.google.protobuf.Struct\x12\x34\n\nlast_error\x18\x08 \x01(\x0b\x32 .oih.orchestrator.v1.ErrorRecord\x12\x17\n\x0fmessages_routed\x18\t \x01(\x03\"|\n\x0b\x45rrorRecord\x12\x0f\n\x07message\x18\x01 \x01(\t\x12\x12\n\nerror_type\x18\x02 \x01(\t\x12\r\n\x05stack\x18\x03 \x01(\t\x12(\n\x04time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07\x61ttempt\x18\x05 \x01(\x05\"\xee\x01\n\nDeadLetter\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x08\x12\x15\n\x07step_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x03\x12\x17\n\texecution\x18\x03 \x01(\tB\x04\xe2\x41\x01\x03\x12.\n\x05input\x18\x04 \x01(\x0b\x32\x19.oih.component.v1.MessageB\x04\xe2\x41\x01\x03\x12\x35\n\x05\x65rror\x18\x05 \x01(\x0b\x32 .oih.orchestrator.v1.ErrorRecordB\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x63reate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\"+\n\x15GetFlowRuntimeRequest\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"h\n\x15StartExecutionRequest\x12\x12\n\x04\x66low\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12%\n\x04\x64\x61ta\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x14\n\x0c\x65xecution_id\x18\x03 \x01(\t\"d\n\x15ListExecutionsRequest\x12\x14\n\x06parent\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12\x0e\n\x06\x66ilter\x18\x04 \x01(\t\"e\n\x16ListExecutionsResponse\x12\x32\n\nexecutions\x18\x01 \x03(\x0b\x32\x1e.oih.orchestrator.v1.Execution\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\")\n\x13GetExecutionRequest\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"e\n\x16ListDeadLettersRequest\x12\x14\n\x06parent\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12\x0e\n\x06\x66ilter\x18\x04 \x01(\t\"i\n\x17ListDeadLettersResponse\x12\x35\n\x0c\x64\x65\x61\x64_letters\x18\x01 \x03(\x0b\x32\x1f.oih.orchestrator.v1.DeadLetter\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"*\n\x14GetDeadLetterRequest\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\".\n\x18\x44iscardDeadLetterRequest\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"T\n\x17ReplayDeadLetterRequest\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12%\n\x04\x64\x61ta\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct2\x88\n\n\x13OrchestratorService\x12\x92\x01\n\x0eGetFlowRuntime\x12*.oih.orchestrator.v1.GetFlowRuntimeRequest\x1a .oih.orchestrator.v1.FlowRuntime\"2\x92\x82\x19\x0c\n\nflows.read\x82\xd3\xe4\x93\x02\x1c\x12\x1a/v1/{name=flows/*/runtime}\x12\x9d\x01\n\x0eStartExecution\x12*.oih.orchestrator.v1.StartExecutionRequest\x1a\x1e.oih.orchestrator.v1.Execution\"?\x92\x82\x19\x0f\n\rflows.execute\x98\x82\x19\x01\x82\xd3\xe4\x93\x02\"\"\x1d/v1/{flow=flows/*}/executions:\x01*\x12\xa2\x01\n\x0eListExecutions\x12*.oih.orchestrator.v1.ListExecutionsRequest\x1a+.oih.orchestrator.v1.ListExecutionsResponse\"7\x92\x82\x19\x0c\n\nflows.read\x82\xd3\xe4\x93\x02!\x12\x1f/v1/{parent=flows/*}/executions\x12\x91\x01\n\x0cGetExecution\x12(.oih.orchestrator.v1.GetExecutionRequest\x1a\x1e.oih.orchestrator.v1.Execution\"7\x92\x82\x19\x0c\n\nflows.read\x82\xd3\xe4\x93\x02!\x12\x1f/v1/{name=flows/*/executions/*}\x12\xa6\x01\n\x0fListDeadLetters\x12+.oih.orchestrator.v1.ListDeadLettersRequest\x1a,.oih.orchestrator.v1.ListDeadLettersResponse\"8\x92\x82\x19\x0c\n\nflows.read\x82\xd3\xe4\x93\x02\"\x12 /v1/{parent=flows/*}/deadLetters\x12\x95\x01\n\rGetDeadLetter\x12).oih.orchestrator.v1.GetDeadLetterRequest\x1a\x1f.oih.orchestrator.v1.DeadLetter\"8\x92\x82\x19\x0c\n\nflows.read\x82\xd3\xe4\x93\x02\"\x12 /v1/{name=flows/*/deadLetters/*}\x12\x97\x01\n\x11\x44iscardDeadLetter\x12-.oih.orchestrator.v1.DiscardDeadLetterRequest\x1a\x16.google.protobuf.Empty\";\x92\x82\x19\x0f\n\rflows.control\x82\xd3\xe4\x93\x02\"* /v1/{name=flows/*/deadLetters/*}\x12\xa7\x01\n\x10ReplayDeadLetter\x12,.oih.orchestrator.v1.ReplayDeadLetterRequest\x1a\x1e.oih.orchestrator.v1.Execution\"E\x92\x82\x19\x0f\n\rflows.control\x82\xd3\xe4\x93\x02,\"\'/v1/{name=flows/*/deadLetters/*}:replay:\x01*b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -89,7 +90,7 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ORCHESTRATORSERVICE'].methods_by_name['GetFlowRuntime']._loaded_options = None
   _globals['_ORCHESTRATORSERVICE'].methods_by_name['GetFlowRuntime']._serialized_options = b'\222\202\031\014\n\nflows.read\202\323\344\223\002\034\022\032/v1/{name=flows/*/runtime}'
   _globals['_ORCHESTRATORSERVICE'].methods_by_name['StartExecution']._loaded_options = None
-  _globals['_ORCHESTRATORSERVICE'].methods_by_name['StartExecution']._serialized_options = b'\222\202\031\017\n\rflows.execute\202\323\344\223\002\"\"\035/v1/{flow=flows/*}/executions:\001*'
+  _globals['_ORCHESTRATORSERVICE'].methods_by_name['StartExecution']._serialized_options = b'\222\202\031\017\n\rflows.execute\230\202\031\001\202\323\344\223\002\"\"\035/v1/{flow=flows/*}/executions:\001*'
   _globals['_ORCHESTRATORSERVICE'].methods_by_name['ListExecutions']._loaded_options = None
   _globals['_ORCHESTRATORSERVICE'].methods_by_name['ListExecutions']._serialized_options = b'\222\202\031\014\n\nflows.read\202\323\344\223\002!\022\037/v1/{parent=flows/*}/executions'
   _globals['_ORCHESTRATORSERVICE'].methods_by_name['GetExecution']._loaded_options = None
@@ -102,44 +103,44 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ORCHESTRATORSERVICE'].methods_by_name['DiscardDeadLetter']._serialized_options = b'\222\202\031\017\n\rflows.control\202\323\344\223\002\"* /v1/{name=flows/*/deadLetters/*}'
   _globals['_ORCHESTRATORSERVICE'].methods_by_name['ReplayDeadLetter']._loaded_options = None
   _globals['_ORCHESTRATORSERVICE'].methods_by_name['ReplayDeadLetter']._serialized_options = b'\222\202\031\017\n\rflows.control\202\323\344\223\002,\"\'/v1/{name=flows/*/deadLetters/*}:replay:\001*'
-  _globals['_FLOWRUNTIME']._serialized_start=275
-  _globals['_FLOWRUNTIME']._serialized_end=491
-  _globals['_WORKER']._serialized_start=494
-  _globals['_WORKER']._serialized_end=807
-  _globals['_WORKER_STATE']._serialized_start=678
-  _globals['_WORKER_STATE']._serialized_end=807
-  _globals['_QUEUEDEPTH']._serialized_start=809
-  _globals['_QUEUEDEPTH']._serialized_end=926
-  _globals['_EXECUTION']._serialized_start=929
-  _globals['_EXECUTION']._serialized_end=1398
-  _globals['_EXECUTION_STATE']._serialized_start=1310
-  _globals['_EXECUTION_STATE']._serialized_end=1398
-  _globals['_STEPEXECUTION']._serialized_start=1401
-  _globals['_STEPEXECUTION']._serialized_end=1691
-  _globals['_ERRORRECORD']._serialized_start=1693
-  _globals['_ERRORRECORD']._serialized_end=1817
-  _globals['_DEADLETTER']._serialized_start=1820
-  _globals['_DEADLETTER']._serialized_end=2058
-  _globals['_GETFLOWRUNTIMEREQUEST']._serialized_start=2060
-  _globals['_GETFLOWRUNTIMEREQUEST']._serialized_end=2103
-  _globals['_STARTEXECUTIONREQUEST']._serialized_start=2105
-  _globals['_STARTEXECUTIONREQUEST']._serialized_end=2209
-  _globals['_LISTEXECUTIONSREQUEST']._serialized_start=2211
-  _globals['_LISTEXECUTIONSREQUEST']._serialized_end=2311
-  _globals['_LISTEXECUTIONSRESPONSE']._serialized_start=2313
-  _globals['_LISTEXECUTIONSRESPONSE']._serialized_end=2414
-  _globals['_GETEXECUTIONREQUEST']._serialized_start=2416
-  _globals['_GETEXECUTIONREQUEST']._serialized_end=2457
-  _globals['_LISTDEADLETTERSREQUEST']._serialized_start=2459
-  _globals['_LISTDEADLETTERSREQUEST']._serialized_end=2560
-  _globals['_LISTDEADLETTERSRESPONSE']._serialized_start=2562
-  _globals['_LISTDEADLETTERSRESPONSE']._serialized_end=2667
-  _globals['_GETDEADLETTERREQUEST']._serialized_start=2669
-  _globals['_GETDEADLETTERREQUEST']._serialized_end=2711
-  _globals['_DISCARDDEADLETTERREQUEST']._serialized_start=2713
-  _globals['_DISCARDDEADLETTERREQUEST']._serialized_end=2759
-  _globals['_REPLAYDEADLETTERREQUEST']._serialized_start=2761
-  _globals['_REPLAYDEADLETTERREQUEST']._serialized_end=2845
-  _globals['_ORCHESTRATORSERVICE']._serialized_start=2848
-  _globals['_ORCHESTRATORSERVICE']._serialized_end=4132
+  _globals['_FLOWRUNTIME']._serialized_start=305
+  _globals['_FLOWRUNTIME']._serialized_end=521
+  _globals['_WORKER']._serialized_start=524
+  _globals['_WORKER']._serialized_end=837
+  _globals['_WORKER_STATE']._serialized_start=708
+  _globals['_WORKER_STATE']._serialized_end=837
+  _globals['_QUEUEDEPTH']._serialized_start=839
+  _globals['_QUEUEDEPTH']._serialized_end=956
+  _globals['_EXECUTION']._serialized_start=959
+  _globals['_EXECUTION']._serialized_end=1428
+  _globals['_EXECUTION_STATE']._serialized_start=1340
+  _globals['_EXECUTION_STATE']._serialized_end=1428
+  _globals['_STEPEXECUTION']._serialized_start=1431
+  _globals['_STEPEXECUTION']._serialized_end=1721
+  _globals['_ERRORRECORD']._serialized_start=1723
+  _globals['_ERRORRECORD']._serialized_end=1847
+  _globals['_DEADLETTER']._serialized_start=1850
+  _globals['_DEADLETTER']._serialized_end=2088
+  _globals['_GETFLOWRUNTIMEREQUEST']._serialized_start=2090
+  _globals['_GETFLOWRUNTIMEREQUEST']._serialized_end=2133
+  _globals['_STARTEXECUTIONREQUEST']._serialized_start=2135
+  _globals['_STARTEXECUTIONREQUEST']._serialized_end=2239
+  _globals['_LISTEXECUTIONSREQUEST']._serialized_start=2241
+  _globals['_LISTEXECUTIONSREQUEST']._serialized_end=2341
+  _globals['_LISTEXECUTIONSRESPONSE']._serialized_start=2343
+  _globals['_LISTEXECUTIONSRESPONSE']._serialized_end=2444
+  _globals['_GETEXECUTIONREQUEST']._serialized_start=2446
+  _globals['_GETEXECUTIONREQUEST']._serialized_end=2487
+  _globals['_LISTDEADLETTERSREQUEST']._serialized_start=2489
+  _globals['_LISTDEADLETTERSREQUEST']._serialized_end=2590
+  _globals['_LISTDEADLETTERSRESPONSE']._serialized_start=2592
+  _globals['_LISTDEADLETTERSRESPONSE']._serialized_end=2697
+  _globals['_GETDEADLETTERREQUEST']._serialized_start=2699
+  _globals['_GETDEADLETTERREQUEST']._serialized_end=2741
+  _globals['_DISCARDDEADLETTERREQUEST']._serialized_start=2743
+  _globals['_DISCARDDEADLETTERREQUEST']._serialized_end=2789
+  _globals['_REPLAYDEADLETTERREQUEST']._serialized_start=2791
+  _globals['_REPLAYDEADLETTERREQUEST']._serialized_end=2875
+  _globals['_ORCHESTRATORSERVICE']._serialized_start=2878
+  _globals['_ORCHESTRATORSERVICE']._serialized_end=4166
 # @@protoc_insertion_point(module_scope)

@@ -148,7 +148,7 @@ class OrchestratorServiceServicer:
         `execution_id` names an execution of the flow that already exists, nothing is published
         again and that execution is returned, so a retried call runs the flow once. Answers
         FAILED_PRECONDITION unless the flow is running here, NOT_FOUND for a flow the caller may not
-        see.
+        see. Through the gateway the JSON body may be up to the large limit (10 MiB by default).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

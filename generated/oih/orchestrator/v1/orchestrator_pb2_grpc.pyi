@@ -72,7 +72,7 @@ class OrchestratorServiceStub:
     `execution_id` names an execution of the flow that already exists, nothing is published
     again and that execution is returned, so a retried call runs the flow once. Answers
     FAILED_PRECONDITION unless the flow is running here, NOT_FOUND for a flow the caller may not
-    see.
+    see. Through the gateway the JSON body may be up to the large limit (10 MiB by default).
     """
     ListExecutions: _grpc.UnaryUnaryMultiCallable[_orchestrator_pb2.ListExecutionsRequest, _orchestrator_pb2.ListExecutionsResponse]
     """Lists the executions of a flow (or of every visible flow with `flows/-`), newest first.
@@ -140,7 +140,7 @@ class OrchestratorServiceAsyncStub(OrchestratorServiceStub):
     `execution_id` names an execution of the flow that already exists, nothing is published
     again and that execution is returned, so a retried call runs the flow once. Answers
     FAILED_PRECONDITION unless the flow is running here, NOT_FOUND for a flow the caller may not
-    see.
+    see. Through the gateway the JSON body may be up to the large limit (10 MiB by default).
     """
     ListExecutions: _aio.UnaryUnaryMultiCallable[_orchestrator_pb2.ListExecutionsRequest, _orchestrator_pb2.ListExecutionsResponse]  # type: ignore[assignment]
     """Lists the executions of a flow (or of every visible flow with `flows/-`), newest first.
@@ -217,7 +217,7 @@ class OrchestratorServiceServicer(metaclass=_abc_1.ABCMeta):
         `execution_id` names an execution of the flow that already exists, nothing is published
         again and that execution is returned, so a retried call runs the flow once. Answers
         FAILED_PRECONDITION unless the flow is running here, NOT_FOUND for a flow the caller may not
-        see.
+        see. Through the gateway the JSON body may be up to the large limit (10 MiB by default).
         """
 
     @_abc_1.abstractmethod
