@@ -287,11 +287,25 @@ def plan(client: Platform, paths: tuple[Path, ...]) -> list[Plan]:
             plans.append(Plan(item, desired, None))
             continue
         now = managed_part(existing, schema)
+        _adopt_edge_ids(desired, now)
         changed = [k for k in sorted(set(desired) | set(now)) if desired.get(k) != now.get(k)]
         plans.append(Plan(item, desired, now, changed, existing))
     if problems:
         raise CliError("cannot apply, nothing was sent:\n  " + "\n  ".join(problems), USAGE)
     return plans
+
+
+def _adopt_edge_ids(desired: dict[str, Any], current: dict[str, Any]) -> None:
+    """An edge a file leaves without an id keeps the one the platform gave it (`e1`, …)."""
+    mine = (desired.get("graph") or {}).get("edges") or []
+    theirs = (current.get("graph") or {}).get("edges") or []
+    for edge, existing in zip(mine, theirs, strict=False):
+        if isinstance(edge, dict) and "id" not in edge and existing.get("id"):
+            edge["id"] = existing["id"]
+            # Keep the usual key order (id first) so that diffs stay readable.
+            edge_items = list(edge.items())
+            edge.clear()
+            edge.update([("id", existing["id"]), *[(k, v) for k, v in edge_items if k != "id"]])
 
 
 def apply_plan(client: Platform, step: Plan) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -12,8 +13,9 @@ from rich.console import Console
 from rich.table import Table
 
 FORMATS = ("table", "json", "yaml", "name")
-#: Where tables go: stdout, no colours or wrapping tricks when piped.
-console = Console(soft_wrap=True)
+#: Where tables go. Piped, a table is as wide as its content (never cut for a script to
+#: read); on a terminal, long cells wrap instead of being cut.
+console = Console(width=None if sys.stdout.isatty() else 100_000)
 
 
 def short_enum(value: Any) -> str:
@@ -45,7 +47,7 @@ def table(rows: Sequence[Any], columns: Sequence[tuple[str, str]], *,
           enums: Sequence[str] = ()) -> None:
     grid = Table(box=None, pad_edge=False, header_style="bold")
     for title, _path in columns:
-        grid.add_column(title)
+        grid.add_column(title, overflow="fold")
     for row in rows:
         grid.add_row(*(
             short_enum(field(row, path)) if path in enums else cell(field(row, path))
