@@ -30,10 +30,11 @@ from sqlmodel import Session, col, select
 from oih.events.v1 import flows_pb2 as flow_events
 from oih.flows.v1 import flows_pb2
 from oih_flows import convert, graph, lifecycle
-from oih_flows.graph import ComponentLookup
+from oih_flows.graph import ComponentLookup, SecretLookup
 from oih_flows.lifecycle import ACTIVE, AT_REST, INACTIVE, STARTING, STOPPING
-from oih_flows.models import FlowComponentRow, FlowOwnerRow, FlowRow, utcnow
-from oih_runtime import filtering, paging
+from oih_flows.models import FlowComponentRow, FlowOwnerRow, FlowRow
+from oih_runtime import filtering, names, paging
+from oih_runtime.clock import utcnow
 from oih_runtime.db import transaction
 from oih_runtime.errors import Aborted, FailedPrecondition, InvalidArgument, NotFound
 from oih_runtime.principal import Principal
@@ -51,9 +52,7 @@ OWNER_TYPES = {"user": flows_pb2.OWNER_TYPE_USER,
 
 def flow_id(name: str, field: str = "name") -> str:
     """`flows/abc` → `abc`; anything else is INVALID_ARGUMENT naming `field`."""
-    if not graph.is_name(name, "flows"):
-        raise InvalidArgument.field(field, "must look like flows/{flow}")
-    return name.removeprefix("flows/")
+    return names.resource_id(name, "flows", field)
 
 
 @dataclass(frozen=True)
@@ -69,9 +68,11 @@ class Definition:
 
 
 class Flows:
-    def __init__(self, engine: Engine, components: ComponentLookup) -> None:
+    def __init__(self, engine: Engine, components: ComponentLookup,
+                 secrets: SecretLookup) -> None:
         self.engine = engine
         self.components = components
+        self.secrets = secrets
 
     # ----------------------------------------------------------------- reading
 
@@ -107,6 +108,7 @@ class Flows:
         graph.assign_edge_ids(flow.graph)
         violations = graph.check_definition(flow, tenant=tenant)
         violations += graph.check_components(flow.graph, self.components)
+        violations += graph.check_secrets(flow, self.secrets, tenant=tenant)
         if violations:
             raise InvalidArgument(violations)
         owners = [(o.id, int(o.type)) for o in flow.owners]

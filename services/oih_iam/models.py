@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 
 from sqlalchemy import JSON, Column
 from sqlmodel import Field, SQLModel
 
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
+from oih_runtime.clock import utcnow
 
 
 class TenantRow(SQLModel, table=True):
@@ -35,6 +33,18 @@ class UserRow(SQLModel, table=True):
     locked_until: datetime | None = None
     create_time: datetime = Field(default_factory=utcnow)
     update_time: datetime = Field(default_factory=utcnow)
+
+
+class UnknownLoginRow(SQLModel, table=True):
+    """Failed logins of a username no user has: counted and locked exactly like a user's
+    (`UserRow.failed_logins`, `locked_until`), so the answers do not tell which usernames exist.
+    Rows whose lock ran out longer ago than the longest lock are deleted as new ones come."""
+
+    __tablename__ = "iam_unknown_login"
+    username: str = Field(primary_key=True)
+    failed_logins: int = 0
+    locked_until: datetime | None = None
+    update_time: datetime = Field(default_factory=utcnow, index=True)
 
 
 class RoleRow(SQLModel, table=True):
@@ -64,9 +74,11 @@ class ServiceAccountRow(SQLModel, table=True):
 class SigningKeyRow(SQLModel, table=True):
     __tablename__ = "iam_signing_key"
     kid: str = Field(primary_key=True)
+    #: The PKCS#8 PEM, sealed by `oih_runtime.crypto` with IAM's master key (never in clear).
     private_pem: str
     create_time: datetime = Field(default_factory=utcnow)
-    #: Set when a newer key took over; the key stays published until its tokens have expired.
+    #: When a newer key takes over (set by a rotation, which pre-announces the newer key, so it
+    #: may lie in the future); the key stays published until its tokens have expired.
     retire_time: datetime | None = None
 
 
@@ -79,3 +91,8 @@ class RevocationRow(SQLModel, table=True):
     subject: str = ""
     issued_before: int = 0
     expires: int
+
+
+#: IAM's own tables.
+TABLES = (TenantRow, UserRow, UnknownLoginRow, RoleRow, ServiceAccountRow, SigningKeyRow,
+          RevocationRow)
