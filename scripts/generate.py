@@ -47,6 +47,9 @@ def generate(out: Path) -> None:
         # google/rpc/error_details.proto to render rich error details.
         f"--descriptor_set_out={out / DESCRIPTOR_SET}",
         "--include_imports",
+        # The proto comments too: the OpenAPI document (services/oih_gateway/openapi.py) takes
+        # its descriptions from them.
+        "--include_source_info",
         *protos,
         "google/rpc/error_details.proto",
     ]

@@ -35,7 +35,9 @@ import psutil
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from oih_gateway import layout
+from oih_gateway.docs import write_docs
 from oih_gateway.envoy import EnvoyProcess
+from oih_gateway.openapi import dumps_openapi, render_openapi
 from oih_gateway.render import read_rpcs, write_envoy_config
 from oih_orchestrator.local import stop_all_workers
 from oih_runtime import broker, crypto
@@ -382,11 +384,14 @@ class Platform:
             if (service := layout.package_of(name).removeprefix("oih.")) in self.ports
         }
         config = self.data_dir / "envoy.yaml"
+        # /openapi.json and /api-docs: Envoy serves these files itself.
+        docs_dir = write_docs(self.data_dir / "api-docs",
+                              dumps_openapi(render_openapi(descriptor_set)))
         write_envoy_config(
             config, descriptor_set, upstreams, listen_host="127.0.0.1",
             listen_port=self.gateway_port, admin_port=self.admin_port,
             descriptor_path=str(layout.DESCRIPTOR_SET), issuer=layout.ISSUER,
-            audience=layout.AUDIENCE, **layout.request_limits(),
+            audience=layout.AUDIENCE, docs_dir=str(docs_dir), **layout.request_limits(),
         )
         self.envoy = EnvoyProcess(config, admin_port=self.admin_port,
                                   log_path=self.log_dir / "envoy.log")

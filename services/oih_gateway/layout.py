@@ -21,6 +21,12 @@ DESCRIPTOR_SET = ROOT / "generated" / "descriptor_set.binpb"
 DESCRIPTOR_SET_RELATIVE = "generated/descriptor_set.binpb"
 #: The rendered, committed gateway config.
 ENVOY_CONFIG = ROOT / "gateway" / "envoy.yaml"
+#: The rendered, committed OpenAPI document of the REST surface.
+OPENAPI = ROOT / "gateway" / "openapi.json"
+#: Where the committed config expects the API docs files (`oih_gateway.docs.write_docs`),
+#: relative to the repository root like the descriptor set: the default data folder, where
+#: `oih up` and `python -m oih_gateway render` write them.
+DOCS_DIR_RELATIVE = "var/api-docs"
 
 LISTEN_HOST = "0.0.0.0"
 LISTEN_PORT = 8080

@@ -29,6 +29,9 @@ from google.protobuf import descriptor_pb2
 
 from oih.auth.v1 import auth_pb2
 from oih.gateway.v1 import gateway_pb2
+from oih_gateway.docs import ASSETS as DOCS_ASSETS
+from oih_gateway.docs import DOCS_PATHS, docs_routes
+from oih_gateway.docs import MAX_BODY_BYTES as DOCS_MAX_BODY_BYTES
 
 __all__ = [
     "HttpPattern",
@@ -359,6 +362,23 @@ def _cel_filter(expression: str) -> dict[str, Any]:
     }
 
 
+def _docs_reply_mappers() -> list[dict[str, Any]]:
+    """One local-reply mapper per content type of the docs files: the body as it is."""
+    paths_by_type: dict[str, list[str]] = {}
+    for asset in DOCS_ASSETS:
+        paths_by_type.setdefault(asset.content_type, []).append(asset.path)
+    return [
+        {
+            "filter": _cel_filter(
+                "response.code == 200 && request.path in ["
+                + ", ".join(f"'{path}'" for path in paths) + "]"),
+            "body_format_override": {"text_format": "%LOCAL_REPLY_BODY%",
+                                     "content_type": content_type},
+        }
+        for content_type, paths in paths_by_type.items()
+    ]
+
+
 def _method_header(method: str) -> dict[str, Any]:
     return {"name": ":method", "string_match": {"exact": method}}
 
@@ -479,12 +499,16 @@ def render_envoy_config(
     connect_timeout_seconds: float = 1.0,
     rest_timeout_seconds: int = 30,
     max_connections: int = 10000,
+    docs_dir: str | None = None,
 ) -> dict[str, Any]:
     """The Envoy bootstrap (as a dict) that serves the contract's REST and gRPC APIs.
 
     `upstreams` maps gRPC service full names to `host:port`. Services of the descriptor set that
     are not in `upstreams` are not exposed (their paths answer 401/404: fail closed); an
     upstream naming a service the descriptor does not contain is an error.
+
+    `docs_dir`: a folder written by `oih_gateway.docs.write_docs`; when given, Envoy answers
+    `/openapi.json` and the `/api-docs` page from its files (public, GET only).
     """
     # A relative descriptor_path resolves against Envoy's working directory: the committed
     # gateway/envoy.yaml uses one (run Envoy from the repository root) so that it is the same in
@@ -557,6 +581,14 @@ def render_envoy_config(
             route["typed_per_filter_config"] = _route_limit_filters(
                 raw_body_transcoder if raw else transcoder, limit)
         routes.append(route)
+    if docs_dir is not None:
+        # Answered by Envoy itself: the transcoder (which refuses paths that are no RPC) stays out.
+        docs = docs_routes(docs_dir)
+        for route in docs:
+            route["typed_per_filter_config"] = {
+                "envoy.filters.http.grpc_json_transcoder": {
+                    _TYPE: _T + "envoy.config.route.v3.FilterConfig", "disabled": True}}
+        routes[:0] = docs
     # Native gRPC on the same listener: one prefix route per service. No route timeout (streams
     # may be long); the client's grpc-timeout is honoured instead. Not buffered: the gRPC
     # servers enforce their own message size limit, and buffering would break streaming.
@@ -596,6 +628,8 @@ def render_envoy_config(
             if match_key not in public_seen:
                 public_seen.add(match_key)
                 jwt_rules.append({"match": match})
+    if docs_dir is not None:
+        jwt_rules += [{"match": {"path": path}} for path in DOCS_PATHS]
     jwt_rules.append({"match": {"prefix": "/"}, "requires": {"provider_name": PROVIDER}})
 
     jwt_authn = {
@@ -639,6 +673,8 @@ def render_envoy_config(
     local_reply_config = {
         "mappers": [
             _too_large_reply(),
+            # The docs routes' direct responses are local replies too: served as they are.
+            *(_docs_reply_mappers() if docs_dir is not None else []),
             {
                 # jwt_authn answers 403 for a token of another audience; to a client that is
                 # an invalid token like any other (RFC 6750 invalid_token): 401.
@@ -704,6 +740,8 @@ def render_envoy_config(
         "route_config": {
             "name": "oih",
             "virtual_hosts": [{"name": "oih", "domains": ["*"], "routes": routes}],
+            **({"max_direct_response_body_size_bytes": DOCS_MAX_BODY_BYTES}
+               if docs_dir is not None else {}),
         },
         "http_filters": [
             {

@@ -29,6 +29,7 @@ from google.api import httpbody_pb2
 from oih.iam.v1 import iam_pb2, iam_pb2_grpc
 from oih_gateway import layout
 from oih_gateway.__main__ import render_default
+from oih_gateway.docs import write_docs
 from oih_gateway.envoy import EnvoyProcess, validate
 from oih_gateway.render import dumps_envoy_config, read_rpcs, template_regex
 from tests.gateway.conftest import (
@@ -259,8 +260,12 @@ def test_committed_config_is_fresh() -> None:
     assert committed == fresh, "gateway/envoy.yaml is stale: run `python -m oih_gateway render`"
 
 
-def test_committed_config_validates() -> None:
-    validate(layout.ENVOY_CONFIG, cwd=layout.ROOT)
+def test_committed_config_validates(tmp_path: Path) -> None:
+    # Run as from a checkout: the descriptor set and the docs folder (written by `render` or
+    # `oih up`) at the relative paths the config names.
+    (tmp_path / "generated").symlink_to(layout.DESCRIPTOR_SET.parent)
+    write_docs(tmp_path / layout.DOCS_DIR_RELATIVE, layout.OPENAPI.read_text())
+    validate(layout.ENVOY_CONFIG, cwd=tmp_path)
 
 
 # --------------------------------------------------------------------------------------------
