@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +42,12 @@ PROVIDER = "oih_iam"
 PAYLOAD_HEADER = "x-oih-jwt-payload"
 JWKS_PATH = "/.well-known/jwks.json"
 JWKS_CLUSTER = "oih_gateway_self"
+#: Where a gRPC-framed request to a REST path is sent, through Envoy's own listener: Envoy answers
+#: a gRPC request's local replies in gRPC (HTTP 200, grpc-status), and a REST client that sent
+#: `content-type: application/grpc` by mistake must get a JSON 4xx instead. The request comes
+#: back as JSON (its content-type replaced) and this path answers 415.
+WRONG_CONTENT_TYPE_PATH = "/_oih/grpc-on-rest-path"
+GRPC_CONTENT_TYPE = {"name": "content-type", "string_match": {"prefix": "application/grpc"}}
 STAT_PREFIX = "oih_gateway"
 HEADER_COMMENT = (
     "Rendered by `python -m oih_gateway render` from generated/descriptor_set.binpb. "
@@ -421,14 +428,44 @@ def render_envoy_config(
     ordered = sorted(rest.items(), key=lambda item: _specificity(item[1][0]))
     routes: list[dict[str, Any]] = []
     for (method, regex), (template, cluster, raw) in ordered:
+        match = _regex_match(regex, method)
+        # gRPC-framed requests are not REST: they go to the route below.
+        # (A request without a content-type is not gRPC: absent counts as "", which matches.)
+        match["headers"].append({**GRPC_CONTENT_TYPE, "invert_match": True,
+                                 "treat_missing_header_as_empty": True})
         route: dict[str, Any] = {
             "name": f"{method} {template}",
-            "match": _regex_match(regex, method),
+            "match": match,
             "route": {"cluster": cluster, "timeout": f"{rest_timeout_seconds}s"},
         }
         if raw:
             route["typed_per_filter_config"] = raw_body_filters
         routes.append(route)
+    # A gRPC-framed request to a REST path (the first segments of the REST templates): answered
+    # with a JSON 415 by the route after it, reached through our own listener as JSON.
+    rest_prefixes = sorted({t.split("/")[1] for t, _, _ in rest.values()})
+    rest_paths = "^/(" + "|".join(re.escape(p) for p in rest_prefixes) + ")/.*"
+    grpc_on_rest = {"safe_regex": {"regex": rest_paths}, "headers": [GRPC_CONTENT_TYPE]}
+    routes.append({
+        "name": "gRPC-framed request to a REST path",
+        "match": grpc_on_rest,
+        "route": {"cluster": JWKS_CLUSTER, "timeout": "5s",
+                  "regex_rewrite": {"pattern": {"regex": "^.*$"},
+                                    "substitution": WRONG_CONTENT_TYPE_PATH}},
+        "request_headers_to_add": [{"header": {"key": "content-type",
+                                               "value": "application/json"},
+                                    "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}],
+    })
+    routes.append({
+        "name": "REST path called as gRPC",
+        "match": {"path": WRONG_CONTENT_TYPE_PATH},
+        "direct_response": {"status": 415, "body": {"inline_string": (
+            "REST paths take JSON (content-type: application/json); gRPC is served at "
+            "/<package>.<Service>/<Method>")}},
+        # No method of the contract is bound here: the transcoder would refuse it as unknown.
+        "typed_per_filter_config": {"envoy.filters.http.grpc_json_transcoder": {
+            _TYPE: _T + "envoy.config.route.v3.FilterConfig", "disabled": True}},
+    })
     # Native gRPC on the same listener: one prefix route per service. No route timeout (streams
     # may be long); the client's grpc-timeout is honoured instead. Not buffered: the gRPC
     # servers enforce their own message size limit, and buffering would break streaming.
@@ -466,6 +503,9 @@ def render_envoy_config(
             if match_key not in public_seen:
                 public_seen.add(match_key)
                 jwt_rules.append({"match": match})
+    # Answered 415 without reaching a service (see the routes): no token needed.
+    jwt_rules.append({"match": grpc_on_rest})
+    jwt_rules.append({"match": {"path": WRONG_CONTENT_TYPE_PATH}})
     jwt_rules.append({"match": {"prefix": "/"}, "requires": {"provider_name": PROVIDER}})
 
     jwt_authn = {

@@ -279,3 +279,12 @@ def test_http_header_names_grpc_does_not_allow_are_dropped(
     for name in ("+", "x|y", "a~b", "Odd!Name"):
         reply = rest.get("/v1/components", headers={**auth(integrator["token"]), name: "1"})
         assert reply.status_code == 200, (name, reply.text)
+
+
+def test_a_rest_path_called_as_grpc_answers_a_json_415(
+        rest: httpx.Client, integrator: dict[str, str]) -> None:
+    reply = rest.post("/v1/flows", content=b'{"display_name": "x"}', headers={
+        **auth(integrator["token"]), "content-type": "application/grpc"})
+    assert reply.status_code == 415, (reply.status_code, reply.headers, reply.text)
+    assert reply.headers["content-type"].startswith("application/json")
+    assert "application/json" in reply.json()["message"]

@@ -507,6 +507,21 @@ def test_grpc_path_over_plain_http_is_refused(http: httpx.Client) -> None:
     assert_local_error(http.get(f"/{IAM}/GetJwks"), 404)
 
 
+@pytest.mark.parametrize("content_type", ["application/grpc", "application/grpc+proto"])
+@pytest.mark.parametrize(("method", "path"), [("POST", "/v1/flows"), ("POST", "/v1/login"),
+                                              ("GET", "/v1/users/me")])
+def test_grpc_framed_request_to_a_rest_path_is_a_json_415(
+        http: httpx.Client, content_type: str, method: str, path: str) -> None:
+    """Not HTTP 200 with a grpc-status and an empty body (Envoy answers gRPC requests in gRPC),
+    with a token or without."""
+    for headers in ({}, bearer(rs256())):
+        reply = http.request(method, path, headers={**headers, "content-type": content_type},
+                             content=b"{}")
+        body = assert_local_error(reply, 415)
+        assert "grpc-status" not in reply.headers
+        assert "application/json" in body["message"]
+
+
 # --------------------------------------------------------------------------------------------
 # Raw-body RPCs (google.api.HttpBody body): webhooks
 
