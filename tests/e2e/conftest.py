@@ -17,12 +17,15 @@ from oih_runtime.bus import RetryPolicy, ServiceQueues
 from oih_runtime.settings import DEFAULT_PORTS
 from tests.gateway.conftest import free_port
 
+#: A loopback address flows of the e2e platform may call (and only this one: the rest of
+#: loopback stays refused by the egress guard), for test servers that a flow step calls.
+RECEIVER_HOST = "127.0.0.2"
 ADMIN = "admin@e2e.test"
 ADMIN_PASSWORD = "e2e-admin-password"
 PASSWORD = "correct horse battery staple"
 
 #: The services the end-to-end suite runs (all implemented ones as they land).
-E2E_SERVICES = ["iam", "components", "flows", "orchestrator"]
+E2E_SERVICES = ["iam", "components", "secrets", "flows", "orchestrator"]
 
 
 NAMESPACE = f"e2e{uuid.uuid4().hex[:8]}"
@@ -65,6 +68,7 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
             "OIH_IAM_KEY_ANNOUNCE_SECONDS": "15",
             # Each e2e run uses its own event exchange, so it never sees another run's events.
             "OIH_BUS_NAMESPACE": NAMESPACE,
+            "OIH_EGRESS_ALLOWED_NETWORKS": f"{RECEIVER_HOST}/32",
             **{f"OIH_{name.upper()}_METRICS_PORT": str(port)
                for name, port in METRICS_PORTS.items()},
         },
