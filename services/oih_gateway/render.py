@@ -62,7 +62,71 @@ _T = "type.googleapis.com/"
 #: `[0-9a-z_.-]`); forwarded, such a header makes the service's gRPC server fail the call as
 #: INTERNAL before any of our code runs. They are dropped on the way in, like the headers with
 #: underscores (`headers_with_underscores_action`); no header of ours is named like that.
-DROP_NON_GRPC_HEADERS_LUA = """
+#:
+#: The transcoder (protobuf's JSON converter) takes a single value where a repeated field's
+#: array belongs, as a one-element list — the path that binds repeated query parameters
+#: (`?ids=a&ids=b`) — so `"roles": "roles/x"` was accepted as `["roles/x"]`, and Envoy has no
+#: option to make it strict. Each REST route carries the JSON paths of its body that must be
+#: arrays (`route metadata arrays`, from the descriptor); the scan below refuses other values
+#: with 400 naming the field. It only walks objects (the paths never cross an array), skipping
+#: strings and containers; malformed JSON is left to the transcoder, which refuses it.
+GATEWAY_LUA = r"""
+local function blank(s, i) return s:find("[^ \t\r\n]", i) or #s + 1 end
+
+local function after_string(s, i)
+  local j = i + 1
+  while true do
+    local k = s:find('["\\]', j)
+    if not k then return #s + 1 end
+    if s:sub(k, k) == "\\" then j = k + 2 else return k + 1 end
+  end
+end
+
+local function after_container(s, i)
+  local depth, j = 0, i
+  while j <= #s do
+    local k = s:find('[%[%]{}"]', j)
+    if not k then return #s + 1 end
+    local c = s:sub(k, k)
+    if c == '"' then
+      j = after_string(s, k)
+    else
+      depth = depth + ((c == "{" or c == "[") and 1 or -1)
+      j = k + 1
+      if depth == 0 then return j end
+    end
+  end
+  return j
+end
+
+local function scan(s, i, prefix, arrays, wrong)
+  i = blank(s, i + 1)
+  while i <= #s and s:sub(i, i) == '"' do
+    local close = after_string(s, i)
+    local path = prefix .. s:sub(i + 1, close - 2)
+    i = blank(s, close)
+    if s:sub(i, i) ~= ":" then return #s + 1 end
+    i = blank(s, i + 1)
+    local c = s:sub(i, i)
+    if arrays[path] and c ~= "[" and s:sub(i, i + 3) ~= "null" then
+      wrong[#wrong + 1] = path
+    end
+    if c == "{" then
+      local inner = scan(s, i, path .. ".", arrays, wrong)
+      i = math.max(inner, after_container(s, i))
+    elseif c == "[" then
+      i = after_container(s, i)
+    elseif c == '"' then
+      i = after_string(s, i)
+    else
+      i = s:find("[,}]", i) or #s + 1
+    end
+    i = blank(s, i)
+    if s:sub(i, i) == "," then i = blank(s, i + 1) end
+  end
+  return i + 1
+end
+
 function envoy_on_request(handle)
   local drop = {}
   for name, _ in pairs(handle:headers()) do
@@ -72,6 +136,21 @@ function envoy_on_request(handle)
   end
   for _, name in ipairs(drop) do
     handle:headers():remove(name)
+  end
+  local listed = handle:metadata():get("arrays")
+  if listed == nil then return end
+  local body = handle:body()
+  if body == nil or body:length() == 0 then return end
+  local s = body:getBytes(0, body:length())
+  local start = blank(s, 1)
+  if s:sub(start, start) ~= "{" then return end
+  local arrays = {}
+  for _, path in ipairs(listed) do arrays[path] = true end
+  local wrong = {}
+  scan(s, start, "", arrays, wrong)
+  if #wrong > 0 then
+    handle:respond({[":status"] = "400", ["content-type"] = "text/plain"},
+      "invalid argument: " .. table.concat(wrong, ", ") .. ": must be a JSON array")
   end
 end
 """
@@ -157,6 +236,47 @@ def _http_rules(rule: http_pb2.HttpRule) -> Iterator[http_pb2.HttpRule]:
     yield rule
     for extra in rule.additional_bindings:
         yield from _http_rules(extra)
+
+
+def _array_fields(messages: Mapping[str, descriptor_pb2.DescriptorProto], type_name: str,
+                  prefix: str = "", outer: frozenset[str] = frozenset()) -> list[str]:
+    """JSON paths (through objects only, proto and JSON names) of the repeated fields of a body
+    of type `type_name`: the values that must be JSON arrays."""
+    message = messages.get(type_name)
+    if message is None or type_name.startswith(".google.protobuf.") or type_name in outer:
+        return []
+    found = []
+    for field in message.field:
+        for name in dict.fromkeys((field.name, field.json_name or field.name)):
+            path = prefix + name
+            is_message = field.type == descriptor_pb2.FieldDescriptorProto.TYPE_MESSAGE
+            if field.label == descriptor_pb2.FieldDescriptorProto.LABEL_REPEATED:
+                entry = messages.get(field.type_name) if is_message else None
+                if entry is None or not entry.options.map_entry:  # a map is a JSON object
+                    found.append(path)
+            elif is_message:
+                found += _array_fields(messages, field.type_name, path + ".",
+                                       outer | {type_name})
+    return found
+
+
+def body_array_fields(descriptor_set: bytes) -> dict[tuple[str, str], list[str]]:
+    """(HTTP method, path template) → the JSON paths in its body that must be arrays."""
+    files = descriptor_pb2.FileDescriptorSet.FromString(descriptor_set)
+    messages = _messages(files)
+    found: dict[tuple[str, str], list[str]] = {}
+    for file in files.file:
+        for service in file.service:
+            for method in service.method:
+                if not method.options.HasExtension(annotations_pb2.http):
+                    continue
+                for rule in _http_rules(method.options.Extensions[annotations_pb2.http]):
+                    body = _body_type(messages, method.input_type, rule.body)
+                    fields = _array_fields(messages, body) if body else []
+                    kind = rule.WhichOneof("pattern")
+                    if fields and kind is not None and kind != "custom":
+                        found[(kind.upper(), getattr(rule, kind))] = fields
+    return found
 
 
 def read_rpcs(descriptor_set: bytes) -> list[Rpc]:
@@ -369,6 +489,7 @@ def render_envoy_config(
     # gateway/envoy.yaml uses one (run Envoy from the repository root) so that it is the same in
     # every clone; `oih up` and the tests render absolute paths.
     rpcs = read_rpcs(descriptor_set)
+    arrays = body_array_fields(descriptor_set)
     known = {rpc.service for rpc in rpcs}
     unknown = sorted(set(upstreams) - known)
     if unknown:
@@ -438,6 +559,9 @@ def render_envoy_config(
             "match": match,
             "route": {"cluster": cluster, "timeout": f"{rest_timeout_seconds}s"},
         }
+        if (method, template) in arrays:  # read by the Lua filter (GATEWAY_LUA)
+            route["metadata"] = {"filter_metadata": {"envoy.filters.http.lua": {
+                "arrays": arrays[(method, template)]}}}
         if raw:
             route["typed_per_filter_config"] = raw_body_filters
         routes.append(route)
@@ -618,14 +742,16 @@ def render_envoy_config(
             "virtual_hosts": [{"name": "oih", "domains": ["*"], "routes": routes}],
         },
         "http_filters": [
+            {"name": "envoy.filters.http.jwt_authn", "typed_config": jwt_authn},
             {
+                # After jwt_authn: a request without a valid token is refused before its
+                # body is looked at.
                 "name": "envoy.filters.http.lua",
                 "typed_config": {
                     _TYPE: _T + "envoy.extensions.filters.http.lua.v3.Lua",
-                    "default_source_code": {"inline_string": DROP_NON_GRPC_HEADERS_LUA},
+                    "default_source_code": {"inline_string": GATEWAY_LUA},
                 },
             },
-            {"name": "envoy.filters.http.jwt_authn", "typed_config": jwt_authn},
             {"name": "envoy.filters.http.buffer", "typed_config": buffer},
             {"name": "envoy.filters.http.grpc_json_transcoder", "typed_config": transcoder},
             {

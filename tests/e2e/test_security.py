@@ -288,3 +288,18 @@ def test_a_rest_path_called_as_grpc_answers_a_json_415(
     assert reply.status_code == 415, (reply.status_code, reply.headers, reply.text)
     assert reply.headers["content-type"].startswith("application/json")
     assert "application/json" in reply.json()["message"]
+
+
+def test_a_string_where_a_list_belongs_is_refused(rest: httpx.Client, admin_token: str) -> None:
+    """`"roles": "roles/tenant-admin"` created the user with that role."""
+    tenant = rest.post("/v1/tenants", json={"display_name": unique("lists")},
+                       headers=auth(admin_token)).json()["name"]
+    username = f"{unique('scalar')}@acme.example"
+    reply = rest.post("/v1/users", headers=auth(admin_token), json={
+        "user": {"username": username, "tenant": tenant, "roles": "roles/tenant-admin"},
+        "password": PASSWORD})
+    assert reply.status_code == 400, reply.text
+    assert "user.roles" in reply.json()["message"]
+    listed = rest.get("/v1/users", headers=auth(admin_token),
+                      params={"filter": f'tenant="{tenant}"'})
+    assert username not in listed.text

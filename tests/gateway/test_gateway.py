@@ -30,7 +30,7 @@ from oih.iam.v1 import iam_pb2, iam_pb2_grpc
 from oih_gateway import layout
 from oih_gateway.__main__ import render_default
 from oih_gateway.envoy import EnvoyProcess, validate
-from oih_gateway.render import dumps_envoy_config, read_rpcs, template_regex
+from oih_gateway.render import body_array_fields, dumps_envoy_config, read_rpcs, template_regex
 from tests.gateway.conftest import (
     AUDIENCE,
     DESCRIPTOR_SET,
@@ -419,6 +419,35 @@ def test_malformed_json_is_400_json(http: httpx.Client) -> None:
         "/v1/login", content=b'{"username": "a", ', headers={"content-type": "application/json"}
     )
     assert_local_error(response, 400)
+
+
+@pytest.mark.parametrize(("body", "field"), [
+    ({"user": {"username": "a@b.c", "roles": "roles/tenant-admin"}}, "user.roles"),
+    ({"user": {"username": "a@b.c", "permissions": {"all": True}}}, "user.permissions"),
+    ({"user": {"username": "a@b.c", "roles": 5}}, "user.roles"),
+])
+def test_a_single_value_where_a_list_belongs_is_400_naming_the_field(
+        http: httpx.Client, body: dict[str, Any], field: str) -> None:
+    """protobuf's JSON converter would take it as a one-element list."""
+    reply = http.post("/v1/users", json=body, headers=bearer(rs256()))
+    assert field in assert_local_error(reply, 400)["message"]
+
+
+def test_lists_and_null_where_lists_belong_reach_the_service(http: httpx.Client) -> None:
+    for roles in (["roles/a", "roles/b"], [], None):
+        body = {"user": {"username": 'tricky " {[ "roles": "x"', "roles": roles,
+                         "displayName": "roles"}, "password": "roles"}
+        reply = http.post("/v1/users", json=body, headers=bearer(rs256()))
+        assert reply.status_code == 501, reply.text  # the IAM double answers UNIMPLEMENTED
+
+
+def test_the_body_fields_that_must_be_arrays_come_from_the_contract() -> None:
+    arrays = body_array_fields(DESCRIPTOR_SET.read_bytes())
+    assert {"user.roles", "user.permissions"} <= set(arrays[("POST", "/v1/users")])
+    flow = set(arrays[("PATCH", "/v1/{flow.name=flows/*}")])  # body: the flow itself
+    assert {"owners", "graph.nodes", "graph.edges"} <= flow
+    assert not any(path.startswith("graph.nodes.") for path in flow)  # never inside an array
+    assert ("GET", "/v1/flows") not in arrays
 
 
 def test_well_formed_login_reaches_the_service(http: httpx.Client) -> None:
