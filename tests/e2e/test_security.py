@@ -101,7 +101,7 @@ def test_json_within_the_limit_is_accepted(rest: httpx.Client, integrator: dict[
                                            builtins: dict[str, str]) -> None:
     component = {"display_name": unique("nested"), "python_entry_point": {
         "object_reference": "oih_builtins.log:component"},
-        "actions": [{"name": "log", "config_schema": {"type": "object", "default": json.loads(nested(22))}}]}
+        "actions": [{"name": "log", "config_schema": {"type": "object", "default": json.loads(nested(23))}}]}  # 24 levels
     reply = rest.post("/v1/components", headers=auth(integrator["token"]), json=component)
     assert reply.status_code == 200, reply.text
 
