@@ -99,11 +99,17 @@ local function after_container(s, i)
   return j
 end
 
+local function unescaped(key)
+  -- the transcoder reads "roles" as "roles": so must the check
+  key = key:gsub("\\u00(%x%x)", function(hex) return string.char(tonumber(hex, 16)) end)
+  return (key:gsub('\\(["\\/])', "%1"))
+end
+
 local function scan(s, i, prefix, arrays, wrong)
   i = blank(s, i + 1)
   while i <= #s and s:sub(i, i) == '"' do
     local close = after_string(s, i)
-    local path = prefix .. s:sub(i + 1, close - 2)
+    local path = prefix .. unescaped(s:sub(i + 1, close - 2))
     i = blank(s, close)
     if s:sub(i, i) ~= ":" then return #s + 1 end
     i = blank(s, i + 1)

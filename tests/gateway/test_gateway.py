@@ -425,11 +425,15 @@ def test_malformed_json_is_400_json(http: httpx.Client) -> None:
     ({"user": {"username": "a@b.c", "roles": "roles/tenant-admin"}}, "user.roles"),
     ({"user": {"username": "a@b.c", "permissions": {"all": True}}}, "user.permissions"),
     ({"user": {"username": "a@b.c", "roles": 5}}, "user.roles"),
+    ('{"user": {"rol\\u0065s": "roles/x", "\\u0070ermissions": "all"}}',
+     "user.permissions"),
 ])
 def test_a_single_value_where_a_list_belongs_is_400_naming_the_field(
-        http: httpx.Client, body: dict[str, Any], field: str) -> None:
-    """protobuf's JSON converter would take it as a one-element list."""
-    reply = http.post("/v1/users", json=body, headers=bearer(rs256()))
+        http: httpx.Client, body: dict[str, Any] | str, field: str) -> None:
+    """protobuf's JSON converter would take it as a one-element list (escaped keys too)."""
+    content = body if isinstance(body, str) else json.dumps(body)
+    reply = http.post("/v1/users", content=content,
+                      headers={**bearer(rs256()), "content-type": "application/json"})
     assert field in assert_local_error(reply, 400)["message"]
 
 
