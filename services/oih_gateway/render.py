@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +48,12 @@ PROVIDER = "oih_iam"
 PAYLOAD_HEADER = "x-oih-jwt-payload"
 JWKS_PATH = "/.well-known/jwks.json"
 JWKS_CLUSTER = "oih_gateway_self"
+#: Where a gRPC-framed request to a REST path is sent, through Envoy's own listener: Envoy answers
+#: a gRPC request's local replies in gRPC (HTTP 200, grpc-status), and a REST client that sent
+#: `content-type: application/grpc` by mistake must get a JSON 4xx instead. The request comes
+#: back as JSON (its content-type replaced) and this path answers 415.
+WRONG_CONTENT_TYPE_PATH = "/_oih/grpc-on-rest-path"
+GRPC_CONTENT_TYPE = {"name": "content-type", "string_match": {"prefix": "application/grpc"}}
 STAT_PREFIX = "oih_gateway"
 HEADER_COMMENT = (
     "Rendered by `python -m oih_gateway render` from generated/descriptor_set.binpb. "
@@ -61,7 +68,77 @@ _T = "type.googleapis.com/"
 #: `[0-9a-z_.-]`); forwarded, such a header makes the service's gRPC server fail the call as
 #: INTERNAL before any of our code runs. They are dropped on the way in, like the headers with
 #: underscores (`headers_with_underscores_action`); no header of ours is named like that.
-DROP_NON_GRPC_HEADERS_LUA = """
+#:
+#: The transcoder (protobuf's JSON converter) takes a single value where a repeated field's
+#: array belongs, as a one-element list — the path that binds repeated query parameters
+#: (`?ids=a&ids=b`) — so `"roles": "roles/x"` was accepted as `["roles/x"]`, and Envoy has no
+#: option to make it strict. Each REST route carries the JSON paths of its body that must be
+#: arrays (`route metadata arrays`, from the descriptor); the scan below refuses other values
+#: with 400 naming the field. It only walks objects (the paths never cross an array), skipping
+#: strings and containers; malformed JSON is left to the transcoder, which refuses it.
+GATEWAY_LUA = r"""
+local function blank(s, i) return s:find("[^ \t\r\n]", i) or #s + 1 end
+
+local function after_string(s, i)
+  local j = i + 1
+  while true do
+    local k = s:find('["\\]', j)
+    if not k then return #s + 1 end
+    if s:sub(k, k) == "\\" then j = k + 2 else return k + 1 end
+  end
+end
+
+local function after_container(s, i)
+  local depth, j = 0, i
+  while j <= #s do
+    local k = s:find('[%[%]{}"]', j)
+    if not k then return #s + 1 end
+    local c = s:sub(k, k)
+    if c == '"' then
+      j = after_string(s, k)
+    else
+      depth = depth + ((c == "{" or c == "[") and 1 or -1)
+      j = k + 1
+      if depth == 0 then return j end
+    end
+  end
+  return j
+end
+
+local function unescaped(key)
+  -- the transcoder reads "roles" as "roles": so must the check
+  key = key:gsub("\\u00(%x%x)", function(hex) return string.char(tonumber(hex, 16)) end)
+  return (key:gsub('\\(["\\/])', "%1"))
+end
+
+local function scan(s, i, prefix, arrays, wrong)
+  i = blank(s, i + 1)
+  while i <= #s and s:sub(i, i) == '"' do
+    local close = after_string(s, i)
+    local path = prefix .. unescaped(s:sub(i + 1, close - 2))
+    i = blank(s, close)
+    if s:sub(i, i) ~= ":" then return #s + 1 end
+    i = blank(s, i + 1)
+    local c = s:sub(i, i)
+    if arrays[path] and c ~= "[" and s:sub(i, i + 3) ~= "null" then
+      wrong[#wrong + 1] = path
+    end
+    if c == "{" then
+      local inner = scan(s, i, path .. ".", arrays, wrong)
+      i = math.max(inner, after_container(s, i))
+    elseif c == "[" then
+      i = after_container(s, i)
+    elseif c == '"' then
+      i = after_string(s, i)
+    else
+      i = s:find("[,}]", i) or #s + 1
+    end
+    i = blank(s, i)
+    if s:sub(i, i) == "," then i = blank(s, i + 1) end
+  end
+  return i + 1
+end
+
 function envoy_on_request(handle)
   local drop = {}
   for name, _ in pairs(handle:headers()) do
@@ -71,6 +148,29 @@ function envoy_on_request(handle)
   end
   for _, name in ipairs(drop) do
     handle:headers():remove(name)
+  end
+  -- Every REST route states its body limit; the buffer filter before this one holds the body
+  -- (up to a margin over the limit), so the exact limit is applied here, as a JSON 413.
+  local limit = handle:metadata():get("max_request_bytes")
+  local listed = handle:metadata():get("arrays")
+  if limit == nil and listed == nil then return end
+  local body = handle:body()
+  if body == nil or body:length() == 0 then return end
+  if limit ~= nil and body:length() > limit then
+    handle:respond({[":status"] = "413"}, "")
+    return
+  end
+  if listed == nil then return end
+  local s = body:getBytes(0, body:length())
+  local start = blank(s, 1)
+  if s:sub(start, start) ~= "{" then return end
+  local arrays = {}
+  for _, path in ipairs(listed) do arrays[path] = true end
+  local wrong = {}
+  scan(s, start, "", arrays, wrong)
+  if #wrong > 0 then
+    handle:respond({[":status"] = "400", ["content-type"] = "text/plain"},
+      "invalid argument: " .. table.concat(wrong, ", ") .. ": must be a JSON array")
   end
 end
 """
@@ -158,6 +258,47 @@ def _http_rules(rule: http_pb2.HttpRule) -> Iterator[http_pb2.HttpRule]:
     yield rule
     for extra in rule.additional_bindings:
         yield from _http_rules(extra)
+
+
+def _array_fields(messages: Mapping[str, descriptor_pb2.DescriptorProto], type_name: str,
+                  prefix: str = "", outer: frozenset[str] = frozenset()) -> list[str]:
+    """JSON paths (through objects only, proto and JSON names) of the repeated fields of a body
+    of type `type_name`: the values that must be JSON arrays."""
+    message = messages.get(type_name)
+    if message is None or type_name.startswith(".google.protobuf.") or type_name in outer:
+        return []
+    found = []
+    for field in message.field:
+        for name in dict.fromkeys((field.name, field.json_name or field.name)):
+            path = prefix + name
+            is_message = field.type == descriptor_pb2.FieldDescriptorProto.TYPE_MESSAGE
+            if field.label == descriptor_pb2.FieldDescriptorProto.LABEL_REPEATED:
+                entry = messages.get(field.type_name) if is_message else None
+                if entry is None or not entry.options.map_entry:  # a map is a JSON object
+                    found.append(path)
+            elif is_message:
+                found += _array_fields(messages, field.type_name, path + ".",
+                                       outer | {type_name})
+    return found
+
+
+def body_array_fields(descriptor_set: bytes) -> dict[tuple[str, str], list[str]]:
+    """(HTTP method, path template) → the JSON paths in its body that must be arrays."""
+    files = descriptor_pb2.FileDescriptorSet.FromString(descriptor_set)
+    messages = _messages(files)
+    found: dict[tuple[str, str], list[str]] = {}
+    for file in files.file:
+        for service in file.service:
+            for method in service.method:
+                if not method.options.HasExtension(annotations_pb2.http):
+                    continue
+                for rule in _http_rules(method.options.Extensions[annotations_pb2.http]):
+                    body = _body_type(messages, method.input_type, rule.body)
+                    fields = _array_fields(messages, body) if body else []
+                    kind = rule.WhichOneof("pattern")
+                    if fields and kind is not None and kind != "custom":
+                        found[(kind.upper(), getattr(rule, kind))] = fields
+    return found
 
 
 def read_rpcs(descriptor_set: bytes) -> list[Rpc]:
@@ -395,7 +536,8 @@ def _regex_match(regex: str, method: str) -> dict[str, Any]:
 # `(oih.gateway.v1.request_size) = REQUEST_SIZE_LARGE` and for raw-body RPCs.
 #
 # - The buffer filter reads up to DRAIN_ALLOWANCE times the limit. A small Lua filter then
-#   compares the whole body with the route's limit (from the route's metadata) and answers 413.
+#   compares the whole body with the route's limit (from the route's metadata) and answers 413
+#   (the gateway's Lua filter, GATEWAY_LUA, which also checks the body's arrays).
 #   So a client that writes its whole body before reading (no `Expect: 100-continue`) still
 #   reads the 413: the gateway has read everything it sent. Beyond the allowance the buffer
 #   filter answers 413 at once and stops reading (a gateway must bound what it reads).
@@ -411,32 +553,13 @@ DRAIN_ALLOWANCE = 2
 #: How much larger than its JSON a request's protobuf may be (the worst case, `[0,0,…]` in a
 #: Struct, is 5.5 times).
 PROTOBUF_GROWTH = 6
-_CHECK_LIMIT_LUA = """
-function envoy_on_request(handle)
-  local limit = handle:metadata():get("max_request_bytes")
-  if limit == nil then
-    return
-  end
-  local body = handle:body()
-  if body ~= nil and body:length() > limit then
-    handle:respond({[":status"] = "413"}, "")
-  end
-end
-"""
-
-
-def _limit_metadata(limit: int) -> dict[str, Any]:
-    return {"filter_metadata": {LIMIT_FILTER: {"max_request_bytes": limit}}}
-
-
-def _limit_filter() -> dict[str, Any]:
-    return {
-        "name": LIMIT_FILTER,
-        "typed_config": {
-            _TYPE: _T + "envoy.extensions.filters.http.lua.v3.Lua",
-            "default_source_code": {"inline_string": _CHECK_LIMIT_LUA},
-        },
-    }
+def _lua_metadata(limit: int, arrays: list[str] | None) -> dict[str, Any]:
+    """What the gateway's Lua filter reads of a route: its body limit (also named by the 413
+    reply) and the JSON paths of its body that must be arrays."""
+    metadata: dict[str, Any] = {"max_request_bytes": limit}
+    if arrays:
+        metadata["arrays"] = arrays
+    return {"filter_metadata": {LIMIT_FILTER: metadata}}
 
 
 def _buffer(limit: int) -> dict[str, Any]:
@@ -514,6 +637,7 @@ def render_envoy_config(
     # gateway/envoy.yaml uses one (run Envoy from the repository root) so that it is the same in
     # every clone; `oih up` and the tests render absolute paths.
     rpcs = read_rpcs(descriptor_set)
+    arrays = body_array_fields(descriptor_set)
     known = {rpc.service for rpc in rpcs}
     unknown = sorted(set(upstreams) - known)
     if unknown:
@@ -570,12 +694,17 @@ def render_envoy_config(
     routes: list[dict[str, Any]] = []
     for (method, regex), (template, cluster, raw, large) in ordered:
         limit = large_request_bytes if large else max_request_bytes
+        match = _regex_match(regex, method)
+        # gRPC-framed requests are not REST: they go to the route below.
+        # (A request without a content-type is not gRPC: absent counts as "", which matches.)
+        match["headers"].append({**GRPC_CONTENT_TYPE, "invert_match": True,
+                                 "treat_missing_header_as_empty": True})
         route: dict[str, Any] = {
             "name": f"{method} {template}",
-            "match": _regex_match(regex, method),
+            "match": match,
             "route": {"cluster": cluster, "timeout": f"{rest_timeout_seconds}s",
                       "retry_policy": _retry_policy(idempotent=method == "GET")},
-            "metadata": _limit_metadata(limit),
+            "metadata": _lua_metadata(limit, arrays.get((method, template))),
         }
         if raw or large:
             route["typed_per_filter_config"] = _route_limit_filters(
@@ -589,6 +718,31 @@ def render_envoy_config(
                 "envoy.filters.http.grpc_json_transcoder": {
                     _TYPE: _T + "envoy.config.route.v3.FilterConfig", "disabled": True}}
         routes[:0] = docs
+    # A gRPC-framed request to a REST path (the first segments of the REST templates): answered
+    # with a JSON 415 by the route after it, reached through our own listener as JSON.
+    rest_prefixes = sorted({t.split("/")[1] for t, *_ in rest.values()})
+    rest_paths = "^/(" + "|".join(re.escape(p) for p in rest_prefixes) + ")/.*"
+    grpc_on_rest = {"safe_regex": {"regex": rest_paths}, "headers": [GRPC_CONTENT_TYPE]}
+    routes.append({
+        "name": "gRPC-framed request to a REST path",
+        "match": grpc_on_rest,
+        "route": {"cluster": JWKS_CLUSTER, "timeout": "5s",
+                  "regex_rewrite": {"pattern": {"regex": "^.*$"},
+                                    "substitution": WRONG_CONTENT_TYPE_PATH}},
+        "request_headers_to_add": [{"header": {"key": "content-type",
+                                               "value": "application/json"},
+                                    "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}],
+    })
+    routes.append({
+        "name": "REST path called as gRPC",
+        "match": {"path": WRONG_CONTENT_TYPE_PATH},
+        "direct_response": {"status": 415, "body": {"inline_string": (
+            "REST paths take JSON (content-type: application/json); gRPC is served at "
+            "/<package>.<Service>/<Method>")}},
+        # No method of the contract is bound here: the transcoder would refuse it as unknown.
+        "typed_per_filter_config": {"envoy.filters.http.grpc_json_transcoder": {
+            _TYPE: _T + "envoy.config.route.v3.FilterConfig", "disabled": True}},
+    })
     # Native gRPC on the same listener: one prefix route per service. No route timeout (streams
     # may be long); the client's grpc-timeout is honoured instead. Not buffered: the gRPC
     # servers enforce their own message size limit, and buffering would break streaming.
@@ -630,6 +784,9 @@ def render_envoy_config(
                 jwt_rules.append({"match": match})
     if docs_dir is not None:
         jwt_rules += [{"match": {"path": path}} for path in DOCS_PATHS]
+    # Answered 415 without reaching a service (see the routes): no token needed.
+    jwt_rules.append({"match": grpc_on_rest})
+    jwt_rules.append({"match": {"path": WRONG_CONTENT_TYPE_PATH}})
     jwt_rules.append({"match": {"prefix": "/"}, "requires": {"provider_name": PROVIDER}})
 
     jwt_authn = {
@@ -744,16 +901,17 @@ def render_envoy_config(
                if docs_dir is not None else {}),
         },
         "http_filters": [
-            {
-                "name": "envoy.filters.http.lua",
-                "typed_config": {
-                    _TYPE: _T + "envoy.extensions.filters.http.lua.v3.Lua",
-                    "default_source_code": {"inline_string": DROP_NON_GRPC_HEADERS_LUA},
-                },
-            },
             {"name": "envoy.filters.http.jwt_authn", "typed_config": jwt_authn},
             {"name": "envoy.filters.http.buffer", "typed_config": buffer},
-            _limit_filter(),
+            {
+                # After jwt_authn: a request without a valid token is refused before its
+                # body is looked at; after the buffer, which holds the body for it.
+                "name": LIMIT_FILTER,
+                "typed_config": {
+                    _TYPE: _T + "envoy.extensions.filters.http.lua.v3.Lua",
+                    "default_source_code": {"inline_string": GATEWAY_LUA},
+                },
+            },
             {"name": "envoy.filters.http.grpc_json_transcoder", "typed_config": transcoder},
             {
                 "name": "envoy.filters.http.router",

@@ -30,13 +30,14 @@ def json_depth(value: Message) -> int:
     """Levels of objects and arrays in a Struct, Value or ListValue (at most MAX_JSON_DEPTH + 1:
     the count stops once the limit is passed)."""
     def depth(item: Message, level: int) -> int:
-        if level > MAX_JSON_DEPTH:
-            return level
+        """`item` sits at `level`: the depth it reaches (a scalar adds no level)."""
         kind = item.DESCRIPTOR.full_name
         if kind == "google.protobuf.Value":
             which = item.WhichOneof("kind")
             return depth(getattr(item, which), level) if which in (
                 "struct_value", "list_value") else level - 1
+        if level > MAX_JSON_DEPTH:  # an object or array past the limit: enough said
+            return level
         children: Any = (item.fields.values() if kind == "google.protobuf.Struct"  # type: ignore[attr-defined]
                          else item.values)  # type: ignore[attr-defined]
         return max((depth(child, level + 1) for child in children), default=level)

@@ -101,7 +101,7 @@ def test_json_within_the_limit_is_accepted(rest: httpx.Client, integrator: dict[
                                            builtins: dict[str, str]) -> None:
     component = {"display_name": unique("nested"), "python_entry_point": {
         "object_reference": "oih_builtins.log:component"},
-        "actions": [{"name": "log", "config_schema": {"type": "object", "default": json.loads(nested(22))}}]}
+        "actions": [{"name": "log", "config_schema": {"type": "object", "default": json.loads(nested(23))}}]}  # 24 levels
     reply = rest.post("/v1/components", headers=auth(integrator["token"]), json=component)
     assert reply.status_code == 200, reply.text
 
@@ -279,3 +279,27 @@ def test_http_header_names_grpc_does_not_allow_are_dropped(
     for name in ("+", "x|y", "a~b", "Odd!Name"):
         reply = rest.get("/v1/components", headers={**auth(integrator["token"]), name: "1"})
         assert reply.status_code == 200, (name, reply.text)
+
+
+def test_a_rest_path_called_as_grpc_answers_a_json_415(
+        rest: httpx.Client, integrator: dict[str, str]) -> None:
+    reply = rest.post("/v1/flows", content=b'{"display_name": "x"}', headers={
+        **auth(integrator["token"]), "content-type": "application/grpc"})
+    assert reply.status_code == 415, (reply.status_code, reply.headers, reply.text)
+    assert reply.headers["content-type"].startswith("application/json")
+    assert "application/json" in reply.json()["message"]
+
+
+def test_a_string_where_a_list_belongs_is_refused(rest: httpx.Client, admin_token: str) -> None:
+    """`"roles": "roles/tenant-admin"` created the user with that role."""
+    tenant = rest.post("/v1/tenants", json={"display_name": unique("lists")},
+                       headers=auth(admin_token)).json()["name"]
+    username = f"{unique('scalar')}@acme.example"
+    reply = rest.post("/v1/users", headers=auth(admin_token), json={
+        "user": {"username": username, "tenant": tenant, "roles": "roles/tenant-admin"},
+        "password": PASSWORD})
+    assert reply.status_code == 400, reply.text
+    assert "user.roles" in reply.json()["message"]
+    listed = rest.get("/v1/users", headers=auth(admin_token),
+                      params={"filter": f'tenant="{tenant}"'})
+    assert username not in listed.text

@@ -31,7 +31,7 @@ from oih_gateway import layout
 from oih_gateway.__main__ import render_default
 from oih_gateway.docs import write_docs
 from oih_gateway.envoy import EnvoyProcess, validate
-from oih_gateway.render import dumps_envoy_config, read_rpcs, template_regex
+from oih_gateway.render import body_array_fields, dumps_envoy_config, read_rpcs, template_regex
 from tests.gateway.conftest import (
     AUDIENCE,
     DESCRIPTOR_SET,
@@ -426,6 +426,39 @@ def test_malformed_json_is_400_json(http: httpx.Client) -> None:
     assert_local_error(response, 400)
 
 
+@pytest.mark.parametrize(("body", "field"), [
+    ({"user": {"username": "a@b.c", "roles": "roles/tenant-admin"}}, "user.roles"),
+    ({"user": {"username": "a@b.c", "permissions": {"all": True}}}, "user.permissions"),
+    ({"user": {"username": "a@b.c", "roles": 5}}, "user.roles"),
+    ('{"user": {"rol\\u0065s": "roles/x", "\\u0070ermissions": "all"}}',
+     "user.permissions"),
+])
+def test_a_single_value_where_a_list_belongs_is_400_naming_the_field(
+        http: httpx.Client, body: dict[str, Any] | str, field: str) -> None:
+    """protobuf's JSON converter would take it as a one-element list (escaped keys too)."""
+    content = body if isinstance(body, str) else json.dumps(body)
+    reply = http.post("/v1/users", content=content,
+                      headers={**bearer(rs256()), "content-type": "application/json"})
+    assert field in assert_local_error(reply, 400)["message"]
+
+
+def test_lists_and_null_where_lists_belong_reach_the_service(http: httpx.Client) -> None:
+    for roles in (["roles/a", "roles/b"], [], None):
+        body = {"user": {"username": 'tricky " {[ "roles": "x"', "roles": roles,
+                         "displayName": "roles"}, "password": "roles"}
+        reply = http.post("/v1/users", json=body, headers=bearer(rs256()))
+        assert reply.status_code == 501, reply.text  # the IAM double answers UNIMPLEMENTED
+
+
+def test_the_body_fields_that_must_be_arrays_come_from_the_contract() -> None:
+    arrays = body_array_fields(DESCRIPTOR_SET.read_bytes())
+    assert {"user.roles", "user.permissions"} <= set(arrays[("POST", "/v1/users")])
+    flow = set(arrays[("PATCH", "/v1/{flow.name=flows/*}")])  # body: the flow itself
+    assert {"owners", "graph.nodes", "graph.edges"} <= flow
+    assert not any(path.startswith("graph.nodes.") for path in flow)  # never inside an array
+    assert ("GET", "/v1/flows") not in arrays
+
+
 def test_well_formed_login_reaches_the_service(http: httpx.Client) -> None:
     response = http.post("/v1/login", json={"username": "a", "password": "b"})
     body = assert_json_error(response, 501)
@@ -510,6 +543,21 @@ def test_escaped_slash_is_400_json(http: httpx.Client) -> None:
 
 def test_grpc_path_over_plain_http_is_refused(http: httpx.Client) -> None:
     assert_local_error(http.get(f"/{IAM}/GetJwks"), 404)
+
+
+@pytest.mark.parametrize("content_type", ["application/grpc", "application/grpc+proto"])
+@pytest.mark.parametrize(("method", "path"), [("POST", "/v1/flows"), ("POST", "/v1/login"),
+                                              ("GET", "/v1/users/me")])
+def test_grpc_framed_request_to_a_rest_path_is_a_json_415(
+        http: httpx.Client, content_type: str, method: str, path: str) -> None:
+    """Not HTTP 200 with a grpc-status and an empty body (Envoy answers gRPC requests in gRPC),
+    with a token or without."""
+    for headers in ({}, bearer(rs256())):
+        reply = http.request(method, path, headers={**headers, "content-type": content_type},
+                             content=b"{}")
+        body = assert_local_error(reply, 415)
+        assert "grpc-status" not in reply.headers
+        assert "application/json" in body["message"]
 
 
 # --------------------------------------------------------------------------------------------

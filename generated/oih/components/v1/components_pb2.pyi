@@ -119,7 +119,9 @@ class Component(_message.Message):
     """
     @_builtins.property
     def owners(self) -> _containers.RepeatedCompositeFieldContainer[Global___Owner]:
-        """The owners: they may change and delete the component. On create the caller is added."""
+        """The owners: they may change and delete the component. On create the caller is added. An
+        OWNER_TYPE_TENANT owner must be the component's own tenant (INVALID_ARGUMENT otherwise).
+        """
 
     @_builtins.property
     def container_image(self) -> Global___ContainerImage:

@@ -59,7 +59,8 @@ class FlowServiceStub:
     `oih.flow.starting` (`FlowStarting`), `oih.flow.stopping` (`FlowStopping`) and
     `oih.flow.execute` (`FlowExecute`). The service consumes `oih.flow.started|stopped`
     (`FlowStateChanged`) and `oih.flow.failed` (`FlowFailed`) to move `state`, and
-    `oih.iam.user.deleted` (ownerless flows are stopped) and `oih.iam.tenant.deleted` (the
+    `oih.iam.user.deleted` and `oih.iam.service_account.deleted` (the principal leaves every
+    owner list; flows left without an owner are stopped) and `oih.iam.tenant.deleted` (the
     tenant's flows are removed).
     """
 
@@ -144,7 +145,8 @@ class FlowServiceServicer:
     `oih.flow.starting` (`FlowStarting`), `oih.flow.stopping` (`FlowStopping`) and
     `oih.flow.execute` (`FlowExecute`). The service consumes `oih.flow.started|stopped`
     (`FlowStateChanged`) and `oih.flow.failed` (`FlowFailed`) to move `state`, and
-    `oih.iam.user.deleted` (ownerless flows are stopped) and `oih.iam.tenant.deleted` (the
+    `oih.iam.user.deleted` and `oih.iam.service_account.deleted` (the principal leaves every
+    owner list; flows left without an owner are stopped) and `oih.iam.tenant.deleted` (the
     tenant's flows are removed).
     """
 
@@ -313,7 +315,8 @@ class FlowService:
     `oih.flow.starting` (`FlowStarting`), `oih.flow.stopping` (`FlowStopping`) and
     `oih.flow.execute` (`FlowExecute`). The service consumes `oih.flow.started|stopped`
     (`FlowStateChanged`) and `oih.flow.failed` (`FlowFailed`) to move `state`, and
-    `oih.iam.user.deleted` (ownerless flows are stopped) and `oih.iam.tenant.deleted` (the
+    `oih.iam.user.deleted` and `oih.iam.service_account.deleted` (the principal leaves every
+    owner list; flows left without an owner are stopped) and `oih.iam.tenant.deleted` (the
     tenant's flows are removed).
     """
 

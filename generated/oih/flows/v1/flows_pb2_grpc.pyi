@@ -60,7 +60,8 @@ class FlowServiceStub:
     `oih.flow.starting` (`FlowStarting`), `oih.flow.stopping` (`FlowStopping`) and
     `oih.flow.execute` (`FlowExecute`). The service consumes `oih.flow.started|stopped`
     (`FlowStateChanged`) and `oih.flow.failed` (`FlowFailed`) to move `state`, and
-    `oih.iam.user.deleted` (ownerless flows are stopped) and `oih.iam.tenant.deleted` (the
+    `oih.iam.user.deleted` and `oih.iam.service_account.deleted` (the principal leaves every
+    owner list; flows left without an owner are stopped) and `oih.iam.tenant.deleted` (the
     tenant's flows are removed).
     """
 
@@ -151,7 +152,8 @@ class FlowServiceAsyncStub(FlowServiceStub):
     `oih.flow.starting` (`FlowStarting`), `oih.flow.stopping` (`FlowStopping`) and
     `oih.flow.execute` (`FlowExecute`). The service consumes `oih.flow.started|stopped`
     (`FlowStateChanged`) and `oih.flow.failed` (`FlowFailed`) to move `state`, and
-    `oih.iam.user.deleted` (ownerless flows are stopped) and `oih.iam.tenant.deleted` (the
+    `oih.iam.user.deleted` and `oih.iam.service_account.deleted` (the principal leaves every
+    owner list; flows left without an owner are stopped) and `oih.iam.tenant.deleted` (the
     tenant's flows are removed).
     """
 
@@ -238,7 +240,8 @@ class FlowServiceServicer(metaclass=_abc_1.ABCMeta):
     `oih.flow.starting` (`FlowStarting`), `oih.flow.stopping` (`FlowStopping`) and
     `oih.flow.execute` (`FlowExecute`). The service consumes `oih.flow.started|stopped`
     (`FlowStateChanged`) and `oih.flow.failed` (`FlowFailed`) to move `state`, and
-    `oih.iam.user.deleted` (ownerless flows are stopped) and `oih.iam.tenant.deleted` (the
+    `oih.iam.user.deleted` and `oih.iam.service_account.deleted` (the principal leaves every
+    owner list; flows left without an owner are stopped) and `oih.iam.tenant.deleted` (the
     tenant's flows are removed).
     """
 

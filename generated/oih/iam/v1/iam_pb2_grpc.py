@@ -402,7 +402,8 @@ class IamServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def DeleteRole(self, request, context):
-        """Deletes a tenant role. Built-in roles cannot be deleted (FAILED_PRECONDITION).
+        """Deletes a tenant role. Built-in roles cannot be deleted (FAILED_PRECONDITION). The role
+        leaves every user and service account holding it, whose tokens are revoked.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

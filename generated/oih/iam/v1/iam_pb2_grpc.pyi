@@ -129,7 +129,9 @@ class IamServiceStub:
     UpdateRole: _grpc.UnaryUnaryMultiCallable[_iam_pb2.UpdateRoleRequest, _iam_pb2.Role]
     """Updates a tenant role. Built-in roles cannot be changed (FAILED_PRECONDITION)."""
     DeleteRole: _grpc.UnaryUnaryMultiCallable[_iam_pb2.DeleteRoleRequest, _empty_pb2.Empty]
-    """Deletes a tenant role. Built-in roles cannot be deleted (FAILED_PRECONDITION)."""
+    """Deletes a tenant role. Built-in roles cannot be deleted (FAILED_PRECONDITION). The role
+    leaves every user and service account holding it, whose tokens are revoked.
+    """
     CreateServiceAccount: _grpc.UnaryUnaryMultiCallable[_iam_pb2.CreateServiceAccountRequest, _iam_pb2.ServiceAccount]
     """Creates a service account in the caller's tenant. The response carries the client secret;
     it is never shown again.
@@ -247,7 +249,9 @@ class IamServiceAsyncStub(IamServiceStub):
     UpdateRole: _aio.UnaryUnaryMultiCallable[_iam_pb2.UpdateRoleRequest, _iam_pb2.Role]  # type: ignore[assignment]
     """Updates a tenant role. Built-in roles cannot be changed (FAILED_PRECONDITION)."""
     DeleteRole: _aio.UnaryUnaryMultiCallable[_iam_pb2.DeleteRoleRequest, _empty_pb2.Empty]  # type: ignore[assignment]
-    """Deletes a tenant role. Built-in roles cannot be deleted (FAILED_PRECONDITION)."""
+    """Deletes a tenant role. Built-in roles cannot be deleted (FAILED_PRECONDITION). The role
+    leaves every user and service account holding it, whose tokens are revoked.
+    """
     CreateServiceAccount: _aio.UnaryUnaryMultiCallable[_iam_pb2.CreateServiceAccountRequest, _iam_pb2.ServiceAccount]  # type: ignore[assignment]
     """Creates a service account in the caller's tenant. The response carries the client secret;
     it is never shown again.
@@ -506,7 +510,9 @@ class IamServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _iam_pb2.DeleteRoleRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_empty_pb2.Empty, _abc.Awaitable[_empty_pb2.Empty]]:
-        """Deletes a tenant role. Built-in roles cannot be deleted (FAILED_PRECONDITION)."""
+        """Deletes a tenant role. Built-in roles cannot be deleted (FAILED_PRECONDITION). The role
+        leaves every user and service account holding it, whose tokens are revoked.
+        """
 
     @_abc_1.abstractmethod
     def CreateServiceAccount(
