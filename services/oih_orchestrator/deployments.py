@@ -37,10 +37,10 @@ import logging
 import threading
 import time
 import urllib.parse
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict
-from typing import Any
+from typing import Any, Protocol
 
 from google.protobuf import json_format
 from sqlalchemy import event
@@ -117,6 +117,19 @@ class Cancelled(Exception):
     """A start gave way to a newer request for its flow (or to a shutdown)."""
 
 
+class ReportsSink(Protocol):
+    """Where the workers' reports go: the executions view (`executions.ReportsConsumer`).
+
+    The orchestrator follows a flow's reports queue while the flow runs and drains it when the
+    flow stops, after the workers exited and before the queue is deleted."""
+
+    def follow(self, flow_id: str, tenant: str, specs: Sequence[StepSpec] | None = None
+               ) -> None: ...
+
+    def drain(self, flow_id: str, *, tenant: str = "", specs: Sequence[StepSpec] | None = None,
+              timeout: float = 15.0) -> int: ...
+
+
 class Orchestrator:
     def __init__(self, engine: Engine, driver: Driver, amqp: Amqp, management: Management,
                  components: ComponentLookup, *, worker_amqp_url: str,
@@ -133,7 +146,8 @@ class Orchestrator:
         #: How long a teardown waits for the driver's workers to be gone (a pod's grace period).
         self.stop_timeout = stop_timeout
         #: Told which flows run (follow/drain), e.g. the executions' ReportsConsumer.
-        self.reports: Any = None
+        #: The executions view's reports consumer (None: no view is kept, e.g. without a bus).
+        self.reports: ReportsSink | None = None
         #: Starts, stops and teardowns, off the event consumer's thread, ordered per flow.
         self.tasks = FlowTasks(task_threads)
         #: Rows last changed before this moment were not changed by this process: a STARTING
