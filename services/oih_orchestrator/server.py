@@ -23,12 +23,14 @@ from oih_runtime.clients import authenticated_channel
 from oih_runtime.clock import utcnow
 from oih_runtime.db import make_engine
 from oih_runtime.identity import platform_identity
+from oih_runtime.secrets_client import SecretsClient
 from oih_runtime.settings import ServiceSettings
 from oih_runtime.tokens import TokenVerifier
 
 from . import events, executions, models
 from .amqp import Amqp
 from .components import ComponentDirectory, ComponentLookup, register_builtins
+from .credentials import Resolve
 from .deployments import Orchestrator
 from .drivers import Driver
 from .executions import models as executions_models
@@ -71,14 +73,15 @@ def make_driver(settings: ServiceSettings, own: OrchestratorSettings) -> Driver:
         kubernetes: Any = importlib.import_module("oih_orchestrator.kubernetes")
         return kubernetes.KubernetesDriver(  # type: ignore[no-any-return]
             namespace=own.kubernetes_namespace or kubernetes.DEFAULT_NAMESPACE,
-            python_image=own.python_image)
+            python_image=own.python_image,
+            egress_allowed_networks=own.egress_allowed_networks)
     raise ValueError(f"unknown driver {own.driver!r}: use local or kubernetes")
 
 
 def build(settings: ServiceSettings, own: OrchestratorSettings, *,
           verifier: TokenVerifier | None = None, components: ComponentLookup | None = None,
           components_channel: grpc.Channel | None = None, driver: Driver | None = None,
-          bus: bool = True, exchange: str | None = None,
+          resolve: Resolve | None = None, bus: bool = True, exchange: str | None = None,
           consumer_name: str | None = None) -> Built:
     """Everything the service needs; `start_background()` starts its threads. Tests pass their
     own `verifier`, `components` lookup or `components_channel` (with a token of their
@@ -96,9 +99,13 @@ def build(settings: ServiceSettings, own: OrchestratorSettings, *,
     driver = driver or make_driver(settings, own)
     amqp = Amqp(settings.rabbitmq_url)
     management = Management.for_broker(own.management_url, settings.rabbitmq_url)
+    if resolve is None:
+        # Resolving needs "secrets.resolve" on the platform's own service token.
+        resolve = SecretsClient(authenticated_channel(own.secrets_address,
+                                                      identity.token.get)).resolve
     orchestrator = Orchestrator(engine, driver, amqp, management, lookup,
                                 worker_amqp_url=own.worker_amqp_url or settings.rabbitmq_url,
-                                start_timeout=own.start_timeout)
+                                resolve=resolve, start_timeout=own.start_timeout)
     servicer = OrchestratorServicer(ServiceContext(engine, amqp, orchestrator))
     service = server.Service(
         name="orchestrator",

@@ -68,7 +68,8 @@ class IamServiceStub:
     """
     RevokeToken: _grpc.UnaryUnaryMultiCallable[_iam_pb2.RevokeTokenRequest, _empty_pb2.Empty]
     """Revokes an access token at once, in every service (by token id). A principal may revoke
-    its own tokens; revoking another's needs "iam.token.delete".
+    its own tokens; revoking another's needs "iam.token.delete". A token that is not valid
+    (malformed, expired, already revoked) is left as it is, without an error (as RFC 7009).
     """
     ListRevocations: _grpc.UnaryUnaryMultiCallable[_iam_pb2.ListRevocationsRequest, _iam_pb2.ListRevocationsResponse]
     """Lists the revocations in force: revoked token ids, and subjects whose earlier tokens are
@@ -76,8 +77,11 @@ class IamServiceStub:
     so a revocation takes effect everywhere at once, not only when the token expires.
     """
     RotateSigningKey: _grpc.UnaryUnaryMultiCallable[_iam_pb2.RotateSigningKeyRequest, _iam_pb2.SigningKey]
-    """Starts signing with a new key. The previous key stays in the JWKS until the tokens it signed
-    have expired, so rotation invalidates nothing.
+    """Rotates the signing key: the new key is published in the JWKS at once and signs from its
+    `start_time` on (`OIH_IAM_KEY_ANNOUNCE_SECONDS` later, default 60 s), when every verifier,
+    Envoy's JWKS cache included, has fetched it. The previous key signs until then and stays in
+    the JWKS until the tokens it signed have expired, so rotation invalidates nothing and new
+    logins never carry a key the gateway does not know yet.
     """
     GetCurrentPrincipal: _grpc.UnaryUnaryMultiCallable[_iam_pb2.GetCurrentPrincipalRequest, _iam_pb2.Principal]
     """Returns the calling principal (a user or a service account), with its tenant and the
@@ -182,7 +186,8 @@ class IamServiceAsyncStub(IamServiceStub):
     """
     RevokeToken: _aio.UnaryUnaryMultiCallable[_iam_pb2.RevokeTokenRequest, _empty_pb2.Empty]  # type: ignore[assignment]
     """Revokes an access token at once, in every service (by token id). A principal may revoke
-    its own tokens; revoking another's needs "iam.token.delete".
+    its own tokens; revoking another's needs "iam.token.delete". A token that is not valid
+    (malformed, expired, already revoked) is left as it is, without an error (as RFC 7009).
     """
     ListRevocations: _aio.UnaryUnaryMultiCallable[_iam_pb2.ListRevocationsRequest, _iam_pb2.ListRevocationsResponse]  # type: ignore[assignment]
     """Lists the revocations in force: revoked token ids, and subjects whose earlier tokens are
@@ -190,8 +195,11 @@ class IamServiceAsyncStub(IamServiceStub):
     so a revocation takes effect everywhere at once, not only when the token expires.
     """
     RotateSigningKey: _aio.UnaryUnaryMultiCallable[_iam_pb2.RotateSigningKeyRequest, _iam_pb2.SigningKey]  # type: ignore[assignment]
-    """Starts signing with a new key. The previous key stays in the JWKS until the tokens it signed
-    have expired, so rotation invalidates nothing.
+    """Rotates the signing key: the new key is published in the JWKS at once and signs from its
+    `start_time` on (`OIH_IAM_KEY_ANNOUNCE_SECONDS` later, default 60 s), when every verifier,
+    Envoy's JWKS cache included, has fetched it. The previous key signs until then and stays in
+    the JWKS until the tokens it signed have expired, so rotation invalidates nothing and new
+    logins never carry a key the gateway does not know yet.
     """
     GetCurrentPrincipal: _aio.UnaryUnaryMultiCallable[_iam_pb2.GetCurrentPrincipalRequest, _iam_pb2.Principal]  # type: ignore[assignment]
     """Returns the calling principal (a user or a service account), with its tenant and the
@@ -323,7 +331,8 @@ class IamServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_empty_pb2.Empty, _abc.Awaitable[_empty_pb2.Empty]]:
         """Revokes an access token at once, in every service (by token id). A principal may revoke
-        its own tokens; revoking another's needs "iam.token.delete".
+        its own tokens; revoking another's needs "iam.token.delete". A token that is not valid
+        (malformed, expired, already revoked) is left as it is, without an error (as RFC 7009).
         """
 
     @_abc_1.abstractmethod
@@ -343,8 +352,11 @@ class IamServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _iam_pb2.RotateSigningKeyRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_iam_pb2.SigningKey, _abc.Awaitable[_iam_pb2.SigningKey]]:
-        """Starts signing with a new key. The previous key stays in the JWKS until the tokens it signed
-        have expired, so rotation invalidates nothing.
+        """Rotates the signing key: the new key is published in the JWKS at once and signs from its
+        `start_time` on (`OIH_IAM_KEY_ANNOUNCE_SECONDS` later, default 60 s), when every verifier,
+        Envoy's JWKS cache included, has fetched it. The previous key signs until then and stays in
+        the JWKS until the tokens it signed have expired, so rotation invalidates nothing and new
+        logins never carry a key the gateway does not know yet.
         """
 
     @_abc_1.abstractmethod
