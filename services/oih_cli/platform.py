@@ -26,7 +26,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from oih_gateway import layout
 from oih_gateway.envoy import EnvoyProcess
 from oih_gateway.render import read_rpcs, write_envoy_config
-from oih_orchestrator.local import stop_all_workers
+from oih_orchestrator.drivers.local import stop_all_workers
 from oih_runtime import broker, crypto
 from oih_runtime.settings import DEFAULT_PORTS, DEFAULT_RABBITMQ_URL
 

@@ -33,8 +33,8 @@ from .components import ComponentDirectory, ComponentLookup, register_builtins
 from .credentials import Resolve
 from .deployments import Orchestrator
 from .drivers import Driver
+from .drivers.local import LocalDriver
 from .executions import models as executions_models
-from .local import LocalDriver
 from .management import Management
 from .servicer import OrchestratorServicer, ServiceContext
 from .settings import OrchestratorSettings
@@ -70,7 +70,7 @@ def make_driver(settings: ServiceSettings, own: OrchestratorSettings) -> Driver:
         return LocalDriver(settings.data_dir)
     if own.driver == "kubernetes":
         # Imported only when chosen: the kubernetes client is an optional dependency.
-        kubernetes: Any = importlib.import_module("oih_orchestrator.kubernetes")
+        kubernetes: Any = importlib.import_module("oih_orchestrator.drivers.kubernetes")
         return kubernetes.KubernetesDriver(  # type: ignore[no-any-return]
             namespace=own.kubernetes_namespace or kubernetes.DEFAULT_NAMESPACE,
             python_image=own.python_image,

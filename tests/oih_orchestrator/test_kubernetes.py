@@ -18,7 +18,7 @@ import yaml
 
 from oih.components.v1 import components_pb2
 from oih_orchestrator import drivers
-from oih_orchestrator.kubernetes import (
+from oih_orchestrator.drivers.kubernetes import (
     GRACE_SECONDS,
     KubernetesDriver,
     _pod,

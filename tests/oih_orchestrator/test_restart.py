@@ -109,7 +109,7 @@ def test_stop_while_down_is_handled_after_restart(
 @pytest.mark.parametrize("step", ["start"])
 def test_worker_adoption_checks_the_command_line(tmp_path: Path, step: str) -> None:
     """A pid file naming a process that is not this step's worker is not adopted."""
-    from oih_orchestrator.local import LocalDriver
+    from oih_orchestrator.drivers.local import LocalDriver
 
     folder = tmp_path / "workers" / "flowx"
     folder.mkdir(parents=True)

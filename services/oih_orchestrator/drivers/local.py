@@ -43,7 +43,7 @@ from oih_runtime.background import Periodic
 from oih_worker.credentials import STDIN
 from oih_worker.spec import StepSpec
 
-from .drivers import FAILED, RESTARTING, RUNNING, STARTING, STOPPING, WorkerInfo
+from .base import FAILED, RESTARTING, RUNNING, STARTING, STOPPING, WorkerInfo
 
 log = logging.getLogger(__name__)
 

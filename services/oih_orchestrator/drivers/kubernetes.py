@@ -44,7 +44,7 @@ from oih.components.v1 import components_pb2
 from oih_worker.runtime import STOP_TIMEOUT
 from oih_worker.spec import StepSpec
 
-from .drivers import FAILED, RESTARTING, RUNNING, STARTING, STOPPING, WorkerInfo
+from .base import FAILED, RESTARTING, RUNNING, STARTING, STOPPING, WorkerInfo
 
 MANAGED_BY = "oih-orchestrator"
 LABEL_FLOW, LABEL_STEP, LABEL_TENANT = "oih.flow", "oih.step", "oih.tenant"
