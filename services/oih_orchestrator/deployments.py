@@ -310,17 +310,9 @@ class Orchestrator:
         if node.function not in functions:
             raise StartFailed(f"step {node.id}: component {node.component} has no function "
                               f"{node.function!r}")
-        if self.driver.name == "local" and not component_info.entry_point(component):
-            raise StartFailed(f"step {node.id}: component {node.component} has no Python entry "
-                              "point, which the local driver needs")
-        refusal = getattr(self.driver, "refusal", None)
-        if refusal is not None:
-            reason = refusal(component)
-            if reason:
-                raise StartFailed(f"step {node.id}: {reason}")
-        elif self.driver.name == "kubernetes" and not component_info.image(component):
-            raise StartFailed(f"step {node.id}: component {node.component} has no container "
-                              "image, which the kubernetes driver needs")
+        reason = self.driver.refusal(component)
+        if reason:
+            raise StartFailed(f"step {node.id}: {reason}")
         return component
 
     def _spec(self, flow: flows_pb2.Flow, node: flows_pb2.Node,

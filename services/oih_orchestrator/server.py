@@ -131,8 +131,7 @@ def build(settings: ServiceSettings, own: OrchestratorSettings, *,
                            "oih-executions-sweep")
         background += [reports.start, sweeper.start]
         stops += [reports.stop, sweeper.stop]
-    if hasattr(driver, "start"):
-        background.append(driver.start)
+    background.append(driver.start)
     if own.register_builtins and components_channel is not None:
         stub = components_pb2_grpc.ComponentServiceStub(components_channel)
         built.builtins = UntilDone(lambda: register_builtins(stub), "oih-register-builtins")
@@ -151,8 +150,7 @@ def build(settings: ServiceSettings, own: OrchestratorSettings, *,
         stops.append(reconciler.stop)
     # Reconcile after the driver adopted what still runs; workers outlive the service.
     background.append(reconciler.start)
-    if hasattr(driver, "close"):
-        stops.append(driver.close)
+    stops.append(driver.close)
     stops.append(amqp.close)
     service.on_stop.extend(stops)
 

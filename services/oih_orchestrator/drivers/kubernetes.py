@@ -323,6 +323,12 @@ class KubernetesDriver:
         """Why this driver cannot run `component` ("" when it can)."""
         return refusal(component, self.python_image)
 
+    def start(self) -> None:
+        """Nothing to start: Kubernetes supervises the pods."""
+
+    def close(self) -> None:
+        """Nothing to stop: the pods keep running."""
+
     def _apis(self) -> tuple[Any, Any]:
         from kubernetes import client, config  # imported late: only this driver needs it
 
