@@ -50,11 +50,11 @@ from sqlmodel import Session, col, select
 from oih.components.v1 import components_pb2
 from oih.events.v1 import orchestrator_pb2
 from oih.flows.v1 import flows_pb2
+from oih_dataplane import topology
+from oih_dataplane.spec import StepSpec, flow_id_of, spec_from_flow
 from oih_runtime.bus import Outbox
 from oih_runtime.clock import aware, utcnow
 from oih_runtime.db import transaction
-from oih_worker import topology
-from oih_worker.spec import StepSpec, flow_id_of, spec_from_flow
 
 from . import components as component_info
 from .amqp import Amqp

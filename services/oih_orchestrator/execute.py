@@ -2,7 +2,7 @@
 
 Shared by `oih.flow.execute` (the Flow Repository's `:execute`, the scheduler, webhooks) and the
 StartExecution RPC. The message is the JSON form of `oih.component.v1.Message` with the
-`oih-*` headers the worker reads (built by oih_worker.envelope, so both sides agree).
+`oih-*` headers the worker reads (built by oih_dataplane.envelope, so both sides agree).
 
 Exactly-once starts, as far as a caller can tell: the execution id is recorded in the same
 transaction that publishes (with a broker confirm, before the commit), so a repeated request
@@ -21,13 +21,13 @@ from typing import Any
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
+from oih_dataplane import envelope, topology
 from oih_runtime import names
 from oih_runtime.clock import aware
 from oih_runtime.db import transaction
 from oih_runtime.errors import FailedPrecondition, InvalidArgument, NotFound
 from oih_runtime.principal import Principal
 from oih_sdk import Message
-from oih_worker import envelope, topology
 
 from .amqp import Amqp
 from .executions import record_start

@@ -13,11 +13,11 @@ import pytest
 from sqlmodel import Session
 
 from oih.orchestrator.v1 import orchestrator_pb2 as pb
+from oih_dataplane import topology
 from oih_orchestrator.management import Management
 from oih_orchestrator.models import STOPPED, DeploymentRow
 from oih_orchestrator.server import TABLES
 from oih_runtime.db import make_engine
-from oih_worker import topology
 from tests.oih_orchestrator.conftest import StartOrchestrator
 from tests.oih_orchestrator.support import sink_lines, three_step_flow, wait_for
 

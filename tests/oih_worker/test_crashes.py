@@ -5,7 +5,7 @@ from __future__ import annotations
 import signal
 from collections import defaultdict
 
-from oih_worker.spec import EdgeSpec
+from oih_dataplane.spec import EdgeSpec
 from tests.oih_worker.support import FlowHarness, wait_for
 
 TRIGGER = "oih_builtins.trigger:component"

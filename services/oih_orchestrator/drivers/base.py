@@ -15,7 +15,7 @@ from datetime import datetime
 from typing import Protocol, runtime_checkable
 
 from oih.components.v1 import components_pb2
-from oih_worker.spec import StepSpec
+from oih_dataplane.spec import StepSpec
 
 # Worker states, the names of `oih.orchestrator.v1.Worker.State` without the prefix.
 STARTING, RUNNING, RESTARTING, STOPPING, FAILED = (

@@ -41,8 +41,8 @@ from datetime import datetime
 from typing import Any
 
 from oih.components.v1 import components_pb2
+from oih_dataplane.spec import StepSpec
 from oih_worker.runtime import STOP_TIMEOUT
-from oih_worker.spec import StepSpec
 
 from .base import FAILED, RESTARTING, RUNNING, STARTING, STOPPING, WorkerInfo
 

@@ -39,9 +39,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from oih.components.v1 import components_pb2
+from oih_dataplane.spec import StepSpec
 from oih_runtime.background import Periodic
 from oih_worker.credentials import STDIN
-from oih_worker.spec import StepSpec
 
 from ..components import entry_point
 from .base import FAILED, RESTARTING, RUNNING, STARTING, STOPPING, WorkerInfo
