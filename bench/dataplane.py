@@ -25,9 +25,9 @@ import pika
 
 from bench.common import report
 from oih_builtins.sink import sink_path
+from oih_dataplane import envelope, topology
+from oih_dataplane.spec import EdgeSpec, StepSpec
 from oih_sdk import Message
-from oih_worker import envelope, topology
-from oih_worker.spec import EdgeSpec, StepSpec
 
 ROOT = Path(__file__).resolve().parent.parent
 

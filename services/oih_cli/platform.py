@@ -39,7 +39,7 @@ from oih_gateway.docs import write_docs
 from oih_gateway.envoy import EnvoyProcess
 from oih_gateway.openapi import dumps_openapi, render_openapi
 from oih_gateway.render import read_rpcs, write_envoy_config
-from oih_orchestrator.local import stop_all_workers
+from oih_orchestrator.drivers.local import stop_all_workers
 from oih_runtime import broker, crypto
 from oih_runtime.settings import DEFAULT_PORTS, DEFAULT_RABBITMQ_URL
 

@@ -17,8 +17,8 @@ from typing import Any, TypeVar
 import pika
 import pika.exceptions
 
+from oih_dataplane import topology
 from oih_runtime.bus.topology import connection_parameters, redact_url
-from oih_worker import topology
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

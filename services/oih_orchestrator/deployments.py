@@ -46,10 +46,10 @@ import logging
 import threading
 import time
 import urllib.parse
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict
-from typing import Any
+from typing import Any, Protocol
 
 from google.protobuf import json_format
 from sqlalchemy import event
@@ -59,11 +59,11 @@ from sqlmodel import Session, col, select
 from oih.components.v1 import components_pb2
 from oih.events.v1 import orchestrator_pb2
 from oih.flows.v1 import flows_pb2
+from oih_dataplane import topology
+from oih_dataplane.spec import StepSpec, flow_id_of, spec_from_flow
 from oih_runtime.bus import Outbox
 from oih_runtime.clock import aware, utcnow
 from oih_runtime.db import transaction
-from oih_worker import topology
-from oih_worker.spec import StepSpec, flow_id_of, spec_from_flow
 
 from . import components as component_info
 from .amqp import Amqp
@@ -131,6 +131,19 @@ class Cancelled(Exception):
 USER_SWEEP_SECONDS = 300.0
 
 
+class ReportsSink(Protocol):
+    """Where the workers' reports go: the executions view (`executions.ReportsConsumer`).
+
+    The orchestrator follows a flow's reports queue while the flow runs and drains it when the
+    flow stops, after the workers exited and before the queue is deleted."""
+
+    def follow(self, flow_id: str, tenant: str, specs: Sequence[StepSpec] | None = None
+               ) -> None: ...
+
+    def drain(self, flow_id: str, *, tenant: str = "", specs: Sequence[StepSpec] | None = None,
+              timeout: float = 15.0) -> int: ...
+
+
 class Orchestrator:
     def __init__(self, engine: Engine, driver: Driver, amqp: Amqp, management: Management,
                  components: ComponentLookup, *, worker_amqp_url: str,
@@ -150,7 +163,8 @@ class Orchestrator:
         #: How long a teardown waits for the driver's workers to be gone (a pod's grace period).
         self.stop_timeout = stop_timeout
         #: Told which flows run (follow/drain), e.g. the executions' ReportsConsumer.
-        self.reports: Any = None
+        #: The executions view's reports consumer (None: no view is kept, e.g. without a bus).
+        self.reports: ReportsSink | None = None
         #: Starts, stops and teardowns, off the event consumer's thread, ordered per flow.
         self.tasks = FlowTasks(task_threads)
         #: Rows last changed before this moment were not changed by this process: a STARTING
@@ -310,17 +324,9 @@ class Orchestrator:
         if node.function not in functions:
             raise StartFailed(f"step {node.id}: component {node.component} has no function "
                               f"{node.function!r}")
-        if self.driver.name == "local" and not component_info.entry_point(component):
-            raise StartFailed(f"step {node.id}: component {node.component} has no Python entry "
-                              "point, which the local driver needs")
-        refusal = getattr(self.driver, "refusal", None)
-        if refusal is not None:
-            reason = refusal(component)
-            if reason:
-                raise StartFailed(f"step {node.id}: {reason}")
-        elif self.driver.name == "kubernetes" and not component_info.image(component):
-            raise StartFailed(f"step {node.id}: component {node.component} has no container "
-                              "image, which the kubernetes driver needs")
+        reason = self.driver.refusal(component)
+        if reason:
+            raise StartFailed(f"step {node.id}: {reason}")
         return component
 
     def _spec(self, flow: flows_pb2.Flow, node: flows_pb2.Node,

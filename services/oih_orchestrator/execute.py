@@ -2,7 +2,7 @@
 
 Shared by `oih.flow.execute` (the Flow Repository's `:execute`, the scheduler, webhooks) and the
 StartExecution RPC. The message is the JSON form of `oih.component.v1.Message` with the
-`oih-*` headers the worker reads (built by oih_worker.envelope, so both sides agree).
+`oih-*` headers the worker reads (built by oih_dataplane.envelope, so both sides agree).
 
 Exactly-once starts, as far as a caller can tell: the execution id is recorded in the same
 transaction that publishes (with a broker confirm, before the commit), so a repeated request
@@ -13,7 +13,6 @@ recognisable downstream.
 
 from __future__ import annotations
 
-import importlib
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
@@ -22,15 +21,16 @@ from typing import Any
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
+from oih_dataplane import envelope, topology
 from oih_runtime import names
 from oih_runtime.clock import aware
 from oih_runtime.db import transaction
 from oih_runtime.errors import FailedPrecondition, InvalidArgument, NotFound
 from oih_runtime.principal import Principal
 from oih_sdk import Message
-from oih_worker import envelope, topology
 
 from .amqp import Amqp
+from .executions import record_start
 from .models import ACTIVE, DeploymentRow, ExecutionStartRow
 
 
@@ -43,18 +43,6 @@ class Started:
     create_time: datetime
     #: False when the execution existed already (nothing was published).
     new: bool
-
-
-def executions_package() -> Any:
-    """`oih_orchestrator.executions` (the executions and dead-letter views), or None while it
-    does not exist. Imported lazily: it is developed separately and optional to this core."""
-    name = "oih_orchestrator.executions"
-    try:
-        return importlib.import_module(name)
-    except ModuleNotFoundError as error:
-        if error.name != name:
-            raise  # the package exists but is broken: say so
-        return None
 
 
 def message_id(flow_id: str, execution_id: str) -> str:
@@ -104,12 +92,9 @@ def _start(session: Session, amqp: Amqp, flow_id: str, caller: Principal | None,
                               source=source, flow_version=row.flow_version)
     session.add(start)
     session.flush()  # a concurrent start of the same id fails here, before publishing
-    views = executions_package()
-    if views is not None:
-        # The executions view learns the run's source and version in the same transaction.
-        views.record_start(session, tenant=row.tenant, flow_id=flow_id,
-                           execution_id=execution_id, source=source,
-                           flow_version=row.flow_version)
+    # The executions view learns the run's source and version in the same transaction.
+    record_start(session, tenant=row.tenant, flow_id=flow_id, execution_id=execution_id,
+                 source=source, flow_version=row.flow_version)
     message = Message(data=data, metadata=metadata, id=message_id(flow_id, execution_id),
                       flow_id=flow_id, step_id=row.entry_step, execution_id=execution_id)
     properties = envelope.properties_of(message, reply_to=reply_to or None,

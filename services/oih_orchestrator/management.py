@@ -1,7 +1,7 @@
 """RabbitMQ's management HTTP API, with urllib: the per-step broker users and queue stats.
 
 Why one broker user per step: a worker runs third-party component code. With its own user,
-whose permissions come from `oih_worker.topology.step_permissions`, a compromised component can
+whose permissions come from `oih_dataplane.topology.step_permissions`, a compromised component can
 publish only to its own flow's exchange and read only its own step's queue — never another
 flow's or tenant's messages — and cannot declare or delete anything.
 

@@ -42,7 +42,7 @@ class DeploymentRow(SQLModel, table=True):
     driver: str = Field(default="local", max_length=32)
     #: The step that receives an execution's first message (the node no edge points to).
     entry_step: str = ""
-    #: StepSpec dicts (oih_worker.spec), amqp_url without credentials.
+    #: StepSpec dicts (oih_dataplane.spec), amqp_url without credentials.
     specs: list[dict[str, Any]] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
     #: step id -> broker user name.
     broker_users: dict[str, str] = Field(default_factory=dict,

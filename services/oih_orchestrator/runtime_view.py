@@ -7,8 +7,8 @@ from dataclasses import replace
 from datetime import UTC, datetime
 
 from oih.orchestrator.v1 import orchestrator_pb2 as pb
-from oih_worker import topology
-from oih_worker.spec import StepSpec
+from oih_dataplane import topology
+from oih_dataplane.spec import StepSpec
 
 from .amqp import Amqp
 from .drivers import RUNNING, STARTING, Driver, WorkerInfo

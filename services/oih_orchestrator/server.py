@@ -8,7 +8,6 @@ import importlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 import grpc
@@ -21,21 +20,21 @@ from oih_runtime.background import Periodic, UntilDone
 from oih_runtime.bus import Consumer, Relay
 from oih_runtime.bus.models import TABLES as BUS_TABLES
 from oih_runtime.clients import authenticated_channel
+from oih_runtime.clock import utcnow
 from oih_runtime.db import make_engine
 from oih_runtime.identity import platform_identity
 from oih_runtime.secrets_client import SecretsClient
 from oih_runtime.settings import ServiceSettings
 from oih_runtime.tokens import TokenVerifier
 
-from . import events, models
+from . import events, executions, models
 from .amqp import Amqp
 from .components import ComponentDirectory, ComponentLookup, register_builtins
 from .credentials import Resolve
 from .deployments import Orchestrator
 from .drivers import Driver
-from .execute import executions_package
+from .drivers.local import LocalDriver
 from .executions import models as executions_models
-from .local import LocalDriver
 from .management import Management
 from .servicer import OrchestratorServicer, ServiceContext
 from .settings import OrchestratorSettings
@@ -71,7 +70,7 @@ def make_driver(settings: ServiceSettings, own: OrchestratorSettings) -> Driver:
         return LocalDriver(settings.data_dir)
     if own.driver == "kubernetes":
         # Imported only when chosen: the kubernetes client is an optional dependency.
-        kubernetes: Any = importlib.import_module("oih_orchestrator.kubernetes")
+        kubernetes: Any = importlib.import_module("oih_orchestrator.drivers.kubernetes")
         return kubernetes.KubernetesDriver(  # type: ignore[no-any-return]
             namespace=own.kubernetes_namespace or kubernetes.DEFAULT_NAMESPACE,
             python_image=own.python_image,
@@ -87,7 +86,6 @@ def build(settings: ServiceSettings, own: OrchestratorSettings, *,
     """Everything the service needs; `start_background()` starts its threads. Tests pass their
     own `verifier`, `components` lookup or `components_channel` (with a token of their
     issuer), a driver, or an exchange and consumer name of their own on a shared broker."""
-    views = executions_package()
     exchange = exchange or settings.events_exchange
     consumer_name = consumer_name or settings.event_consumer
     engine = make_engine(settings.database_url, tables=TABLES)
@@ -125,16 +123,15 @@ def build(settings: ServiceSettings, own: OrchestratorSettings, *,
     if own_verifier:  # keep its revocation list current
         background.append(identity.feed.start)
         stops.append(identity.feed.stop)
-    if views is not None and bus:
+    if bus:
         # The executions view: reports of every running flow, and its retention.
-        reports = views.ReportsConsumer(engine, settings.rabbitmq_url)
+        reports = executions.ReportsConsumer(engine, settings.rabbitmq_url)
         orchestrator.reports = reports
-        sweeper = Periodic(lambda: views.sweep(engine, datetime.now(UTC)), 60.0,
+        sweeper = Periodic(lambda: executions.sweep(engine, utcnow()), 60.0,
                            "oih-executions-sweep")
         background += [reports.start, sweeper.start]
         stops += [reports.stop, sweeper.stop]
-    if hasattr(driver, "start"):
-        background.append(driver.start)
+    background.append(driver.start)
     if own.register_builtins and components_channel is not None:
         stub = components_pb2_grpc.ComponentServiceStub(components_channel)
         built.builtins = UntilDone(lambda: register_builtins(stub), "oih-register-builtins")
@@ -153,8 +150,7 @@ def build(settings: ServiceSettings, own: OrchestratorSettings, *,
         stops.append(reconciler.stop)
     # Reconcile after the driver adopted what still runs; workers outlive the service.
     background.append(reconciler.start)
-    if hasattr(driver, "close"):
-        stops.append(driver.close)
+    stops.append(driver.close)
     stops.append(amqp.close)
     service.on_stop.extend(stops)
 

@@ -5,13 +5,12 @@ interceptors; tenant isolation is enforced here: another tenant's flow answers N
 
 The executions and dead-letter RPCs are plain functions of `oih_orchestrator.executions`; this
 servicer tells them what they need about flows (tenant, running steps) from the deployments
-table. Without that package they answer UNIMPLEMENTED.
+table.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import grpc
 import pika.exceptions
@@ -26,10 +25,9 @@ from oih_runtime.errors import (
     FailedPrecondition,
     NotFound,
     Unavailable,
-    Unimplemented,
 )
 
-from . import execute, runtime_view
+from . import execute, executions, runtime_view
 from .amqp import Amqp, Unroutable
 from .deployments import Orchestrator
 from .models import RUNNING_STATES, STOPPING, DeploymentRow
@@ -77,61 +75,46 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
                                      reason="FLOW_NOT_ACTIVE", subject=request.flow) from None
         except pika.exceptions.AMQPError as error:
             raise Unavailable(f"the broker did not answer: {error!r}", reason="BROKER_UNAVAILABLE") from None
-        views = execute.executions_package()
-        if views is not None:
-            return views.get_execution(  # type: ignore[no-any-return]
-                self.context.engine, principal.current(), pb.GetExecutionRequest(
-                    name=f"{request.flow}/executions/{started.execution_id}"))
-        execution = pb.Execution(name=f"{request.flow}/executions/{started.execution_id}",
-                                 flow=request.flow, state=pb.Execution.STATE_RUNNING,
-                                 source=started.source, flow_version=started.flow_version)
-        execution.create_time.FromDatetime(started.create_time)
-        execution.update_time.FromDatetime(started.create_time)
-        return execution
+        return executions.get_execution(
+            self.context.engine, principal.current(), pb.GetExecutionRequest(
+                name=f"{request.flow}/executions/{started.execution_id}"))
 
     # --- delegated to oih_orchestrator.executions ----------------------------------------
 
     def ListExecutions(self, request: pb.ListExecutionsRequest, context: Context
                        ) -> pb.ListExecutionsResponse:
-        return self._views().list_executions(  # type: ignore[no-any-return]
+        return executions.list_executions(
             self.context.engine, principal.current(), request, flow_tenant=self._tenant)
 
     def GetExecution(self, request: pb.GetExecutionRequest, context: Context) -> pb.Execution:
-        return self._views().get_execution(  # type: ignore[no-any-return]
+        return executions.get_execution(
             self.context.engine, principal.current(), request)
 
     def ListDeadLetters(self, request: pb.ListDeadLettersRequest, context: Context
                         ) -> pb.ListDeadLettersResponse:
-        return self._views().list_dead_letters(  # type: ignore[no-any-return]
+        return executions.list_dead_letters(
             self.context.amqp.url, principal.current(), request, flow_tenant=self._tenant,
             flow_steps=self._steps, flows=self._running)
 
     def GetDeadLetter(self, request: pb.GetDeadLetterRequest, context: Context
                       ) -> pb.DeadLetter:
-        return self._views().get_dead_letter(  # type: ignore[no-any-return]
+        return executions.get_dead_letter(
             self.context.amqp.url, principal.current(), request, flow_tenant=self._tenant,
             flow_steps=self._steps)
 
     def DiscardDeadLetter(self, request: pb.DiscardDeadLetterRequest, context: Context
                           ) -> empty_pb2.Empty:
-        return self._views().discard_dead_letter(  # type: ignore[no-any-return]
+        return executions.discard_dead_letter(
             self.context.amqp.url, principal.current(), request, flow_tenant=self._tenant,
             flow_steps=self._steps)
 
     def ReplayDeadLetter(self, request: pb.ReplayDeadLetterRequest, context: Context
                          ) -> pb.Execution:
-        return self._views().replay_dead_letter(  # type: ignore[no-any-return]
+        return executions.replay_dead_letter(
             self.context.engine, self.context.amqp.url, principal.current(), request,
             flow_tenant=self._tenant, flow_steps=self._steps)
 
     # --- what the views need to know about flows -----------------------------------------
-
-    @staticmethod
-    def _views() -> Any:
-        views = execute.executions_package()
-        if views is None:
-            raise Unimplemented("executions and dead letters are not available yet")
-        return views
 
     def _tenant(self, flow_id: str) -> str | None:
         with Session(self.context.engine) as session:

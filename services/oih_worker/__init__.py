@@ -1,6 +1,7 @@
 """The worker runtime (the original's "ferryman"): runs one flow step as one process.
 
-Public API: `spec.StepSpec` / `spec.spec_from_flow`, the naming and declare/delete helpers of
-`topology`, the dead-letter functions of `dead_letters`, and `runtime.run(spec)` (also
-`python -m oih_worker` with `OIH_WORKER_SPEC` or `OIH_WORKER_SPEC_FILE`).
+`runtime.run(spec)` (also `python -m oih_worker` with `OIH_WORKER_SPEC` or
+`OIH_WORKER_SPEC_FILE`) is the pika shell; `process` is its pure decision core and `reports`
+batches what it did for the executions view. The contract it shares with the orchestrator
+(spec, topology, envelope, dead letters) lives in `oih_dataplane`.
 """

@@ -6,11 +6,11 @@ from __future__ import annotations
 import os
 import sys
 
+from oih_dataplane.spec import StepSpec
 from oih_runtime import logs
 
 from .credentials import from_env
 from .runtime import run
-from .spec import StepSpec
 
 
 def main() -> int:

@@ -28,11 +28,10 @@ import pika
 from google.protobuf import json_format
 
 from oih.component.v1 import message_pb2
+from oih_dataplane import envelope, topology
+from oih_dataplane.spec import EdgeSpec, StepSpec
 from oih_sdk import Message, Snapshot, call, load_function, non_retryable, takes_credentials
 from oih_sdk.errors import error_type, is_retryable
-
-from . import envelope, topology
-from .spec import EdgeSpec, StepSpec
 
 MAX_STACK = 16 * 1024
 #: Publishes in one part of an outcome (see the module comment).

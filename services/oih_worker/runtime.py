@@ -48,10 +48,11 @@ import pika.exceptions
 from pika.adapters.select_connection import SelectConnection
 from pika.spec import Basic
 
-from . import topology
+from oih_dataplane import topology
+from oih_dataplane.spec import StepSpec
+
 from .process import Outcome, Outgoing, StepProcessor
 from .reports import Reporter
-from .spec import StepSpec
 
 log = logging.getLogger("oih_worker")
 

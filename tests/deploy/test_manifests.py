@@ -28,10 +28,10 @@ import yaml
 from kubernetes.client.exceptions import ApiException
 
 from oih.components.v1 import components_pb2
-from oih_orchestrator import kubernetes as k8s_driver
+from oih_dataplane.spec import StepSpec
+from oih_orchestrator.drivers import kubernetes as k8s_driver
 from oih_orchestrator.settings import MANAGEMENT_PORT
 from oih_runtime.settings import DEFAULT_AUDIENCE, DEFAULT_ISSUER, DEFAULT_PORTS
-from oih_worker.spec import StepSpec
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"

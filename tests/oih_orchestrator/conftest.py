@@ -17,7 +17,7 @@ from oih.components.v1 import components_pb2_grpc
 from oih.orchestrator.v1 import orchestrator_pb2_grpc
 from oih_components import server as components_server
 from oih_orchestrator.components import register_builtins
-from oih_orchestrator.local import LocalDriver
+from oih_orchestrator.drivers.local import LocalDriver
 from oih_orchestrator.management import Management
 from oih_orchestrator.server import Built, build
 from oih_orchestrator.settings import OrchestratorSettings

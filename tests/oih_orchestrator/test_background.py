@@ -16,11 +16,11 @@ from sqlmodel import Session
 from oih.events.v1 import orchestrator_pb2 as answers
 from oih.flows.v1 import flows_pb2
 from oih.orchestrator.v1 import orchestrator_pb2 as pb
+from oih_dataplane import topology
 from oih_orchestrator.management import Management
 from oih_orchestrator.models import STARTING, STOPPED, DeploymentRow
 from oih_orchestrator.server import TABLES
 from oih_runtime.db import make_engine
-from oih_worker import topology
 from tests.oih_orchestrator.conftest import Orchestrator, StartOrchestrator
 from tests.oih_orchestrator.support import (
     python_component,

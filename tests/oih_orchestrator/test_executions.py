@@ -15,6 +15,7 @@ from sqlmodel import Session, select
 
 from oih.component.v1 import message_pb2
 from oih.orchestrator.v1 import orchestrator_pb2
+from oih_dataplane.spec import EdgeSpec, StepSpec
 from oih_orchestrator.executions import (
     ExecutionRow,
     FlowShape,
@@ -33,7 +34,6 @@ from oih_orchestrator.server import TABLES
 from oih_runtime.db import make_engine, transaction
 from oih_runtime.errors import InvalidArgument, NotFound
 from oih_runtime.principal import Principal
-from oih_worker.spec import EdgeSpec, StepSpec
 
 T1, T2 = "tenants/t1", "tenants/t2"
 ALICE = Principal("users/alice", T1, frozenset({"flows.read"}))

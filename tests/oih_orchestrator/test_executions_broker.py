@@ -19,6 +19,8 @@ from sqlmodel import Session
 
 from oih.component.v1 import message_pb2
 from oih.orchestrator.v1 import orchestrator_pb2
+from oih_dataplane import envelope, topology
+from oih_dataplane.spec import EdgeSpec, RetrySpec, StepSpec
 from oih_orchestrator.executions import (
     ExecutionRow,
     ReportsConsumer,
@@ -33,9 +35,7 @@ from oih_runtime.db import make_engine
 from oih_runtime.errors import FailedPrecondition, NotFound
 from oih_runtime.principal import Principal
 from oih_sdk import Message, non_retryable
-from oih_worker import envelope, topology
 from oih_worker.process import StepProcessor
-from oih_worker.spec import EdgeSpec, RetrySpec, StepSpec
 
 URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
 T1, T2 = "tenants/t1", "tenants/t2"

@@ -17,8 +17,9 @@ import pytest
 import yaml
 
 from oih.components.v1 import components_pb2
+from oih_dataplane.spec import EdgeSpec, StepSpec
 from oih_orchestrator import drivers
-from oih_orchestrator.kubernetes import (
+from oih_orchestrator.drivers.kubernetes import (
     GRACE_SECONDS,
     KubernetesDriver,
     _pod,
@@ -29,7 +30,6 @@ from oih_orchestrator.kubernetes import (
     secret_name,
     worker_info,
 )
-from oih_worker.spec import EdgeSpec, StepSpec
 
 DNS_1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")

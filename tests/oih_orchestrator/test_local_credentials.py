@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 
 from oih.components.v1 import components_pb2
-from oih_orchestrator.local import LocalDriver
-from oih_worker.spec import StepSpec
+from oih_dataplane.spec import StepSpec
+from oih_orchestrator.drivers.local import LocalDriver
 
 CREDENTIALS = b'{"api_key": "sk-local-credential-0123456789"}'
 VALUE = b"sk-local-credential-0123456789"

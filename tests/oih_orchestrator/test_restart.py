@@ -13,11 +13,11 @@ import pytest
 from sqlmodel import Session
 
 from oih.orchestrator.v1 import orchestrator_pb2 as pb
+from oih_dataplane import topology
 from oih_orchestrator.management import Management
 from oih_orchestrator.models import STOPPED, DeploymentRow
 from oih_orchestrator.server import TABLES
 from oih_runtime.db import make_engine
-from oih_worker import topology
 from tests.oih_orchestrator.conftest import StartOrchestrator
 from tests.oih_orchestrator.support import sink_lines, three_step_flow, wait_for
 
@@ -109,7 +109,7 @@ def test_stop_while_down_is_handled_after_restart(
 @pytest.mark.parametrize("step", ["start"])
 def test_worker_adoption_checks_the_command_line(tmp_path: Path, step: str) -> None:
     """A pid file naming a process that is not this step's worker is not adopted."""
-    from oih_orchestrator.local import LocalDriver
+    from oih_orchestrator.drivers.local import LocalDriver
 
     folder = tmp_path / "workers" / "flowx"
     folder.mkdir(parents=True)

@@ -18,9 +18,9 @@ from google.protobuf import json_format
 
 from oih.component.v1 import message_pb2
 from oih_builtins.sink import sink_path
+from oih_dataplane import envelope, topology
+from oih_dataplane.spec import EdgeSpec, RetrySpec, StepSpec
 from oih_sdk import Message
-from oih_worker import envelope, topology
-from oih_worker.spec import EdgeSpec, RetrySpec, StepSpec
 
 ROOT = Path(__file__).resolve().parents[2]
 TEST_COMPONENTS = "tests.oih_worker.components:component"

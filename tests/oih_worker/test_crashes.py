@@ -9,7 +9,7 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-from oih_worker.spec import EdgeSpec, StepSpec
+from oih_dataplane.spec import EdgeSpec, StepSpec
 from tests.gateway.conftest import free_port
 from tests.oih_worker.support import ROOT, FlowHarness, wait_for
 

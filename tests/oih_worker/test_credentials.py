@@ -14,11 +14,11 @@ from typing import Any
 
 import pytest
 
+from oih_dataplane import envelope
+from oih_dataplane.spec import StepSpec
 from oih_sdk import Message, takes_credentials
-from oih_worker import envelope
 from oih_worker.credentials import CredentialsError, from_env
 from oih_worker.process import StepProcessor
-from oih_worker.spec import StepSpec
 
 VALUE = {"api_key": "sk-test-credential-value"}
 

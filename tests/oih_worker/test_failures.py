@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from oih_worker import dead_letters
-from oih_worker.spec import EdgeSpec
+from oih_dataplane import dead_letters
+from oih_dataplane.spec import EdgeSpec
 from tests.oih_worker.support import FlowHarness, totals, wait_for
 
 TRIGGER = "oih_builtins.trigger:component"
@@ -70,7 +70,7 @@ def test_retry_then_dead_letter_then_replay(harness: FlowHarness) -> None:
 
 
 def test_retry_waits_in_the_delay_queue(harness: FlowHarness) -> None:
-    from oih_worker.spec import RetrySpec
+    from oih_dataplane.spec import RetrySpec
 
     harness.step("flaky", TEST, "maybe_fail", edges=[EdgeSpec("out")],
                  retry=RetrySpec(max_attempts=2, initial_delay=1.5, jitter=0))
@@ -105,7 +105,7 @@ def test_a_message_with_unreadable_headers_is_dead_lettered_not_a_crash(
     again on restart and crash again, until the flow is failed."""
     import pika
 
-    from oih_worker import topology
+    from oih_dataplane import topology
 
     harness.step("start", TRIGGER, "manual", edges=[EdgeSpec("out")])
     harness.step("out", SINK, "sink")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from oih_worker.spec import EdgeSpec
+from oih_dataplane.spec import EdgeSpec
 from tests.oih_worker.support import FlowHarness, totals, wait_for
 
 TRIGGER = "oih_builtins.trigger:component"

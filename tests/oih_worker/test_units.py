@@ -14,13 +14,13 @@ from google.protobuf import json_format
 from oih.component.v1 import message_pb2
 from oih.flows.v1 import flows_pb2
 from oih_builtins import BUILTIN_COMPONENTS
+from oih_dataplane import envelope, topology
+from oih_dataplane.spec import EdgeSpec, RetrySpec, StepSpec, spec_from_flow
 from oih_sdk import Component, Message, NonRetryableError, Snapshot, load_function, non_retryable
 from oih_sdk.errors import is_retryable
-from oih_worker import envelope, topology
-from oih_worker import spec as defaults
+from oih_dataplane import spec as defaults
 from oih_worker.process import StepProcessor
 from oih_worker.reports import Reporter
-from oih_worker.spec import EdgeSpec, RetrySpec, StepSpec, spec_from_flow
 
 
 def test_component_decorators_and_loading() -> None:

@@ -34,11 +34,11 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlmodel import Session
 
 from oih.component.v1 import message_pb2
+from oih_dataplane import topology
+from oih_dataplane.spec import StepSpec
 from oih_runtime.background import Reconnecting
 from oih_runtime.bus.topology import connection_parameters, rabbitmq_url
 from oih_runtime.db import transaction
-from oih_worker import topology
-from oih_worker.spec import StepSpec
 
 from .ingest import ingest
 from .models import ReportBatchRow

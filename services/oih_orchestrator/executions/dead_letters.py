@@ -1,7 +1,7 @@
-"""The dead-letter RPCs over the steps' dead-letter queues (oih_worker.dead_letters), as protos.
+"""The dead-letter RPCs over the steps' dead-letter queues (oih_dataplane.dead_letters), as protos.
 
 A dead letter's resource id is `{step}.{message}`: the queue to browse is per step, and step
-ids cannot contain a dot (oih_worker.topology), so the first dot splits it unambiguously.
+ids cannot contain a dot (oih_dataplane.topology), so the first dot splits it unambiguously.
 
 The caller decides visibility and what runs: `flow_tenant(flow)` gives a flow's tenant (None:
 no such flow), `flow_steps(flow)` the step ids whose dead-letter queues exist (those of the
@@ -30,13 +30,13 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
 from oih.orchestrator.v1 import orchestrator_pb2
+from oih_dataplane import dead_letters as queues
 from oih_runtime import filtering
 from oih_runtime.bus.topology import connection_parameters
 from oih_runtime.db import transaction
 from oih_runtime.errors import FailedPrecondition, InvalidArgument, NotFound
 from oih_runtime.paging import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
 from oih_runtime.principal import Principal
-from oih_worker import dead_letters as queues
 
 from .ingest import record_replay, steps_of
 from .views import FlowTenant, parse_parent

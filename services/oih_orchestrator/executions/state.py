@@ -51,7 +51,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from oih_worker.spec import StepSpec
+from oih_dataplane.spec import StepSpec
 
 SETTLED, OUTSTANDING, UNKNOWN = "settled", "outstanding", "unknown"
 

@@ -1,6 +1,6 @@
 """How workers are run: the `Driver` protocol every driver implements, and `WorkerInfo`.
 
-A driver only runs workers; it knows nothing of flows' states, broker users or events. The
+A driver only runs workers and says which components it can run; it knows nothing of flows' states, broker users or events. The
 orchestrator decides WHAT should run (its deployments table) and the reconciler makes the
 driver agree: missing workers are deployed again, workers of flows that are not running are
 removed. So a driver must be able to say what it runs (`flows`, `workers`) from the real world
@@ -15,7 +15,7 @@ from datetime import datetime
 from typing import Protocol, runtime_checkable
 
 from oih.components.v1 import components_pb2
-from oih_worker.spec import StepSpec
+from oih_dataplane.spec import StepSpec
 
 # Worker states, the names of `oih.orchestrator.v1.Worker.State` without the prefix.
 STARTING, RUNNING, RESTARTING, STOPPING, FAILED = (
@@ -64,3 +64,14 @@ class Driver(Protocol):
 
     def flows(self) -> set[str]:
         """Every flow id with at least one worker (or leftover) of this driver."""
+
+    def refusal(self, component: components_pb2.Component) -> str:
+        """Why this driver cannot run `component` ("" when it can): checked before a flow
+        starts, so a component the driver cannot run fails the start with this reason."""
+
+    def start(self) -> None:
+        """Start the driver's own background work (e.g. supervising processes), if any."""
+
+    def close(self) -> None:
+        """Stop that background work; the workers keep running (a new orchestrator adopts
+        them)."""

@@ -41,10 +41,10 @@ from datetime import datetime
 from typing import Any
 
 from oih.components.v1 import components_pb2
+from oih_dataplane.spec import StepSpec
 from oih_worker.runtime import STOP_TIMEOUT
-from oih_worker.spec import StepSpec
 
-from .drivers import FAILED, RESTARTING, RUNNING, STARTING, STOPPING, WorkerInfo
+from .base import FAILED, RESTARTING, RUNNING, STARTING, STOPPING, WorkerInfo
 
 MANAGED_BY = "oih-orchestrator"
 LABEL_FLOW, LABEL_STEP, LABEL_TENANT = "oih.flow", "oih.step", "oih.tenant"
@@ -322,6 +322,12 @@ class KubernetesDriver:
     def refusal(self, component: components_pb2.Component) -> str:
         """Why this driver cannot run `component` ("" when it can)."""
         return refusal(component, self.python_image)
+
+    def start(self) -> None:
+        """Nothing to start: Kubernetes supervises the pods."""
+
+    def close(self) -> None:
+        """Nothing to stop: the pods keep running."""
 
     def _apis(self) -> tuple[Any, Any]:
         from kubernetes import client, config  # imported late: only this driver needs it

@@ -39,11 +39,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from oih.components.v1 import components_pb2
+from oih_dataplane.spec import StepSpec
 from oih_runtime.background import Periodic
 from oih_worker.credentials import STDIN
-from oih_worker.spec import StepSpec
 
-from .drivers import FAILED, RESTARTING, RUNNING, STARTING, STOPPING, WorkerInfo
+from ..components import entry_point
+from .base import FAILED, RESTARTING, RUNNING, STARTING, STOPPING, WorkerInfo
 
 log = logging.getLogger(__name__)
 
@@ -167,6 +168,14 @@ class LocalDriver:
         return found
 
     # --- supervisor ------------------------------------------------------------------------
+
+    def refusal(self, component: components_pb2.Component) -> str:
+        """Why this driver cannot run `component` ("" when it can): it runs Python entry
+        points only."""
+        if entry_point(component):
+            return ""
+        return (f"component {component.name} has no Python entry point, which the local driver "
+                "needs")
 
     def start(self) -> None:
         self._supervisor.start()
