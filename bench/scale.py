@@ -38,6 +38,8 @@ from sqlalchemy import insert
 
 from bench.common import curve, free_port
 from oih.orchestrator.v1 import orchestrator_pb2
+from oih_dataplane import envelope, topology
+from oih_dataplane.spec import EdgeSpec, StepSpec
 from oih_orchestrator.executions import models as execution_models
 from oih_orchestrator.executions.models import ExecutionRow
 from oih_orchestrator.executions.views import list_executions
@@ -48,8 +50,6 @@ from oih_runtime.clock import utcnow
 from oih_runtime.db import make_engine, transaction
 from oih_runtime.principal import Principal
 from oih_sdk import Message
-from oih_worker import envelope, topology
-from oih_worker.spec import EdgeSpec, StepSpec
 
 ROOT = Path(__file__).resolve().parent.parent
 URL = os.environ.get("OIH_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import threading
 
-from oih_worker import envelope, topology
+from oih_dataplane import envelope, topology
+from oih_dataplane.spec import EdgeSpec
 from oih_worker.process import PART_SIZE
 from oih_worker.runtime import MAX_IN_FLIGHT, Worker
-from oih_worker.spec import EdgeSpec
 from tests.oih_worker.support import FlowHarness, wait_for
 
 FAN_OUT = 6000  # several times the window, so the bound means something

@@ -15,10 +15,10 @@ from oih.component.v1 import message_pb2
 from oih.flows.v1 import flows_pb2
 from oih_builtins import BUILTIN_COMPONENTS
 from oih_dataplane import envelope, topology
+from oih_dataplane import spec as defaults
 from oih_dataplane.spec import EdgeSpec, RetrySpec, StepSpec, spec_from_flow
 from oih_sdk import Component, Message, NonRetryableError, Snapshot, load_function, non_retryable
 from oih_sdk.errors import is_retryable
-from oih_dataplane import spec as defaults
 from oih_worker.process import StepProcessor
 from oih_worker.reports import Reporter
 
