@@ -12,6 +12,7 @@ from sqlalchemy.engine import Engine
 from oih.flows.v1 import flows_pb2, flows_pb2_grpc
 from oih_flows.components import ComponentDirectory
 from oih_flows.events import HANDLERS
+from oih_flows.executions import ExecutionStarter, OrchestratorStarter
 from oih_flows.graph import ComponentLookup
 from oih_flows.logic import Flows
 from oih_flows.servicer import FlowServicer
@@ -50,7 +51,7 @@ def _components(identity: PlatformIdentity, flows_settings: FlowsSettings) -> Co
 
 def build(settings: ServiceSettings, flows_settings: FlowsSettings, *,
           verifier: TokenVerifier | None = None, components: ComponentLookup | None = None,
-          bus: bool = True, exchange: str | None = None, consumer_name: str | None = None
+          starter: ExecutionStarter | None = None, bus: bool = True, exchange: str | None = None, consumer_name: str | None = None
           ) -> Built:
     """Everything the service needs; `start_background()` starts its threads. Tests pass their
     own `verifier` and `components`, `bus=False` to run without RabbitMQ (the outbox still
@@ -59,7 +60,9 @@ def build(settings: ServiceSettings, flows_settings: FlowsSettings, *,
     exchange = exchange or settings.events_exchange
     consumer_name = consumer_name or settings.event_consumer
     identity = platform_identity(settings, exchange=exchange)
-    flows = Flows(engine, components or _components(identity, flows_settings))
+    starter = starter or OrchestratorStarter(authenticated_channel(
+        flows_settings.orchestrator_address, identity.token.get))
+    flows = Flows(engine, components or _components(identity, flows_settings), starter)
     servicer = FlowServicer(flows)
     sweeper = Sweeper(engine, flows_settings.transition_timeout, flows_settings.sweep_interval)
     service = server.Service(

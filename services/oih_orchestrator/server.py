@@ -18,6 +18,7 @@ from oih.components.v1 import components_pb2_grpc
 from oih.orchestrator.v1 import orchestrator_pb2, orchestrator_pb2_grpc
 from oih_runtime import server
 from oih_runtime.bus import Consumer, Relay
+from oih_runtime.bus.pipelined import PipelinedPublisher
 from oih_runtime.clients import authenticated_channel
 from oih_runtime.db import make_engine
 from oih_runtime.identity import platform_identity
@@ -29,7 +30,7 @@ from .amqp import Amqp
 from .components import ComponentDirectory, ComponentLookup, register_builtins
 from .deployments import Orchestrator
 from .drivers import Driver
-from .execute import executions_package
+from .execute import Starter, StartRecorder, executions_package
 from .local import LocalDriver
 from .management import Management
 from .reconciler import Periodic, UntilDone
@@ -97,7 +98,11 @@ def build(settings: ServiceSettings, own: OrchestratorSettings, *,
     orchestrator = Orchestrator(engine, driver, amqp, management, lookup,
                                 worker_amqp_url=own.worker_amqp_url or settings.rabbitmq_url,
                                 start_timeout=own.start_timeout)
-    servicer = OrchestratorServicer(ServiceContext(engine, amqp, orchestrator))
+    # Every trigger's first message goes through one publisher with shared pipelined confirms.
+    starter = Starter(engine, amqp, PipelinedPublisher(settings.rabbitmq_url,
+                                                       name="oih-trigger-publisher"),
+                      StartRecorder(engine))
+    servicer = OrchestratorServicer(ServiceContext(engine, amqp, orchestrator, starter))
     service = server.Service(
         name="orchestrator",
         registrations=[lambda s: orchestrator_pb2_grpc.add_OrchestratorServiceServicer_to_server(
@@ -107,7 +112,7 @@ def build(settings: ServiceSettings, own: OrchestratorSettings, *,
     )
     reconciler = Periodic(orchestrator.reconcile, own.reconcile_seconds, "oih-reconciler")
     built = Built(service, engine, orchestrator, driver, amqp, servicer, reconciler)
-    background: list[Callable[[], None]] = []
+    background: list[Callable[[], None]] = [starter.start]
     # First: cancel starts in progress (their rows stay STARTING, for the next reconcile) and
     # let running stops finish, while the broker connections are still open.
     stops: list[Callable[[], None]] = [orchestrator.close]
@@ -134,7 +139,7 @@ def build(settings: ServiceSettings, own: OrchestratorSettings, *,
                             name="oih-orchestrator-relay")
         built.consumer = Consumer(engine, consumer_name, url=settings.rabbitmq_url,
                                   exchange=exchange)
-        events.register(built.consumer, orchestrator, amqp)
+        events.register(built.consumer, orchestrator, starter)
         background += [built.relay.start, built.consumer.start]
         # Stop taking events first (finish the current one), then relay what is left.
         stops += [built.consumer.stop, reconciler.stop, built.relay.stop]
@@ -144,7 +149,7 @@ def build(settings: ServiceSettings, own: OrchestratorSettings, *,
     background.append(reconciler.start)
     if hasattr(driver, "close"):
         stops.append(driver.close)
-    stops.append(amqp.close)
+    stops += [starter.stop, amqp.close]
     service.on_stop.extend(stops)
 
     def start_background() -> None:

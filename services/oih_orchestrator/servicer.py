@@ -23,16 +23,19 @@ from sqlmodel import Session, col, select
 from oih.orchestrator.v1 import orchestrator_pb2 as pb
 from oih.orchestrator.v1 import orchestrator_pb2_grpc
 from oih_runtime import principal
+from oih_runtime.bus.pipelined import NotConfirmed
+from oih_runtime.bus.publisher import PublisherError
 from oih_runtime.errors import (
-    FailedPrecondition,
     InvalidArgument,
     NotFound,
+    PermissionDenied,
     Unavailable,
     Unimplemented,
 )
+from oih_runtime.jsontext import parse_object
 
 from . import execute, runtime_view
-from .amqp import Amqp, Unroutable
+from .amqp import Amqp
 from .deployments import Orchestrator
 from .models import RUNNING_STATES, STOPPING, DeploymentRow
 
@@ -48,6 +51,11 @@ class ServiceContext:
     engine: Engine
     amqp: Amqp
     orchestrator: Orchestrator
+    starter: execute.Starter
+
+
+def _is_platform_service(caller: principal.Principal) -> bool:
+    return caller.typ == "service" and caller.is_platform_admin
 
 
 def _id(pattern: re.Pattern[str], value: str, field: str, shape: str) -> str:
@@ -78,21 +86,27 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
     def StartExecution(self, request: pb.StartExecutionRequest, context: Context
                        ) -> pb.Execution:
         flow_id = _id(FLOW, request.flow, "flow", "flows/{flow}")
+        caller = principal.current()
+        source = request.source or "api"
+        if (source != "api" or request.reply_to) and not _is_platform_service(caller):
+            # A tenant cannot pass its runs off as the scheduler's, nor aim replies anywhere.
+            raise PermissionDenied("only platform services may set source or reply_to",
+                                   reason="PLATFORM_ONLY")
+        data = (parse_object(request.data_json, "data_json") if request.data_json
+                else json_format.MessageToDict(request.data))
+        metadata = (parse_object(request.metadata_json, "metadata_json")
+                    if request.metadata_json else {})
+        if request.max_queued_messages < 0:
+            raise InvalidArgument.field("max_queued_messages", "must not be negative")
+        trigger = execute.Trigger(flow_id, data, metadata, execution_id=request.execution_id,
+                                  source=source, reply_to=request.reply_to,
+                                  max_queued_messages=request.max_queued_messages)
         try:
-            started = execute.start_execution(
-                self.context.engine, self.context.amqp, flow_id, caller=principal.current(),
-                data=json_format.MessageToDict(request.data),
-                execution_id=request.execution_id, source="api")
-        except Unroutable as error:
-            raise FailedPrecondition(f"flow {request.flow} has no queues ({error})",
-                                     reason="FLOW_NOT_ACTIVE", subject=request.flow) from None
-        except pika.exceptions.AMQPError as error:
-            raise Unavailable(f"the broker did not answer: {error!r}", reason="BROKER_UNAVAILABLE") from None
-        views = execute.executions_package()
-        if views is not None:
-            return views.get_execution(  # type: ignore[no-any-return]
-                self.context.engine, principal.current(), pb.GetExecutionRequest(
-                    name=f"{request.flow}/executions/{started.execution_id}"))
+            started = self.context.starter.start_execution(caller, trigger)
+        except (PublisherError, NotConfirmed, TimeoutError, pika.exceptions.AMQPError) as error:
+            raise Unavailable(f"the broker did not confirm the message: {error!r}",
+                              reason="BROKER_UNAVAILABLE") from None
+        # The execution as far as it is known now (its record is written in a moment).
         execution = pb.Execution(name=f"{request.flow}/executions/{started.execution_id}",
                                  flow=request.flow, state=pb.Execution.STATE_RUNNING,
                                  source=started.source, flow_version=started.flow_version)

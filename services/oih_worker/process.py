@@ -21,13 +21,15 @@ import pika
 from google.protobuf import json_format
 
 from oih.component.v1 import message_pb2
-from oih_sdk import Message, Snapshot, load_function, non_retryable
+from oih_sdk import Message, Reply, Snapshot, load_function, non_retryable
 from oih_sdk.errors import error_type, is_retryable
 
 from . import envelope, topology
 from .spec import EdgeSpec, StepSpec
 
 MAX_STACK = 16 * 1024
+#: AMQP headers of a reply message (see oih.component.v1's contract).
+REPLY_STATUS, REPLY_HEADERS = "oih-reply-status", "oih-reply-headers"
 
 
 @non_retryable
@@ -79,10 +81,12 @@ class CompiledEdge:
         return mapped if isinstance(mapped, dict) else {"value": mapped}
 
 
-def collect(result: Any) -> tuple[list[Message | dict[str, Any]], Snapshot | None]:
-    """Flatten what a function returned or yielded into outputs and the last snapshot."""
+def collect(result: Any) -> tuple[list[Message | dict[str, Any]], Snapshot | None, Reply | None]:
+    """Flatten what a function returned or yielded into outputs, the last snapshot and the
+    first reply."""
     outputs: list[Message | dict[str, Any]] = []
     snapshot: Snapshot | None = None
+    reply: Reply | None = None
     items: Iterable[Any]
     if result is None:
         items = ()
@@ -95,11 +99,14 @@ def collect(result: Any) -> tuple[list[Message | dict[str, Any]], Snapshot | Non
             continue
         if isinstance(item, Snapshot):
             snapshot = item
+        elif isinstance(item, Reply):
+            reply = reply or item
         elif isinstance(item, Message | dict):
             outputs.append(item)
         else:
-            raise TypeError(f"a function may emit dicts, Messages or Snapshots, not {type(item)}")
-    return outputs, snapshot
+            raise TypeError("a function may emit dicts, Messages, Snapshots or Replies, not "
+                            f"{type(item)}")
+    return outputs, snapshot, reply
 
 
 class StepProcessor:
@@ -117,7 +124,7 @@ class StepProcessor:
             return self._malformed(body, properties, exc)
         try:
             result = self.fn(message, self.spec.config, self.snapshot)
-            emitted, snapshot = collect(result)
+            emitted, snapshot, reply = collect(result)
             outcome = Outcome(message)
             outcome.outputs = [self._output(message, item) for item in emitted]
             for index, output in enumerate(outcome.outputs):
@@ -129,6 +136,8 @@ class StepProcessor:
                         outcome.routed += 1
         except Exception as exc:  # a component error: retry or dead-letter the input
             return self._failed(message, body, properties, exc)
+        if reply is not None and properties.reply_to:
+            outcome.outgoing.append(self._reply(message, reply, properties))
         if snapshot is not None:
             # Kept for the next call only once the outcome stands (an error above discards it).
             self.snapshot = dict(snapshot.data)
@@ -163,6 +172,20 @@ class StepProcessor:
         return Outgoing(topology.input_key(target), envelope.encode(message),
                         envelope.properties_of(message, reply_to=properties.reply_to,
                                                correlation_id=properties.correlation_id))
+
+    def _reply(self, message: Message, reply: Reply,
+               properties: pika.BasicProperties) -> Outgoing:
+        """The answer to the synchronous webhook request waiting for this execution: published
+        on the flow's exchange (the only one a step may write) with the request's `reply_to`
+        as routing key, which the webhooks service bound its reply queue to."""
+        body, content_type = reply.encoded()
+        return Outgoing(str(properties.reply_to), body, pika.BasicProperties(
+            content_type=content_type, delivery_mode=1,
+            message_id=envelope.output_id(message.id, "reply", 0),
+            correlation_id=properties.correlation_id,
+            headers={envelope.H_EXECUTION: message.execution_id,
+                     REPLY_STATUS: int(reply.status),
+                     REPLY_HEADERS: {str(k): str(v) for k, v in reply.headers.items()}}))
 
     def _snapshot(self, message: Message, snapshot: Snapshot) -> Outgoing:
         # The JSON form of oih.snapshots.v1.Snapshot (the step's persistent snapshot).
@@ -229,6 +252,10 @@ class StepProcessor:
 
     def _dead_letter(self, message: Message,
                      envelope_pb: message_pb2.ErrorEnvelope) -> Outgoing:
+        # The input goes in as the JSON it arrived as, not through the proto's Struct (every
+        # number a double): a replay must deliver the data exactly as it was.
+        body = json_format.MessageToDict(envelope_pb)
+        body["input"] = {**body.get("input", {}), **message.body()}
         return Outgoing(topology.dead_key(self.spec.step_id),
-                        json_format.MessageToJson(envelope_pb, indent=None).encode(),
+                        json.dumps(body, separators=(",", ":")).encode(),
                         envelope.properties_of(message))

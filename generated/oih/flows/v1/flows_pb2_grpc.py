@@ -212,10 +212,15 @@ class FlowServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ExecuteFlow(self, request, context):
-        """Runs an ACTIVE flow once with the given data: emits `oih.flow.execute`, which the
-        orchestrator turns into a message to the first step. Returns at once with the execution's
-        name; follow it with the orchestrator's GetExecution. Answers FAILED_PRECONDITION unless the
-        flow is ACTIVE.
+        """Runs an ACTIVE flow once with the given data: the Flow Repository calls the orchestrator's
+        StartExecution (source "api"), which answers once the first step's message is confirmed by
+        the broker. Returns the execution's name; follow it with the orchestrator's GetExecution.
+        Answers FAILED_PRECONDITION unless the flow is ACTIVE (in the repository and in the
+        orchestrator), so an answered execution always exists.
+
+        Since the trigger-path rework the REST body is taken raw (`google.api.HttpBody`), not
+        transcoded into a Struct: `{"data": {...}}` reaches the first step exactly as sent
+        (integers beyond 2^53 keep every digit). The JSON shape of the REST call is unchanged.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

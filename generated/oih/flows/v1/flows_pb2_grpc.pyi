@@ -103,10 +103,15 @@ class FlowServiceStub:
     it INACTIVE.
     """
     ExecuteFlow: _grpc.UnaryUnaryMultiCallable[_flows_pb2.ExecuteFlowRequest, _flows_pb2.ExecuteFlowResponse]
-    """Runs an ACTIVE flow once with the given data: emits `oih.flow.execute`, which the
-    orchestrator turns into a message to the first step. Returns at once with the execution's
-    name; follow it with the orchestrator's GetExecution. Answers FAILED_PRECONDITION unless the
-    flow is ACTIVE.
+    """Runs an ACTIVE flow once with the given data: the Flow Repository calls the orchestrator's
+    StartExecution (source "api"), which answers once the first step's message is confirmed by
+    the broker. Returns the execution's name; follow it with the orchestrator's GetExecution.
+    Answers FAILED_PRECONDITION unless the flow is ACTIVE (in the repository and in the
+    orchestrator), so an answered execution always exists.
+
+    Since the trigger-path rework the REST body is taken raw (`google.api.HttpBody`), not
+    transcoded into a Struct: `{"data": {...}}` reaches the first step exactly as sent
+    (integers beyond 2^53 keep every digit). The JSON shape of the REST call is unchanged.
     """
 
 @_typing.type_check_only
@@ -183,10 +188,15 @@ class FlowServiceAsyncStub(FlowServiceStub):
     it INACTIVE.
     """
     ExecuteFlow: _aio.UnaryUnaryMultiCallable[_flows_pb2.ExecuteFlowRequest, _flows_pb2.ExecuteFlowResponse]  # type: ignore[assignment]
-    """Runs an ACTIVE flow once with the given data: emits `oih.flow.execute`, which the
-    orchestrator turns into a message to the first step. Returns at once with the execution's
-    name; follow it with the orchestrator's GetExecution. Answers FAILED_PRECONDITION unless the
-    flow is ACTIVE.
+    """Runs an ACTIVE flow once with the given data: the Flow Repository calls the orchestrator's
+    StartExecution (source "api"), which answers once the first step's message is confirmed by
+    the broker. Returns the execution's name; follow it with the orchestrator's GetExecution.
+    Answers FAILED_PRECONDITION unless the flow is ACTIVE (in the repository and in the
+    orchestrator), so an answered execution always exists.
+
+    Since the trigger-path rework the REST body is taken raw (`google.api.HttpBody`), not
+    transcoded into a Struct: `{"data": {...}}` reaches the first step exactly as sent
+    (integers beyond 2^53 keep every digit). The JSON shape of the REST call is unchanged.
     """
 
 class FlowServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -308,10 +318,15 @@ class FlowServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _flows_pb2.ExecuteFlowRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_flows_pb2.ExecuteFlowResponse, _abc.Awaitable[_flows_pb2.ExecuteFlowResponse]]:
-        """Runs an ACTIVE flow once with the given data: emits `oih.flow.execute`, which the
-        orchestrator turns into a message to the first step. Returns at once with the execution's
-        name; follow it with the orchestrator's GetExecution. Answers FAILED_PRECONDITION unless the
-        flow is ACTIVE.
+        """Runs an ACTIVE flow once with the given data: the Flow Repository calls the orchestrator's
+        StartExecution (source "api"), which answers once the first step's message is confirmed by
+        the broker. Returns the execution's name; follow it with the orchestrator's GetExecution.
+        Answers FAILED_PRECONDITION unless the flow is ACTIVE (in the repository and in the
+        orchestrator), so an answered execution always exists.
+
+        Since the trigger-path rework the REST body is taken raw (`google.api.HttpBody`), not
+        transcoded into a Struct: `{"data": {...}}` reaches the first step exactly as sent
+        (integers beyond 2^53 keep every digit). The JSON shape of the REST call is unchanged.
         """
 
 def add_FlowServiceServicer_to_server(servicer: FlowServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
