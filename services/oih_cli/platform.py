@@ -96,7 +96,7 @@ class Platform:
         self.log_dir.mkdir(exist_ok=True)
         try:
             self._start_broker()
-            env = self._environment()
+            env = self.environment()
             for service in self.services:
                 self._start_service(service, env)
                 self._wait_healthy(service)
@@ -145,7 +145,8 @@ class Platform:
             write_private(path, secrets.token_urlsafe(32))
         return path.read_text().strip()
 
-    def _environment(self) -> dict[str, str]:
+    def environment(self) -> dict[str, str]:
+        """The environment every service process gets (tests use it to run one in-process)."""
         env = dict(os.environ)
         env.update({
             "OIH_DATA_DIR": str(self.data_dir),
@@ -177,7 +178,7 @@ class Platform:
 
     def restart(self, service: str) -> None:
         """Start a killed or stopped service again and wait until it is healthy."""
-        self._start_service(service, self._environment())
+        self._start_service(service, self.environment())
         self._wait_healthy(service)
 
     def log_tail(self, service: str, lines: int = 30) -> str:

@@ -93,6 +93,25 @@ def _http_patterns(rule: http_pb2.HttpRule) -> Iterator[HttpPattern]:
 
 HTTP_BODY = ".google.api.HttpBody"
 
+#: See `lua` in render_envoy_config. Header names are shared with oih_webhooks.servicer.
+LUA_SOURCE = """
+function envoy_on_request(handle)
+  local headers = handle:headers()
+  headers:replace("x-oih-http-method", headers:get(":method") or "")
+  headers:replace("x-oih-http-path", headers:get(":path") or "")
+end
+function envoy_on_response(handle)
+  local headers = handle:headers()
+  local status = headers:get("x-oih-reply-status")
+  if status ~= nil then
+    headers:remove("x-oih-reply-status")
+    if string.match(status, "^[1-5][0-9][0-9]$") then
+      headers:replace(":status", status)
+    end
+  end
+end
+"""
+
 
 def _messages(files: descriptor_pb2.FileDescriptorSet) -> dict[str, descriptor_pb2.DescriptorProto]:
     """Every message of the set by its fully qualified name (".pkg.Outer.Inner")."""
@@ -517,6 +536,16 @@ def render_envoy_config(
         },
     }
 
+    # Webhooks: the transcoded gRPC call no longer carries the HTTP method and the query
+    # string, and a synchronous webhook's reply may set an HTTP status other than 200. This
+    # small Lua filter (before the transcoder) copies `:method` and `:path` into request
+    # headers, overwriting any a client sent, and turns the upstream's `x-oih-reply-status`
+    # response header into the status (see proto/oih/webhooks/v1).
+    lua = {
+        _TYPE: _T + "envoy.extensions.filters.http.lua.v3.Lua",
+        "default_source_code": {"inline_string": LUA_SOURCE},
+    }
+
     hcm = {
         _TYPE: _T + "envoy.extensions.filters.network.http_connection_manager.v3."
         "HttpConnectionManager",
@@ -555,6 +584,7 @@ def render_envoy_config(
         "http_filters": [
             {"name": "envoy.filters.http.jwt_authn", "typed_config": jwt_authn},
             {"name": "envoy.filters.http.buffer", "typed_config": buffer},
+            {"name": "envoy.filters.http.lua", "typed_config": lua},
             {"name": "envoy.filters.http.grpc_json_transcoder", "typed_config": transcoder},
             {
                 "name": "envoy.filters.http.router",

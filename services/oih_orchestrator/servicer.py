@@ -106,6 +106,8 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
         except (PublisherError, NotConfirmed, TimeoutError, pika.exceptions.AMQPError) as error:
             raise Unavailable(f"the broker did not confirm the message: {error!r}",
                               reason="BROKER_UNAVAILABLE") from None
+        context.send_initial_metadata(
+            (("x-oih-execution-created", "true" if started.new else "false"),))
         # The execution as far as it is known now (its record is written in a moment).
         execution = pb.Execution(name=f"{request.flow}/executions/{started.execution_id}",
                                  flow=request.flow, state=pb.Execution.STATE_RUNNING,

@@ -170,3 +170,10 @@ class ResourceExhausted(DomainError):
     def metadata(self) -> tuple[tuple[str, str], ...]:
         # HTTP clients read Retry-After (RFC 9110), whole seconds, at least 1.
         return (("retry-after", str(max(1, math.ceil(self.retry_after)))),)
+
+
+class DeadlineExceeded(DomainError):
+    """Waited as long as allowed for something that did not happen (HTTP 504)."""
+
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
+    default_reason = "DEADLINE_EXCEEDED"

@@ -42,6 +42,9 @@ class Outgoing:
     routing_key: str
     body: bytes
     properties: pika.BasicProperties
+    #: False only for webhook replies: the waiting request may be gone (timed out, its
+    #: service restarted), and a reply nobody takes must not stop the worker.
+    mandatory: bool = True
 
 
 @dataclass
@@ -185,7 +188,8 @@ class StepProcessor:
             correlation_id=properties.correlation_id,
             headers={envelope.H_EXECUTION: message.execution_id,
                      REPLY_STATUS: int(reply.status),
-                     REPLY_HEADERS: {str(k): str(v) for k, v in reply.headers.items()}}))
+                     REPLY_HEADERS: {str(k): str(v) for k, v in reply.headers.items()}}),
+            mandatory=False)
 
     def _snapshot(self, message: Message, snapshot: Snapshot) -> Outgoing:
         # The JSON form of oih.snapshots.v1.Snapshot (the step's persistent snapshot).

@@ -17,9 +17,9 @@ Design (why it looks like this):
   and so produces a different message (different data, a different id, a different
   `oih-step-id`); bindings could only copy one identical message to every successor. One
   publish per matching edge to `step.<target>.input` still reaches each successor in one hop.
-- Every publish is `mandatory`: a message no queue takes (topology missing) comes back; the
-  worker then stops without acking (exit code 3), so the input is redelivered later rather than
-  silently lost.
+- Every publish but a webhook reply is `mandatory`: a message no queue takes (topology
+  missing) comes back; the worker then stops without acking (exit code 3), so the input is
+  redelivered later rather than silently lost.
 - SIGTERM/SIGINT: cancel the consumer, finish the messages already delivered, wait for their
   confirms, ack, send the last report, close, exit 0.
 """
@@ -231,7 +231,7 @@ class Worker:
 
     def _publish(self, outgoing: Outgoing, owner: int | None) -> None:
         self._channel.basic_publish(self.exchange, outgoing.routing_key, outgoing.body,
-                                    outgoing.properties, mandatory=True)
+                                    outgoing.properties, mandatory=outgoing.mandatory)
         self._seq += 1
         self._owners[self._seq] = owner
 

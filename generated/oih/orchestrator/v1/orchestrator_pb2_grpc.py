@@ -151,7 +151,8 @@ class OrchestratorServiceServicer:
         is published again and that execution is returned, so a retried call runs the flow once.
         Answers FAILED_PRECONDITION unless the flow is running here, NOT_FOUND for a flow the caller
         may not see, RESOURCE_EXHAUSTED when the first step's queue is over
-        `max_queued_messages`.
+        `max_queued_messages`. The response's initial metadata `x-oih-execution-created` is
+        "false" when the execution existed already (a repeated `execution_id`).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -75,7 +75,8 @@ class OrchestratorServiceStub:
     is published again and that execution is returned, so a retried call runs the flow once.
     Answers FAILED_PRECONDITION unless the flow is running here, NOT_FOUND for a flow the caller
     may not see, RESOURCE_EXHAUSTED when the first step's queue is over
-    `max_queued_messages`.
+    `max_queued_messages`. The response's initial metadata `x-oih-execution-created` is
+    "false" when the execution existed already (a repeated `execution_id`).
     """
     ListExecutions: _grpc.UnaryUnaryMultiCallable[_orchestrator_pb2.ListExecutionsRequest, _orchestrator_pb2.ListExecutionsResponse]
     """Lists the executions of a flow (or of every visible flow with `flows/-`), newest first.
@@ -146,7 +147,8 @@ class OrchestratorServiceAsyncStub(OrchestratorServiceStub):
     is published again and that execution is returned, so a retried call runs the flow once.
     Answers FAILED_PRECONDITION unless the flow is running here, NOT_FOUND for a flow the caller
     may not see, RESOURCE_EXHAUSTED when the first step's queue is over
-    `max_queued_messages`.
+    `max_queued_messages`. The response's initial metadata `x-oih-execution-created` is
+    "false" when the execution existed already (a repeated `execution_id`).
     """
     ListExecutions: _aio.UnaryUnaryMultiCallable[_orchestrator_pb2.ListExecutionsRequest, _orchestrator_pb2.ListExecutionsResponse]  # type: ignore[assignment]
     """Lists the executions of a flow (or of every visible flow with `flows/-`), newest first.
@@ -226,7 +228,8 @@ class OrchestratorServiceServicer(metaclass=_abc_1.ABCMeta):
         is published again and that execution is returned, so a retried call runs the flow once.
         Answers FAILED_PRECONDITION unless the flow is running here, NOT_FOUND for a flow the caller
         may not see, RESOURCE_EXHAUSTED when the first step's queue is over
-        `max_queued_messages`.
+        `max_queued_messages`. The response's initial metadata `x-oih-execution-created` is
+        "false" when the execution existed already (a repeated `execution_id`).
         """
 
     @_abc_1.abstractmethod
