@@ -41,5 +41,5 @@ def sink(message: Message, config: dict[str, Any], snapshot: dict[str, Any]) -> 
     handle = _file(sink_path(message.flow_id, message.step_id))
     handle.write(json.dumps({"id": message.id, "execution_id": message.execution_id,
                              "data": message.data, "metadata": message.metadata},
-                            separators=(",", ":"), ensure_ascii=False) + "\n")
+                            separators=(",", ":")) + "\n")
     handle.flush()

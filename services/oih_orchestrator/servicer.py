@@ -54,6 +54,27 @@ class ServiceContext:
     starter: execute.Starter
 
 
+def graph_order(steps: list[tuple[str, list[str]]]) -> list[str]:
+    """Kahn's topological order of (step, targets), stable in the given order."""
+    incoming = {step: 0 for step, _ in steps}
+    for _, targets in steps:
+        for target in targets:
+            if target in incoming:
+                incoming[target] += 1
+    successors = dict(steps)
+    ready = [step for step, _ in steps if incoming[step] == 0]
+    order: list[str] = []
+    while ready:
+        step = ready.pop(0)
+        order.append(step)
+        for target in successors.get(step, []):
+            if target in incoming:
+                incoming[target] -= 1
+                if incoming[target] == 0:
+                    ready.append(target)
+    return order
+
+
 def _is_platform_service(caller: principal.Principal) -> bool:
     return caller.typ == "service" and caller.is_platform_admin
 
@@ -121,11 +142,12 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
     def ListExecutions(self, request: pb.ListExecutionsRequest, context: Context
                        ) -> pb.ListExecutionsResponse:
         return self._views().list_executions(  # type: ignore[no-any-return]
-            self.context.engine, principal.current(), request, flow_tenant=self._tenant)
+            self.context.engine, principal.current(), request, flow_tenant=self._tenant,
+            step_order=self._graph_order)
 
     def GetExecution(self, request: pb.GetExecutionRequest, context: Context) -> pb.Execution:
         return self._views().get_execution(  # type: ignore[no-any-return]
-            self.context.engine, principal.current(), request)
+            self.context.engine, principal.current(), request, step_order=self._graph_order)
 
     def ListDeadLetters(self, request: pb.ListDeadLettersRequest, context: Context
                         ) -> pb.ListDeadLettersResponse:
@@ -164,6 +186,15 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
         with Session(self.context.engine) as session:
             row = session.get(DeploymentRow, flow_id)
             return row.tenant if row is not None else None
+
+    def _graph_order(self, flow_id: str) -> list[str]:
+        """The flow's steps in graph order: a step before every step it feeds (ties in the
+        order of the graph's nodes)."""
+        with Session(self.context.engine) as session:
+            row = session.get(DeploymentRow, flow_id)
+            specs = list(row.specs) if row is not None else []
+        return graph_order([(raw["step_id"], [edge["target"] for edge in raw.get("edges", [])])
+                            for raw in specs])
 
     def _steps(self, flow_id: str) -> list[str]:
         """The steps whose queues exist: those of a flow that runs here."""
