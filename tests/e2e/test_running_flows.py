@@ -144,14 +144,17 @@ def test_killing_the_orchestrator_and_starting_it_again_reconciles(
 
     platform.kill("orchestrator")
     try:
-        # While it is down: a run of one flow and the stop of the other wait in its event queue.
-        execution = rest.post(f"/v1/{keep}:execute", headers=auth(token),
-                              json={"data": {"n": 7}}).json()["execution"]
+        # While it is down: the stop of one flow waits in its event queue; a run of the other
+        # is refused (503), since nothing could confirm its first message, never half-accepted.
+        refused = rest.post(f"/v1/{keep}:execute", headers=auth(token), json={"data": {"n": 6}})
+        assert refused.status_code == 503, refused.text
         assert rest.post(f"/v1/{drop}:stop", headers=auth(token),
                          json={}).json()["state"] == "STATE_STOPPING"
     finally:
         platform.restart("orchestrator")
 
+    execution = rest.post(f"/v1/{keep}:execute", headers=auth(token),
+                          json={"data": {"n": 7}}).json()["execution"]
     wait_state(rest, token, drop, "STATE_INACTIVE", timeout=60)
     assert rest.get(f"/v1/{drop}/runtime", headers=auth(token)).status_code == 404
     deadline = time.monotonic() + 60
@@ -162,6 +165,7 @@ def test_killing_the_orchestrator_and_starting_it_again_reconciles(
     arrived = [line for line in sink_lines(platform, keep, "sink")
                if line["execution_id"] == execution.rsplit("/", 1)[-1]]
     assert [line["data"]["doubled"] for line in arrived] == [14]
+    assert all(line["data"]["n"] != 6 for line in sink_lines(platform, keep, "sink"))
     # The running flow's workers were adopted, not restarted.
     after = {w["step_id"]: w["instance"] for w in
              rest.get(f"/v1/{keep}/runtime", headers=auth(token)).json()["workers"]}
