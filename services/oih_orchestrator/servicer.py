@@ -42,6 +42,7 @@ from .models import RUNNING_STATES, STOPPING, DeploymentRow
 Context = grpc.ServicerContext
 FLOW = re.compile(r"^flows/([A-Za-z0-9_-]{1,63})$")
 RUNTIME = re.compile(r"^flows/([A-Za-z0-9_-]{1,63})/runtime$")
+EXECUTION = re.compile(r"^flows/([A-Za-z0-9_-]{1,63})/executions/([A-Za-z0-9_-]{1,64})$")
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,17 @@ class ServiceContext:
     amqp: Amqp
     orchestrator: Orchestrator
     starter: execute.Starter
+
+
+def _started_proto(started: execute.Started) -> pb.Execution:
+    """The execution as far as it is known at its start (its record is written in a moment)."""
+    flow = f"flows/{started.flow_id}"
+    execution = pb.Execution(name=f"{flow}/executions/{started.execution_id}", flow=flow,
+                             state=pb.Execution.STATE_RUNNING, source=started.source,
+                             flow_version=started.flow_version)
+    execution.create_time.FromDatetime(started.create_time)
+    execution.update_time.FromDatetime(started.create_time)
+    return execution
 
 
 def graph_order(steps: list[tuple[str, list[str]]]) -> list[str]:
@@ -129,13 +141,7 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
                               reason="BROKER_UNAVAILABLE") from None
         context.send_initial_metadata(
             (("x-oih-execution-created", "true" if started.new else "false"),))
-        # The execution as far as it is known now (its record is written in a moment).
-        execution = pb.Execution(name=f"{request.flow}/executions/{started.execution_id}",
-                                 flow=request.flow, state=pb.Execution.STATE_RUNNING,
-                                 source=started.source, flow_version=started.flow_version)
-        execution.create_time.FromDatetime(started.create_time)
-        execution.update_time.FromDatetime(started.create_time)
-        return execution
+        return _started_proto(started)
 
     # --- delegated to oih_orchestrator.executions ----------------------------------------
 
@@ -146,8 +152,17 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
             step_order=self._graph_order)
 
     def GetExecution(self, request: pb.GetExecutionRequest, context: Context) -> pb.Execution:
-        return self._views().get_execution(  # type: ignore[no-any-return]
-            self.context.engine, principal.current(), request, step_order=self._graph_order)
+        try:
+            return self._views().get_execution(  # type: ignore[no-any-return]
+                self.context.engine, principal.current(), request, step_order=self._graph_order)
+        except NotFound:
+            # Started a moment ago, its record still in the recorder's next batch: the caller
+            # who got its name can read it at once.
+            match = EXECUTION.match(request.name)
+            started = self.context.starter.recorder.unwritten(*match.groups()) if match else None
+            if started is None or not principal.current().sees_tenant(started.tenant):
+                raise
+            return _started_proto(started)
 
     def ListDeadLetters(self, request: pb.ListDeadLettersRequest, context: Context
                         ) -> pb.ListDeadLettersResponse:
