@@ -61,6 +61,8 @@ class PipelinedPublisher:
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._publisher: ConfirmPublisher | None = None
+        #: Broker rounds so far (one batch of publishes and its confirms each).
+        self.rounds = 0
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -151,6 +153,7 @@ class PipelinedPublisher:
             if not batch:
                 publisher.idle(1.0, self._wake)  # heartbeats; returns early on a poke
                 continue
+            self.rounds += 1
             try:
                 outcomes = publisher.publish_routed(
                     [(p.exchange, p.routing_key, p.body, p.properties) for p in batch],
