@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import importlib
 import logging
-import re
 import threading
 import time
 import uuid
@@ -45,7 +44,9 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 
+from oih_runtime import names
 from oih_runtime.bus.pipelined import PipelinedPublisher, Unroutable
+from oih_runtime.clock import aware, utcnow
 from oih_runtime.db import transaction
 from oih_runtime.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
 from oih_runtime.principal import Principal
@@ -53,11 +54,10 @@ from oih_sdk import Message
 from oih_worker import envelope, topology
 
 from .amqp import Amqp
-from .models import ACTIVE, DeploymentRow, ExecutionStartRow, aware, utcnow
+from .models import ACTIVE, DeploymentRow, ExecutionStartRow
 
 log = logging.getLogger(__name__)
 
-EXECUTION_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 SOURCES = ("api", "webhook", "scheduler", "replay")
 #: How long a sampled queue depth is trusted for backpressure decisions.
 DEPTH_TTL = 0.5
@@ -229,8 +229,8 @@ class Starter:
     def start_execution(self, caller: Principal | None, trigger: Trigger) -> Started:
         """Publish the first message of a run, or find the run with that id. `caller` None
         means a trusted event (its tenant was checked by the emitter)."""
-        if trigger.execution_id and not EXECUTION_ID.match(trigger.execution_id):
-            raise InvalidArgument.field("execution_id", "1 to 64 characters of [a-zA-Z0-9_-]")
+        if trigger.execution_id and not names.is_id(trigger.execution_id):
+            raise InvalidArgument.field("execution_id", names.ID_RULE)
         if trigger.source not in SOURCES:
             raise InvalidArgument.field("source", f"must be one of {', '.join(SOURCES)}")
         execution_id = trigger.execution_id or str(uuid.uuid4())

@@ -10,7 +10,6 @@ table. Without that package they answer UNIMPLEMENTED.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,7 +21,7 @@ from sqlmodel import Session, col, select
 
 from oih.orchestrator.v1 import orchestrator_pb2 as pb
 from oih.orchestrator.v1 import orchestrator_pb2_grpc
-from oih_runtime import principal
+from oih_runtime import names, principal
 from oih_runtime.bus.pipelined import NotConfirmed
 from oih_runtime.bus.publisher import PublisherError
 from oih_runtime.errors import (
@@ -40,9 +39,6 @@ from .deployments import Orchestrator
 from .models import RUNNING_STATES, STOPPING, DeploymentRow
 
 Context = grpc.ServicerContext
-FLOW = re.compile(r"^flows/([A-Za-z0-9_-]{1,63})$")
-RUNTIME = re.compile(r"^flows/([A-Za-z0-9_-]{1,63})/runtime$")
-EXECUTION = re.compile(r"^flows/([A-Za-z0-9_-]{1,63})/executions/([A-Za-z0-9_-]{1,64})$")
 
 
 @dataclass(frozen=True)
@@ -91,20 +87,13 @@ def _is_platform_service(caller: principal.Principal) -> bool:
     return caller.typ == "service" and caller.is_platform_admin
 
 
-def _id(pattern: re.Pattern[str], value: str, field: str, shape: str) -> str:
-    match = pattern.match(value)
-    if match is None:
-        raise InvalidArgument.field(field, f"must look like {shape}")
-    return match.group(1)
-
-
 class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
     def __init__(self, context: ServiceContext) -> None:
         self.context = context
 
     def GetFlowRuntime(self, request: pb.GetFlowRuntimeRequest, context: Context
                        ) -> pb.FlowRuntime:
-        flow_id = _id(RUNTIME, request.name, "name", "flows/{flow}/runtime")
+        flow_id = names.parse("flows/{flow}/runtime", request.name, "name")[0]
         orchestrator = self.context.orchestrator
         with Session(self.context.engine) as session:
             row = execute.visible_deployment(session, principal.current(), flow_id)
@@ -118,7 +107,7 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
 
     def StartExecution(self, request: pb.StartExecutionRequest, context: Context
                        ) -> pb.Execution:
-        flow_id = _id(FLOW, request.flow, "flow", "flows/{flow}")
+        flow_id = names.resource_id(request.flow, "flows", "flow")
         caller = principal.current()
         source = request.source or "api"
         if (source != "api" or request.reply_to) and not _is_platform_service(caller):
@@ -158,8 +147,9 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
         except NotFound:
             # Started a moment ago, its record still in the recorder's next batch: the caller
             # who got its name can read it at once.
-            match = EXECUTION.match(request.name)
-            started = self.context.starter.recorder.unwritten(*match.groups()) if match else None
+            flow_id, execution_id = names.parse("flows/{flow}/executions/{execution}",
+                                                request.name, "name")
+            started = self.context.starter.recorder.unwritten(flow_id, execution_id)
             if started is None or not principal.current().sees_tenant(started.tenant):
                 raise
             return _started_proto(started)
