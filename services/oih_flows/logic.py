@@ -244,11 +244,16 @@ class Flows:
         """Run an ACTIVE flow once with `data` (JSON text of an object, kept exact); returns
         the execution's name once the orchestrator confirmed the first step's message."""
         with Session(self.engine) as session:
-            row = self._visible(session, caller, name)
-            if row.state != ACTIVE:
-                raise FailedPrecondition(
-                    f"flow {name} is {convert.state_name(row.state)}; only an ACTIVE flow can "
-                    "run (start it first)", reason="FLOW_NOT_ACTIVE", subject=name)
+            # Only the two columns it needs: loading the whole flow (graph, owners) would cost
+            # more than the rest of the trigger path.
+            found = session.exec(select(FlowRow.tenant, FlowRow.state).where(
+                FlowRow.id == flow_id(name))).first()
+        if found is None or not caller.sees_tenant(found[0]):
+            raise NotFound("flow", name)
+        if found[1] != ACTIVE:
+            raise FailedPrecondition(
+                f"flow {name} is {convert.state_name(found[1])}; only an ACTIVE flow can "
+                "run (start it first)", reason="FLOW_NOT_ACTIVE", subject=name)
         if self.starter is None:
             raise Unavailable("no orchestrator is configured to run flows",
                               reason="ORCHESTRATOR_UNAVAILABLE")

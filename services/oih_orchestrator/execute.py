@@ -42,7 +42,7 @@ from typing import Any
 
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import Session
+from sqlmodel import Session, select
 
 from oih_runtime import names
 from oih_runtime.bus.pipelined import PipelinedPublisher, Unroutable
@@ -112,6 +112,14 @@ def visible_deployment(session: Session, caller: Principal | None, flow_id: str
     if row is None or (caller is not None and not caller.sees_tenant(row.tenant)):
         raise NotFound("flow", f"flows/{flow_id}")
     return row
+
+
+@dataclass(frozen=True)
+class _Deployment:
+    tenant: str
+    state: str
+    entry_step: str
+    flow_version: int
 
 
 class StartRecorder:
@@ -236,8 +244,16 @@ class Starter:
         execution_id = trigger.execution_id or str(uuid.uuid4())
         key = (trigger.flow_id, execution_id)
         with Session(self.engine) as session:
-            row = visible_deployment(session, caller, trigger.flow_id)
-            known = self._known(session, key)
+            # The four columns it needs, not the row with its step specs (JSON).
+            found = session.exec(select(
+                DeploymentRow.tenant, DeploymentRow.state, DeploymentRow.entry_step,
+                DeploymentRow.flow_version).where(DeploymentRow.flow_id == trigger.flow_id)
+            ).first()
+            if found is None or (caller is not None and not caller.sees_tenant(found[0])):
+                raise NotFound("flow", f"flows/{trigger.flow_id}")
+            row = _Deployment(*found)
+            # A fresh UUID cannot have been started before: only a caller's id is looked up.
+            known = self._known(session, key) if trigger.execution_id else None
         if known is not None:
             return known
         if row.state != ACTIVE or not row.entry_step:
@@ -287,7 +303,7 @@ class Starter:
                 f"flow flows/{flow_id} has {sampled[1]} messages waiting at its first step "
                 f"(limit {limit}); try again later", reason="FLOW_BACKLOGGED", retry_after=1.0)
 
-    def _publish(self, row: DeploymentRow, trigger: Trigger, execution_id: str) -> Started:
+    def _publish(self, row: _Deployment, trigger: Trigger, execution_id: str) -> Started:
         flow_id = trigger.flow_id
         message = Message(data=trigger.data, metadata=trigger.metadata,
                           id=message_id(flow_id, execution_id), flow_id=flow_id,
