@@ -45,6 +45,9 @@ class OrchestratorSettings:
     #: kubernetes driver runs components that are Python entry points, such as the built-ins.
     #: Empty: the kubernetes driver refuses them (the local driver ignores it).
     python_image: str = ""
+    #: `OIH_EGRESS_ALLOWED_NETWORKS` (see oih_sdk.egress), handed on to the kubernetes driver's
+    #: workers (local workers inherit the orchestrator's environment).
+    egress_allowed_networks: str = ""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None,
@@ -63,4 +66,5 @@ class OrchestratorSettings:
             register_builtins=env.get("OIH_ORCHESTRATOR_REGISTER_BUILTINS", "true").lower()
             not in ("0", "false", "no"),
             python_image=env.get("OIH_ORCHESTRATOR_PYTHON_IMAGE", ""),
+            egress_allowed_networks=env.get("OIH_EGRESS_ALLOWED_NETWORKS", ""),
         )

@@ -62,6 +62,9 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
             "OIH_IAM_ARGON2_MEMORY_KIB": "1024",
             "OIH_IAM_ARGON2_TIME_COST": "1",
             "OIH_LOG_LEVEL": "WARNING",
+            # A rotated-in signing key signs after 15 s (Envoy refetches the JWKS every 10 s),
+            # so the rotation test sees the switch without waiting the default 60 s.
+            "OIH_IAM_KEY_ANNOUNCE_SECONDS": "15",
             # Each e2e run uses its own event exchange, so it never sees another run's events.
             "OIH_BUS_NAMESPACE": NAMESPACE,
             # An unknown webhook flow answers 404 after this delay (1 s by default).
