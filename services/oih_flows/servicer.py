@@ -13,6 +13,7 @@ from oih.flows.v1 import flows_pb2, flows_pb2_grpc
 from oih_flows import convert, graph
 from oih_flows.logic import Flows
 from oih_runtime import jsontext, principal
+from oih_runtime.depth import MAX_JSON_DEPTH, TOO_DEEP
 from oih_runtime.errors import InvalidArgument
 
 Context = grpc.ServicerContext
@@ -61,7 +62,11 @@ def _data_json(request: flows_pb2.ExecuteFlowRequest) -> str:
     """The `data` to run with as JSON text: from the raw body (REST) as sent, else from the
     Struct of a gRPC caller."""
     if request.HasField("body") and request.body.data.strip():
-        body = jsontext.parse_object(request.body.data, "body")
+        # The body is {"data": …}: its extra level is not the data's.
+        body = jsontext.parse_object(request.body.data, "body", depth_field="data",
+                                     max_depth=MAX_JSON_DEPTH + 1)
+        if jsontext.depth(body.get("data")) > MAX_JSON_DEPTH:
+            raise InvalidArgument.field("data", TOO_DEEP)
         unknown = sorted(set(body) - {"data"})
         if unknown:
             raise InvalidArgument.field(unknown[0], "unknown field; the body is {\"data\": {...}}")

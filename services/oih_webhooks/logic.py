@@ -19,6 +19,7 @@ from typing import Any, Protocol
 
 from oih.flows.v1 import flows_pb2
 from oih_runtime import jsontext
+from oih_runtime.depth import MAX_JSON_DEPTH, TOO_DEEP
 from oih_runtime.errors import (
     DeadlineExceeded,
     InvalidArgument,
@@ -217,9 +218,13 @@ def _data(request: HookRequest) -> dict[str, Any]:
         return _flat_query(request.query) if request.method == "GET" else {}
     try:
         value = jsontext.loads(request.body)
-    except (ValueError, RecursionError):
+    except RecursionError:
+        raise InvalidArgument.field("body", TOO_DEEP) from None
+    except ValueError:
         value = None
     if isinstance(value, dict):
+        if jsontext.depth(value) > MAX_JSON_DEPTH:
+            raise InvalidArgument.field("body", TOO_DEEP)
         return value
     return {"raw": base64.b64encode(request.body).decode()}
 

@@ -30,7 +30,14 @@ from oih_runtime.settings import DEFAULT_AUDIENCE, DEFAULT_ISSUER
 from oih_webhooks import signatures
 from oih_webhooks.server import build
 from oih_webhooks.settings import WebhooksSettings
-from tests.e2e.conftest import auth, sink_lines, unique, wait_sink, wait_state
+from tests.e2e.conftest import (
+    auth,
+    create_tenant_with_admin,
+    sink_lines,
+    unique,
+    wait_sink,
+    wait_state,
+)
 from tests.gateway.conftest import all_upstreams, start_gateway
 
 WEBHOOKS = "oih.webhooks.v1.WebhookService"
@@ -174,6 +181,19 @@ def test_unknown_and_inactive_flows_answer_404_json(
     assert_json_error(rest.post(hook(created.json()["name"]), json={}), 404)
 
 
+@pytest.mark.parametrize("levels", [25, 3000])
+def test_json_nested_too_deep_answers_400_naming_the_body(
+        rest: httpx.Client, integrator: dict[str, str], builtins: dict[str, str],
+        levels: int) -> None:
+    name = hook_flow(rest, integrator["token"], builtins)
+    deep = '{"a":' * (levels - 1) + '{"leaf":1}' + "}" * (levels - 1)
+    answer = rest.post(hook(name), content=deep.encode(),
+                       headers={"content-type": "application/json"})
+    body = assert_json_error(answer, 400)
+    assert [v["field"] for d in body["details"] for v in d.get("field_violations", [])] == [
+        "body"]
+
+
 def test_a_body_over_the_limit_answers_413_json(
         rest: httpx.Client, integrator: dict[str, str], builtins: dict[str, str]) -> None:
     name = hook_flow(rest, integrator["token"], builtins)
@@ -206,6 +226,12 @@ def test_a_bearer_hook_needs_a_token_with_flows_execute_of_the_tenant(
     assert_json_error(rest.post(hook(name), json={"n": 1}), 401)
     assert_json_error(rest.post(hook(name), json={"n": 1},
                                 headers={"authorization": "Bearer forged"}), 401)
+    # Another tenant's administrator: the flow is not there for it (as if it did not exist).
+    _, _, stranger = create_tenant_with_admin(rest, admin_token)
+    foreign = rest.post(hook(name), json={"n": 3}, headers=auth(stranger))
+    missing = rest.post("/hooks/0000000000", json={"n": 3}, headers=auth(stranger))
+    assert_json_error(foreign, 404)
+    assert foreign.json()["code"] == missing.json()["code"]
     accepted = rest.post(hook(name), json={"n": 2}, headers=auth(integrator["token"]))
     assert accepted.status_code == 200, accepted.text
     assert [line["data"] for line in wait_sink(platform, name, "sink", 1)] == [{"n": 2}]
