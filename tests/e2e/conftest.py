@@ -28,6 +28,8 @@ E2E_SERVICES = ["iam", "components", "flows", "orchestrator", "webhooks"]
 
 
 NAMESPACE = f"e2e{uuid.uuid4().hex[:8]}"
+#: Where the tests' HTTP servers listen (flow steps may reach only this loopback address).
+TEST_HTTP_HOST = "127.0.0.2"
 #: Where each service serves Prometheus metrics in this run.
 METRICS_PORTS = {name: free_port() for name in E2E_SERVICES}
 EXCHANGE = f"oih.events.{NAMESPACE}"
@@ -67,6 +69,8 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
             "OIH_IAM_KEY_ANNOUNCE_SECONDS": "15",
             # Each e2e run uses its own event exchange, so it never sees another run's events.
             "OIH_BUS_NAMESPACE": NAMESPACE,
+            # Flows may call one loopback address: the tests' own HTTP servers listen there.
+            "OIH_EGRESS_ALLOWED_NETWORKS": f"{TEST_HTTP_HOST}/32",
             # An unknown webhook flow answers 404 after this delay (1 s by default).
             "OIH_WEBHOOKS_NOT_FOUND_DELAY_SECONDS": "0.2",
             **{f"OIH_{name.upper()}_METRICS_PORT": str(port)

@@ -31,6 +31,7 @@ from oih_webhooks import signatures
 from oih_webhooks.server import build
 from oih_webhooks.settings import WebhooksSettings
 from tests.e2e.conftest import (
+    TEST_HTTP_HOST,
     auth,
     create_tenant_with_admin,
     sink_lines,
@@ -342,11 +343,11 @@ class _Holding(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture()
 def holding_server() -> Iterator[str]:
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Holding)
+    server = http.server.ThreadingHTTPServer((TEST_HTTP_HOST, 0), _Holding)
     _Holding.release.clear()
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/"
+    yield f"http://{TEST_HTTP_HOST}:{server.server_address[1]}/"
     _Holding.release.set()
     server.shutdown()
 
