@@ -2,7 +2,7 @@
 
 (b) a platform admin creates a tenant and its admin; the tenant admin creates a service account;
     the service account exchanges its credentials for a token and calls GET /v1/users/me.
-(e) an HMAC-signed webhook starts a flow (ASYNC) and a flow answers one with its `reply` step
+(f) an HMAC-signed webhook starts a flow (ASYNC) and a flow answers one with its `reply` step
     (SYNC).
 Further scenarios join as their services land (see the README).
 """
@@ -170,9 +170,9 @@ def _hmac_key(user: Rest) -> tuple[str, str] | None:
     return created.ok()["name"], key
 
 
-def scenario_e(user: Rest) -> None:
+def scenario_f(user: Rest) -> None:
     """Webhooks: a signed POST starts a flow (ASYNC), and a flow answers the caller (SYNC)."""
-    print("(e) a webhook starts a flow, and a flow answers it", flush=True)
+    print("(f) a webhook starts a flow, and a flow answers it", flush=True)
     public = wait_for("the built-in components", lambda: {
         c["display_name"]: c["name"] for c in user.get(
             "/v1/components?filter=access%3DPUBLIC&page_size=100").get("components", [])})
@@ -245,7 +245,7 @@ def run(gateway_url: str, admin_username: str, admin_password: str) -> None:
     if gateway.call("GET", "/v1/flows/-/executions").status != 503:  # the orchestrator too
         scenarios_c_and_d(made["tenant_admin"])
         if gateway.raw("POST", "/hooks/demo-probe", b"{}")[0] != 503:  # and webhooks
-            scenario_e(made["tenant_admin"])
+            scenario_f(made["tenant_admin"])
     print("all scenarios passed", flush=True)
 
 

@@ -29,7 +29,7 @@ from sqlmodel import Session, col, select
 from oih.flows.v1 import flows_pb2
 from oih_flows import convert, graph, lifecycle
 from oih_flows.executions import ExecutionStarter
-from oih_flows.graph import ComponentLookup
+from oih_flows.graph import ComponentLookup, SecretLookup
 from oih_flows.lifecycle import ACTIVE, AT_REST, INACTIVE, STARTING, STOPPING
 from oih_flows.models import FlowComponentRow, FlowOwnerRow, FlowRow
 from oih_runtime import filtering, names, paging
@@ -74,9 +74,10 @@ class Definition:
 
 class Flows:
     def __init__(self, engine: Engine, components: ComponentLookup,
-                 starter: ExecutionStarter | None = None) -> None:
+                 secrets: SecretLookup, starter: ExecutionStarter | None = None) -> None:
         self.engine = engine
         self.components = components
+        self.secrets = secrets
         self.starter = starter
 
     # ----------------------------------------------------------------- reading
@@ -113,6 +114,7 @@ class Flows:
         graph.assign_edge_ids(flow.graph)
         violations = graph.check_definition(flow, tenant=tenant)
         violations += graph.check_components(flow.graph, self.components)
+        violations += graph.check_secrets(flow, self.secrets, tenant=tenant)
         if violations:
             raise InvalidArgument(violations)
         owners = [(o.id, int(o.type)) for o in flow.owners]

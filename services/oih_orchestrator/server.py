@@ -24,12 +24,14 @@ from oih_runtime.bus.pipelined import PipelinedPublisher
 from oih_runtime.clients import authenticated_channel
 from oih_runtime.db import make_engine
 from oih_runtime.identity import platform_identity
+from oih_runtime.secrets_client import SecretsClient
 from oih_runtime.settings import ServiceSettings
 from oih_runtime.tokens import TokenVerifier
 
 from . import events, models
 from .amqp import Amqp
 from .components import ComponentDirectory, ComponentLookup, register_builtins
+from .credentials import Resolve
 from .deployments import Orchestrator
 from .drivers import Driver
 from .execute import Starter, StartRecorder, executions_package
@@ -81,7 +83,7 @@ def make_driver(settings: ServiceSettings, own: OrchestratorSettings) -> Driver:
 def build(settings: ServiceSettings, own: OrchestratorSettings, *,
           verifier: TokenVerifier | None = None, components: ComponentLookup | None = None,
           components_channel: grpc.Channel | None = None, driver: Driver | None = None,
-          bus: bool = True, exchange: str | None = None,
+          resolve: Resolve | None = None, bus: bool = True, exchange: str | None = None,
           consumer_name: str | None = None) -> Built:
     """Everything the service needs; `start_background()` starts its threads. Tests pass their
     own `verifier`, `components` lookup or `components_channel` (with a token of their
@@ -100,9 +102,13 @@ def build(settings: ServiceSettings, own: OrchestratorSettings, *,
     driver = driver or make_driver(settings, own)
     amqp = Amqp(settings.rabbitmq_url)
     management = Management.for_broker(own.management_url, settings.rabbitmq_url)
+    if resolve is None:
+        # Resolving needs "secrets.resolve" on the platform's own service token.
+        resolve = SecretsClient(authenticated_channel(own.secrets_address,
+                                                      identity.token.get)).resolve
     orchestrator = Orchestrator(engine, driver, amqp, management, lookup,
                                 worker_amqp_url=own.worker_amqp_url or settings.rabbitmq_url,
-                                start_timeout=own.start_timeout)
+                                resolve=resolve, start_timeout=own.start_timeout)
     # Every trigger's first message goes through one publisher with shared pipelined confirms.
     starter = Starter(engine, amqp, PipelinedPublisher(settings.rabbitmq_url,
                                                        name="oih-trigger-publisher"),

@@ -9,6 +9,7 @@ broker confirmed the first step's message (or refuses: not running → 404, back
 from __future__ import annotations
 
 import base64
+import logging
 import re
 import time
 import uuid
@@ -22,6 +23,7 @@ from oih_runtime import jsontext
 from oih_runtime.depth import MAX_JSON_DEPTH, TOO_DEEP
 from oih_runtime.errors import (
     DeadlineExceeded,
+    FailedPrecondition,
     InvalidArgument,
     NotFound,
     PermissionDenied,
@@ -33,6 +35,8 @@ from . import signatures
 from .keys import KeySource
 from .replies import HttpReply, ReplyWaiter
 from .settings import DEFAULT_MAX_QUEUED
+
+log = logging.getLogger(__name__)
 
 FLOW_ID = re.compile(r"^[A-Za-z0-9_-]{1,63}$")
 SYNC = flows_pb2.WebhookSettings.RESPONSE_MODE_SYNC
@@ -164,7 +168,14 @@ class Webhooks:
         if not settings.hmac_secret:
             self._bearer(flow, request)
             return
-        keys = self.keys(settings.hmac_secret, flow.tenant, flow.name)
+        try:
+            keys = self.keys(settings.hmac_secret, flow.tenant, flow.name)
+        except FailedPrecondition as error:
+            # The flow's key is gone (secret deleted): no signature can be right. The caller
+            # learns no more than for a wrong signature; the log says why.
+            log.warning("webhook key unusable", extra={"flow": flow.name,
+                                                       "reason": error.message})
+            raise PermissionDenied("webhook signature refused", reason="BAD_SIGNATURE") from None
         try:
             if settings.signature_scheme == STANDARD:
                 tolerance = (settings.timestamp_tolerance.ToTimedelta().total_seconds()

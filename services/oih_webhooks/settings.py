@@ -32,7 +32,7 @@ class WebhooksSettings:
 
         def address(service: str) -> str:
             return env.get(f"OIH_{service.upper()}_ADDRESS",
-                           f"127.0.0.1:{DEFAULT_PORTS.get(service, 50058)}")
+                           f"127.0.0.1:{DEFAULT_PORTS[service]}")
 
         return cls(
             flows_address=address("flows"),

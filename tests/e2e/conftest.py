@@ -19,17 +19,18 @@ from oih_runtime.bus import RetryPolicy, ServiceQueues
 from oih_runtime.settings import DEFAULT_PORTS
 from tests.gateway.conftest import free_port
 
+#: A loopback address flows of the e2e platform may call (and only this one: the rest of
+#: loopback stays refused by the egress guard), for test servers that a flow step calls.
+RECEIVER_HOST = "127.0.0.2"
 ADMIN = "admin@e2e.test"
 ADMIN_PASSWORD = "e2e-admin-password"
 PASSWORD = "correct horse battery staple"
 
 #: The services the end-to-end suite runs (all implemented ones as they land).
-E2E_SERVICES = ["iam", "components", "flows", "orchestrator", "webhooks"]
+E2E_SERVICES = ["iam", "components", "secrets", "flows", "orchestrator", "webhooks"]
 
 
 NAMESPACE = f"e2e{uuid.uuid4().hex[:8]}"
-#: Where the tests' HTTP servers listen (flow steps may reach only this loopback address).
-TEST_HTTP_HOST = "127.0.0.2"
 #: Where each service serves Prometheus metrics in this run.
 METRICS_PORTS = {name: free_port() for name in E2E_SERVICES}
 EXCHANGE = f"oih.events.{NAMESPACE}"
@@ -70,7 +71,7 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
             # Each e2e run uses its own event exchange, so it never sees another run's events.
             "OIH_BUS_NAMESPACE": NAMESPACE,
             # Flows may call one loopback address: the tests' own HTTP servers listen there.
-            "OIH_EGRESS_ALLOWED_NETWORKS": f"{TEST_HTTP_HOST}/32",
+            "OIH_EGRESS_ALLOWED_NETWORKS": f"{RECEIVER_HOST}/32",
             # An unknown webhook flow answers 404 after this delay (1 s by default).
             "OIH_WEBHOOKS_NOT_FOUND_DELAY_SECONDS": "0.2",
             **{f"OIH_{name.upper()}_METRICS_PORT": str(port)

@@ -18,7 +18,7 @@ import pytest
 from oih.iam.v1 import iam_pb2, iam_pb2_grpc
 from oih.orchestrator.v1 import orchestrator_pb2, orchestrator_pb2_grpc
 from oih_cli.platform import INTERNAL_CLIENT_ID, Platform
-from tests.e2e.conftest import TEST_HTTP_HOST, auth, unique, wait_sink, wait_state
+from tests.e2e.conftest import RECEIVER_HOST, auth, unique, wait_sink, wait_state
 
 #: Values a double cannot hold, and text that must stay as it is.
 PAYLOAD: dict[str, Any] = {
@@ -133,12 +133,12 @@ class _Recorder(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture()
 def recorder() -> Iterator[str]:
-    server = http.server.ThreadingHTTPServer((TEST_HTTP_HOST, 0), _Recorder)
+    server = http.server.ThreadingHTTPServer((RECEIVER_HOST, 0), _Recorder)
     _Recorder.bodies = []
     _Recorder.failing.clear()
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    yield f"http://{TEST_HTTP_HOST}:{server.server_address[1]}/"
+    yield f"http://{RECEIVER_HOST}:{server.server_address[1]}/"
     server.shutdown()
 
 

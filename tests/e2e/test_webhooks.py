@@ -1,11 +1,6 @@
 """Webhooks end to end: HTTP through the real Envoy into the webhooks service, a real
-orchestrator, real RabbitMQ and real worker processes, checked at the sink.
-
-HMAC keys live in the Secrets service, which is not part of this build yet: the signed-hook
-tests run a second webhooks server in this process (the same `build()` as the service, only its
-`keys` source is the function below instead of the Secrets client) behind a second Envoy,
-against the same platform. Everything else goes through the platform's own webhooks process.
-"""
+orchestrator, real RabbitMQ and real worker processes, checked at the sink; HMAC keys are
+secrets of the real Secrets service."""
 
 from __future__ import annotations
 
@@ -17,21 +12,15 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import replace
 from typing import Any
 
 import httpx
 import pytest
 
 from oih_cli.platform import Platform
-from oih_runtime import server as runtime_server
-from oih_runtime import settings as runtime_settings
-from oih_runtime.settings import DEFAULT_AUDIENCE, DEFAULT_ISSUER
 from oih_webhooks import signatures
-from oih_webhooks.server import build
-from oih_webhooks.settings import WebhooksSettings
 from tests.e2e.conftest import (
-    TEST_HTTP_HOST,
+    RECEIVER_HOST,
     auth,
     create_tenant_with_admin,
     sink_lines,
@@ -39,21 +28,17 @@ from tests.e2e.conftest import (
     wait_sink,
     wait_state,
 )
-from tests.gateway.conftest import all_upstreams, start_gateway
 
-WEBHOOKS = "oih.webhooks.v1.WebhookService"
 KEY, PREVIOUS_KEY = b"current hook key", b"previous hook key"
-SECRET = "secrets/hook-key"
 
 
-def test_keys(secret: str, tenant: str, flow: str) -> list[bytes]:
-    """Stands in for the Secrets service's ResolveSecret (current value, then the previous
-    one of a rotation's grace period)."""
-    assert secret == SECRET
-    return [KEY, PREVIOUS_KEY]
-
-
-test_keys.__test__ = False  # type: ignore[attr-defined]  # a helper, not a test
+def hmac_secret(rest: httpx.Client, token: str, key: bytes, grace: str = "3600s") -> str:
+    """An HMAC key in the Secrets service (the webhooks service resolves it per request)."""
+    created = rest.post("/v1/secrets", headers=auth(token), json={
+        "display_name": unique("hook key"), "type": "TYPE_HMAC_KEY",
+        "value": {"key": key.decode()}, "rotation_grace_period": grace})
+    assert created.status_code == 200, created.text
+    return str(created.json()["name"])
 
 
 def hook_flow(rest: httpx.Client, token: str, builtins: dict[str, str], *,
@@ -92,34 +77,6 @@ def assert_json_error(response: httpx.Response, status: int) -> dict[str, Any]:
     body: dict[str, Any] = response.json()
     assert isinstance(body.get("message"), str), body
     return body
-
-
-@pytest.fixture(scope="module")
-def signed_gateway(platform: Platform, tmp_path_factory: pytest.TempPathFactory
-                   ) -> Iterator[httpx.Client]:
-    """A webhooks server with `test_keys` behind an Envoy of its own, beside the platform."""
-    env = platform.environment()
-    config = replace(runtime_settings.load("webhooks", env),
-                     data_dir=tmp_path_factory.mktemp("webhooks"))
-    built = build(config, replace(WebhooksSettings.from_env(env), not_found_delay=0.2),
-                  keys=test_keys)
-    built.start_background()
-    running = runtime_server.start(built.service, host="127.0.0.1", port=0, max_workers=16,
-                                   grace=0.5)
-    overrides = {service: platform.address(name) for service, name in [
-        ("oih.iam.v1.IamService", "iam"), ("oih.flows.v1.FlowService", "flows"),
-        ("oih.components.v1.ComponentService", "components"),
-        ("oih.orchestrator.v1.OrchestratorService", "orchestrator")]}
-    overrides[WEBHOOKS] = running.address
-    base_url, envoy = start_gateway(tmp_path_factory.mktemp("signed-gateway"),
-                                    all_upstreams(overrides), issuer=DEFAULT_ISSUER,
-                                    audience=DEFAULT_AUDIENCE)
-    try:
-        with httpx.Client(base_url=base_url, timeout=60) as client:
-            yield client
-    finally:
-        envoy.stop()
-        running.stop()  # also runs the service's on_stop (the reply queue, the feed)
 
 
 # --------------------------------------------------------------------------- no auth, async
@@ -241,41 +198,51 @@ def test_a_bearer_hook_needs_a_token_with_flows_execute_of_the_tenant(
 # --------------------------------------------------------------------------- HMAC
 
 def test_hmac_right_is_accepted_wrong_is_403_and_enqueues_nothing(
-        rest: httpx.Client, signed_gateway: httpx.Client, platform: Platform,
-        integrator: dict[str, str], builtins: dict[str, str]) -> None:
-    name = hook_flow(rest, integrator["token"], builtins, settings={
-        "require_auth": True, "hmac_secret": SECRET, "hmac_header": "x-signature",
+        rest: httpx.Client, platform: Platform, integrator: dict[str, str],
+        builtins: dict[str, str]) -> None:
+    token = integrator["token"]
+    secret = hmac_secret(rest, token, PREVIOUS_KEY)
+    name = hook_flow(rest, token, builtins, settings={
+        "require_auth": True, "hmac_secret": secret, "hmac_header": "x-signature",
         "hmac_algorithm": "sha512", "hmac_encoding": "base64"})
+    # Rotate: the new key signs from now on; the previous one stays valid for the grace period.
+    rotated = rest.patch(f"/v1/{secret}", headers=auth(token),
+                         json={"value": {"key": KEY.decode()}})
+    assert rotated.status_code == 200, rotated.text
     body = b'{"n": 1}'
-    missing = signed_gateway.post(hook(name), content=body)
-    wrong = signed_gateway.post(hook(name), content=body, headers={
+    missing = rest.post(hook(name), content=body)
+    wrong = rest.post(hook(name), content=body, headers={
         "x-signature": signatures.sign(b"guessed", body, "sha512", "base64")})
-    tampered = signed_gateway.post(hook(name), content=b'{"n": 666}', headers={
+    tampered = rest.post(hook(name), content=b'{"n": 666}', headers={
         "x-signature": signatures.sign(KEY, body, "sha512", "base64")})
     for refused in (missing, wrong, tampered):
         assert_json_error(refused, 403)
-    signed = signed_gateway.post(hook(name), content=body, headers={
+    signed = rest.post(hook(name), content=body, headers={
         "x-signature": base64.b64encode(hmac.new(KEY, body, hashlib.sha512).digest()).decode()})
     assert signed.status_code == 200, signed.text
-    # The previous key stays valid during a rotation's grace period.
     body2 = b'{"n": 2}'
-    rotated = signed_gateway.post(hook(name), content=body2, headers={
+    previous = rest.post(hook(name), content=body2, headers={
         "x-signature": signatures.sign(PREVIOUS_KEY, body2, "sha512", "base64")})
-    assert rotated.status_code == 200, rotated.text
+    assert previous.status_code == 200, previous.text
     wait_sink(platform, name, "sink", 2)
     time.sleep(0.5)
     assert sorted(line["data"]["n"] for line in sink_lines(platform, name, "sink")) == [1, 2]
+    # The signature header is a credential: it does not reach the flow.
+    assert all("x-signature" not in line["metadata"]["headers"]
+               for line in sink_lines(platform, name, "sink"))
 
 
 def test_standard_webhooks_replay_is_403_and_a_repeated_id_runs_once(
-        rest: httpx.Client, signed_gateway: httpx.Client, platform: Platform,
-        integrator: dict[str, str], builtins: dict[str, str]) -> None:
+        rest: httpx.Client, platform: Platform, integrator: dict[str, str],
+        builtins: dict[str, str]) -> None:
+    whsec = b"whsec_" + base64.b64encode(b"standard webhooks key")
+    secret = hmac_secret(rest, integrator["token"], whsec)
     name = hook_flow(rest, integrator["token"], builtins, settings={
-        "require_auth": True, "hmac_secret": SECRET,
+        "require_auth": True, "hmac_secret": secret,
         "signature_scheme": "SIGNATURE_SCHEME_STANDARD_WEBHOOKS", "timestamp_tolerance": "60s"})
 
-    def send(message_id: str, timestamp: int, body: bytes, key: bytes = KEY) -> httpx.Response:
-        return signed_gateway.post(hook(name), content=body, headers={
+    def send(message_id: str, timestamp: int, body: bytes, key: bytes = whsec) -> httpx.Response:
+        return rest.post(hook(name), content=body, headers={
             "content-type": "application/json", "webhook-id": message_id,
             "webhook-timestamp": str(timestamp),
             "webhook-signature": signatures.standard_sign(key, message_id, timestamp, body)})
@@ -343,11 +310,11 @@ class _Holding(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture()
 def holding_server() -> Iterator[str]:
-    server = http.server.ThreadingHTTPServer((TEST_HTTP_HOST, 0), _Holding)
+    server = http.server.ThreadingHTTPServer((RECEIVER_HOST, 0), _Holding)
     _Holding.release.clear()
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    yield f"http://{TEST_HTTP_HOST}:{server.server_address[1]}/"
+    yield f"http://{RECEIVER_HOST}:{server.server_address[1]}/"
     _Holding.release.set()
     server.shutdown()
 

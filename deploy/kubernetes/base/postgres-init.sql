@@ -4,3 +4,4 @@ CREATE DATABASE oih_iam;
 CREATE DATABASE oih_components;
 CREATE DATABASE oih_flows;
 CREATE DATABASE oih_orchestrator;
+CREATE DATABASE oih_secrets;

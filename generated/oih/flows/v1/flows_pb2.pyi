@@ -287,8 +287,10 @@ class Node(_message.Message):
     description: _builtins.str
     """What the step does."""
     credentials: _builtins.str
-    """Optional reference to the secret holding the step's credentials, `secrets/{secret}`. The
-    runtime resolves it and merges it into the configuration; the flow never contains the
+    """Optional reference to the secret holding the step's credentials, `secrets/{secret}`, of the
+    flow's tenant (a missing or foreign secret answers INVALID_ARGUMENT naming this field). The
+    orchestrator resolves it when it deploys the step and hands the value to the worker, which
+    gives it to the component as `credentials`, apart from `fields`; the flow never contains the
     secret itself.
     """
     @_builtins.property
@@ -542,7 +544,9 @@ class WebhookSettings(_message.Message):
     hmac_algorithm: _builtins.str
     """The HMAC hash algorithm: "sha256" (default) or "sha512"."""
     hmac_secret: _builtins.str
-    """Reference to the secret holding the HMAC key, `secrets/{secret}`."""
+    """Reference to the secret holding the HMAC key, `secrets/{secret}` (type TYPE_HMAC_KEY, of the
+    flow's tenant).
+    """
     signature_scheme: Global___WebhookSettings.SignatureScheme.ValueType
     """How the HMAC signature is carried (when `require_auth` and `hmac_secret` are set)."""
     hmac_encoding: _builtins.str
