@@ -56,8 +56,9 @@ class FlowServiceStub:
     `/v1/flows/{flow}/steps/…` (the snapshots service).
 
     Events: `oih.flow.created|updated|deleted` (`oih.events.v1.FlowChanged`),
-    `oih.flow.starting` (`FlowStarting`), `oih.flow.stopping` (`FlowStopping`) and
-    `oih.flow.execute` (`FlowExecute`). The service consumes `oih.flow.started|stopped`
+    `oih.flow.starting` (`FlowStarting`) and `oih.flow.stopping` (`FlowStopping`) (`:execute`
+    calls the orchestrator's StartExecution instead of emitting `oih.flow.execute`). The service
+    consumes `oih.flow.started|stopped`
     (`FlowStateChanged`) and `oih.flow.failed` (`FlowFailed`) to move `state`, and
     `oih.iam.user.deleted` (ownerless flows are stopped) and `oih.iam.tenant.deleted` (the
     tenant's flows are removed).
@@ -141,8 +142,9 @@ class FlowServiceServicer:
     `/v1/flows/{flow}/steps/…` (the snapshots service).
 
     Events: `oih.flow.created|updated|deleted` (`oih.events.v1.FlowChanged`),
-    `oih.flow.starting` (`FlowStarting`), `oih.flow.stopping` (`FlowStopping`) and
-    `oih.flow.execute` (`FlowExecute`). The service consumes `oih.flow.started|stopped`
+    `oih.flow.starting` (`FlowStarting`) and `oih.flow.stopping` (`FlowStopping`) (`:execute`
+    calls the orchestrator's StartExecution instead of emitting `oih.flow.execute`). The service
+    consumes `oih.flow.started|stopped`
     (`FlowStateChanged`) and `oih.flow.failed` (`FlowFailed`) to move `state`, and
     `oih.iam.user.deleted` (ownerless flows are stopped) and `oih.iam.tenant.deleted` (the
     tenant's flows are removed).
@@ -307,8 +309,9 @@ class FlowService:
     `/v1/flows/{flow}/steps/…` (the snapshots service).
 
     Events: `oih.flow.created|updated|deleted` (`oih.events.v1.FlowChanged`),
-    `oih.flow.starting` (`FlowStarting`), `oih.flow.stopping` (`FlowStopping`) and
-    `oih.flow.execute` (`FlowExecute`). The service consumes `oih.flow.started|stopped`
+    `oih.flow.starting` (`FlowStarting`) and `oih.flow.stopping` (`FlowStopping`) (`:execute`
+    calls the orchestrator's StartExecution instead of emitting `oih.flow.execute`). The service
+    consumes `oih.flow.started|stopped`
     (`FlowStateChanged`) and `oih.flow.failed` (`FlowFailed`) to move `state`, and
     `oih.iam.user.deleted` (ownerless flows are stopped) and `oih.iam.tenant.deleted` (the
     tenant's flows are removed).
