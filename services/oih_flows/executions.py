@@ -9,6 +9,7 @@ only once the first step's message is confirmed by the broker, or with FAILED_PR
 
 from __future__ import annotations
 
+import uuid
 from typing import Protocol
 
 import grpc
@@ -24,14 +25,18 @@ class ExecutionStarter(Protocol):
 
 
 class OrchestratorStarter:
-    def __init__(self, channel: grpc.Channel, timeout: float = 30.0) -> None:
+    """The call waits for the orchestrator to be reachable (`wait_for_ready`, e.g. right after
+    it restarted) up to `timeout`; the execution id is chosen here, so the call is idempotent."""
+
+    def __init__(self, channel: grpc.Channel, timeout: float = 20.0) -> None:
         self._stub = orchestrator_pb2_grpc.OrchestratorServiceStub(channel)
         self._timeout = timeout
 
     def __call__(self, flow: str, data_json: str) -> str:
         try:
             execution = self._stub.StartExecution(orchestrator_pb2.StartExecutionRequest(
-                flow=flow, data_json=data_json, source="api"), timeout=self._timeout)
+                flow=flow, data_json=data_json, source="api", execution_id=str(uuid.uuid4())),
+                timeout=self._timeout, wait_for_ready=True)
         except grpc.RpcError as error:
             code = error.code()
             if code in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.NOT_FOUND):

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import uuid
+
 import grpc
 
 from oih.orchestrator.v1 import orchestrator_pb2, orchestrator_pb2_grpc
@@ -15,7 +17,7 @@ CREATED_HEADER = "x-oih-execution-created"
 
 
 class OrchestratorStarts:
-    def __init__(self, channel: grpc.Channel, timeout: float = 30.0) -> None:
+    def __init__(self, channel: grpc.Channel, timeout: float = 20.0) -> None:
         self._stub = orchestrator_pb2_grpc.OrchestratorServiceStub(channel)
         self._timeout = timeout
 
@@ -24,9 +26,13 @@ class OrchestratorStarts:
             execution, call = self._stub.StartExecution.with_call(
                 orchestrator_pb2.StartExecutionRequest(
                 flow=request.flow, data_json=request.data_json,
-                metadata_json=request.metadata_json, execution_id=request.execution_id,
+                metadata_json=request.metadata_json,
+                # Chosen here when the caller gave none, so that the call is idempotent.
+                execution_id=request.execution_id or str(uuid.uuid4()),
                 source="webhook", reply_to=request.reply_to,
-                max_queued_messages=request.max_queued_messages), timeout=self._timeout)
+                max_queued_messages=request.max_queued_messages),
+                # Waits for the orchestrator to be reachable (e.g. just restarted).
+                timeout=self._timeout, wait_for_ready=True)
         except grpc.RpcError as error:
             code = error.code()
             if code in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.NOT_FOUND):
