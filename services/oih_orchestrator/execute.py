@@ -40,9 +40,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from sqlalchemy import delete
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from oih_runtime import names
 from oih_runtime.bus.pipelined import PipelinedPublisher, Unroutable
@@ -103,6 +104,15 @@ def executions_package() -> Any:
 
 def message_id(flow_id: str, execution_id: str) -> str:
     return str(uuid.uuid5(envelope.ID_NAMESPACE, f"execution/{flow_id}/{execution_id}"))
+
+
+def forget_starts(engine: Engine, before: datetime) -> int:
+    """Delete the start records older than `before` (the executions' retention): a repeated
+    `execution_id` (a webhook's `Idempotency-Key`) is recognised within that window."""
+    with transaction(engine) as session:
+        result = session.exec(delete(ExecutionStartRow).where(
+            col(ExecutionStartRow.create_time) < before))
+        return int(result.rowcount or 0)
 
 
 def visible_deployment(session: Session, caller: Principal | None, flow_id: str

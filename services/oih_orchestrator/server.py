@@ -8,7 +8,7 @@ import importlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import grpc
@@ -34,7 +34,7 @@ from .components import ComponentDirectory, ComponentLookup, register_builtins
 from .credentials import Resolve
 from .deployments import Orchestrator
 from .drivers import Driver
-from .execute import Starter, StartRecorder, executions_package
+from .execute import Starter, StartRecorder, executions_package, forget_starts
 from .executions import models as executions_models
 from .local import LocalDriver
 from .management import Management
@@ -134,8 +134,13 @@ def build(settings: ServiceSettings, own: OrchestratorSettings, *,
         # The executions view: reports of every running flow, and its retention.
         reports = views.ReportsConsumer(engine, settings.rabbitmq_url)
         orchestrator.reports = reports
-        sweeper = Periodic(lambda: views.sweep(engine, datetime.now(UTC)), 60.0,
-                           "oih-executions-sweep")
+        retention = timedelta(days=views.RetentionSettings.from_env().retention_days)
+
+        def sweep() -> None:
+            now = datetime.now(UTC)
+            views.sweep(engine, now)
+            forget_starts(engine, now - retention)  # idempotency ids live as long as the runs
+        sweeper = Periodic(sweep, 60.0, "oih-executions-sweep")
         background += [reports.start, sweeper.start]
         stops += [reports.stop, sweeper.stop]
     if hasattr(driver, "start"):
