@@ -145,7 +145,7 @@ class Webhooks:
             self.replies.bind(flow_id)
         except LookupError:
             raise self._not_found(flow_id) from None  # its exchange is gone: not running
-        waiting = self.replies.expect(flow_id, start.execution_id)
+        waiting, owned = self.replies.expect(flow_id, start.execution_id)
         try:
             name, new = self._start(start)
             if not new:
@@ -161,7 +161,8 @@ class Webhooks:
                                        f"running as {name}") from None
             return _reply_answer(reply)
         finally:
-            self.replies.forget(start.execution_id)
+            if owned:
+                self.replies.forget(start.execution_id)
 
     def _authenticate(self, flow: flows_pb2.Flow, request: HookRequest) -> None:
         settings = flow.webhook_settings

@@ -52,7 +52,6 @@ class ReplyWaiter:
         self.queue = f"oih.webhooks.replies.{self.instance}"
         #: correlation id -> (the flow whose exchange the reply must come through, future)
         self._waiting: dict[str, tuple[str, Future[HttpReply]]] = {}
-        self._bound: set[str] = set()
         self._binds: queue.Queue[tuple[str, Future[None]]] = queue.Queue()
         self._lock = threading.Lock()
         self._stopping = threading.Event()
@@ -72,20 +71,24 @@ class ReplyWaiter:
             self._thread.join(timeout=5)
 
     def bind(self, flow_id: str, timeout: float = 10.0) -> None:
-        """Make replies of `flow_id`'s steps reach this process (idempotent)."""
-        with self._lock:
-            if flow_id in self._bound:
-                return
+        """Make replies of `flow_id`'s steps reach this process. Done for every synchronous
+        request (a binding is idempotent and cheap): a restarted flow has a new exchange,
+        and a binding remembered from before would silently lead nowhere."""
         self.start()
         done: Future[None] = Future()
         self._binds.put((flow_id, done))
         done.result(timeout=timeout)
 
-    def expect(self, flow_id: str, correlation_id: str) -> Future[HttpReply]:
-        future: Future[HttpReply] = Future()
+    def expect(self, flow_id: str, correlation_id: str) -> tuple[Future[HttpReply], bool]:
+        """The future of the reply, and whether this caller registered it (a concurrent
+        repeat of the same idempotent request shares the first one's)."""
         with self._lock:
+            waiting = self._waiting.get(correlation_id)
+            if waiting is not None:
+                return waiting[1], False
+            future: Future[HttpReply] = Future()
             self._waiting[correlation_id] = (flow_id, future)
-        return future
+            return future, True
 
     def forget(self, correlation_id: str) -> None:
         with self._lock:
@@ -99,8 +102,6 @@ class ReplyWaiter:
                 self._serve()
             except (pika.exceptions.AMQPError, OSError) as error:
                 log.warning("reply queue connection lost (%s); reconnecting", error)
-                with self._lock:
-                    self._bound.clear()  # the exclusive queue went with the connection
                 self._stopping.wait(1.0)
 
     def _serve(self) -> None:
@@ -128,8 +129,6 @@ class ReplyWaiter:
             try:
                 bind_channel.queue_bind(self.queue, topology.exchange_name(flow_id),
                                         routing_key=self.routing_key)
-                with self._lock:
-                    self._bound.add(flow_id)
                 done.set_result(None)
             except pika.exceptions.ChannelClosedByBroker as error:
                 done.set_exception(LookupError(f"flow {flow_id} has no exchange: {error}"))

@@ -57,9 +57,9 @@ class WebhookServiceStub:
       `{"execution": "flows/{flow}/executions/{execution}"}` (application/json); RESPONSE_MODE_SYNC
       waits for the flow's reply (a `reply` step, see the built-in component) and returns its
       status, headers, content type and body, or answers DEADLINE_EXCEEDED (504) after the flow's
-      `sync_timeout`. The reply's status and headers travel as response metadata
-      (`x-oih-reply-status`, `x-oih-reply-header-<name>`), which the gateway turns into the HTTP
-      status and headers.
+      `sync_timeout`. The reply's headers travel as response metadata under their own names
+      (hop-by-hop, `content-*`, `grpc-*` and `x-envoy-*` headers are left out) and its status as
+      `x-oih-reply-status`, which the gateway turns into the HTTP status.
     A flow that does not exist or is not ACTIVE answers NOT_FOUND (after a fixed delay, so flow
     ids cannot be probed quickly); a body over the size limit (default 10 MiB, the gateway's
     limit for `/hooks/`) answers RESOURCE_EXHAUSTED (413). Every error is a JSON status body.
@@ -74,7 +74,11 @@ class WebhookServiceStub:
       sets `capture_unknown_query_parameters` so that the transcoder passes them in
       `body.extensions` (an `envoy.extensions.filters.http.grpc_json_transcoder.v3.
       UnknownQueryParams`), instead of rejecting the request.
-    - Success is always HTTP 200; errors become the JSON status body.
+    - Success is HTTP 200 (or a SYNC reply's status, set by the gateway's Lua filter from
+      `x-oih-reply-status`); errors become the JSON status body. A 429 carries `Retry-After`.
+    - The gateway adds `x-oih-http-method` and `x-oih-http-path` (the original method, and the
+      path with its query string), overwriting any a client sent: the query of every request
+      (GET included) is read from there.
 
     REST paths owned by this service: `/hooks/` and everything below it.
     """
@@ -119,9 +123,9 @@ class WebhookServiceAsyncStub(WebhookServiceStub):
       `{"execution": "flows/{flow}/executions/{execution}"}` (application/json); RESPONSE_MODE_SYNC
       waits for the flow's reply (a `reply` step, see the built-in component) and returns its
       status, headers, content type and body, or answers DEADLINE_EXCEEDED (504) after the flow's
-      `sync_timeout`. The reply's status and headers travel as response metadata
-      (`x-oih-reply-status`, `x-oih-reply-header-<name>`), which the gateway turns into the HTTP
-      status and headers.
+      `sync_timeout`. The reply's headers travel as response metadata under their own names
+      (hop-by-hop, `content-*`, `grpc-*` and `x-envoy-*` headers are left out) and its status as
+      `x-oih-reply-status`, which the gateway turns into the HTTP status.
     A flow that does not exist or is not ACTIVE answers NOT_FOUND (after a fixed delay, so flow
     ids cannot be probed quickly); a body over the size limit (default 10 MiB, the gateway's
     limit for `/hooks/`) answers RESOURCE_EXHAUSTED (413). Every error is a JSON status body.
@@ -136,7 +140,11 @@ class WebhookServiceAsyncStub(WebhookServiceStub):
       sets `capture_unknown_query_parameters` so that the transcoder passes them in
       `body.extensions` (an `envoy.extensions.filters.http.grpc_json_transcoder.v3.
       UnknownQueryParams`), instead of rejecting the request.
-    - Success is always HTTP 200; errors become the JSON status body.
+    - Success is HTTP 200 (or a SYNC reply's status, set by the gateway's Lua filter from
+      `x-oih-reply-status`); errors become the JSON status body. A 429 carries `Retry-After`.
+    - The gateway adds `x-oih-http-method` and `x-oih-http-path` (the original method, and the
+      path with its query string), overwriting any a client sent: the query of every request
+      (GET included) is read from there.
 
     REST paths owned by this service: `/hooks/` and everything below it.
     """
@@ -177,9 +185,9 @@ class WebhookServiceServicer(metaclass=_abc_1.ABCMeta):
       `{"execution": "flows/{flow}/executions/{execution}"}` (application/json); RESPONSE_MODE_SYNC
       waits for the flow's reply (a `reply` step, see the built-in component) and returns its
       status, headers, content type and body, or answers DEADLINE_EXCEEDED (504) after the flow's
-      `sync_timeout`. The reply's status and headers travel as response metadata
-      (`x-oih-reply-status`, `x-oih-reply-header-<name>`), which the gateway turns into the HTTP
-      status and headers.
+      `sync_timeout`. The reply's headers travel as response metadata under their own names
+      (hop-by-hop, `content-*`, `grpc-*` and `x-envoy-*` headers are left out) and its status as
+      `x-oih-reply-status`, which the gateway turns into the HTTP status.
     A flow that does not exist or is not ACTIVE answers NOT_FOUND (after a fixed delay, so flow
     ids cannot be probed quickly); a body over the size limit (default 10 MiB, the gateway's
     limit for `/hooks/`) answers RESOURCE_EXHAUSTED (413). Every error is a JSON status body.
@@ -194,7 +202,11 @@ class WebhookServiceServicer(metaclass=_abc_1.ABCMeta):
       sets `capture_unknown_query_parameters` so that the transcoder passes them in
       `body.extensions` (an `envoy.extensions.filters.http.grpc_json_transcoder.v3.
       UnknownQueryParams`), instead of rejecting the request.
-    - Success is always HTTP 200; errors become the JSON status body.
+    - Success is HTTP 200 (or a SYNC reply's status, set by the gateway's Lua filter from
+      `x-oih-reply-status`); errors become the JSON status body. A 429 carries `Retry-After`.
+    - The gateway adds `x-oih-http-method` and `x-oih-http-path` (the original method, and the
+      path with its query string), overwriting any a client sent: the query of every request
+      (GET included) is read from there.
 
     REST paths owned by this service: `/hooks/` and everything below it.
     """
