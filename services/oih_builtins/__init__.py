@@ -20,6 +20,7 @@ MODULES = {
     "http-request": "oih_builtins.http_request",
     "sink": "oih_builtins.sink",
     "log": "oih_builtins.log",
+    "reply": "oih_builtins.reply",
 }
 
 

@@ -1,7 +1,7 @@
 """`sink`: records every message it receives as a JSON line, so a run can be inspected.
 
 File: `$OIH_DATA_DIR/sinks/<flow_id>/<step_id>.jsonl` (OIH_DATA_DIR defaults to `var`, like the
-services' data directory), one `{"id", "execution_id", "data"}` per line, flushed per message
+services' data directory), one `{"id", "execution_id", "data", "metadata"}` per line, flushed per message
 (before the worker acks it: a crash repeats lines, never loses them; duplicates have the same
 id). Emits nothing.
 """
@@ -35,9 +35,11 @@ def _file(path: Path) -> TextIO:
     return handle
 
 
-@component.action("sink", description="Appends {id, execution_id, data} to a JSON-lines file.")
+@component.action("sink", description="Appends {id, execution_id, data, metadata} to a "
+                  "JSON-lines file.")
 def sink(message: Message, config: dict[str, Any], snapshot: dict[str, Any]) -> None:
     handle = _file(sink_path(message.flow_id, message.step_id))
     handle.write(json.dumps({"id": message.id, "execution_id": message.execution_id,
-                             "data": message.data}, separators=(",", ":")) + "\n")
+                             "data": message.data, "metadata": message.metadata},
+                            separators=(",", ":")) + "\n")
     handle.flush()

@@ -2,13 +2,19 @@
 
 (b) a platform admin creates a tenant and its admin; the tenant admin creates a service account;
     the service account exchanges its credentials for a token and calls GET /v1/users/me.
+(f) an HMAC-signed webhook starts a flow (ASYNC) and a flow answers one with its `reply` step
+    (SYNC).
 Further scenarios join as their services land (see the README).
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import hmac
+import json
 import os
+import secrets
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -153,6 +159,84 @@ def scenarios_c_and_d(user: Rest, messages: int = 20) -> None:
         raise RuntimeError(f"only {succeeded} of {messages} executions succeeded")
 
 
+def _hmac_key(user: Rest) -> tuple[str, str] | None:
+    """A new HMAC secret in the Secrets service: (its name, the key), or None when the
+    platform runs no Secrets service."""
+    key = secrets.token_urlsafe(32)
+    created = user.call("POST", "/v1/secrets", {
+        "display_name": "shop webhook key", "type": "TYPE_HMAC_KEY", "value": {"key": key}})
+    if created.status in (404, 503):
+        return None
+    return created.ok()["name"], key
+
+
+def scenario_f(user: Rest) -> None:
+    """Webhooks: a signed POST starts a flow (ASYNC), and a flow answers the caller (SYNC)."""
+    print("(f) a webhook starts a flow, and a flow answers it", flush=True)
+    public = wait_for("the built-in components", lambda: {
+        c["display_name"]: c["name"] for c in user.get(
+            "/v1/components?filter=access%3DPUBLIC&page_size=100").get("components", [])})
+    secret = _hmac_key(user)
+    auth: dict[str, Any] = {}
+    if secret is None:
+        step("no Secrets service in this build: the hooks run without a signature")
+    else:
+        auth = {"require_auth": True, "hmac_secret": secret[0], "hmac_header": "x-hmac",
+                "hmac_algorithm": "sha256"}
+        step(f"created the HMAC key {secret[0]} in the Secrets service")
+    flows = {}
+    for mode in ("RESPONSE_MODE_ASYNC", "RESPONSE_MODE_SYNC"):
+        nodes = [{"id": "start", "component": public["trigger"], "function": "webhook"}]
+        edges = []
+        if mode == "RESPONSE_MODE_SYNC":
+            nodes.append({"id": "answer", "component": public["reply"], "function": "reply",
+                          "fields": {"status": 201, "headers": {"x-order-state": "accepted"},
+                                     "body": "{'order': order, 'total': $sum(items.price)}"}})
+            edges.append({"source": "start", "target": "answer"})
+        nodes.append({"id": "sink", "component": public["sink"], "function": "sink"})
+        edges.append({"source": nodes[-2]["id"], "target": "sink"})
+        flow = user.post("/v1/flows", {
+            "display_name": f"shop orders ({mode.rsplit('_', 1)[1].lower()})",
+            "graph": {"nodes": nodes, "edges": edges},
+            "webhook_settings": {"response_mode": mode, "sync_timeout": "20s", **auth}})
+        user.post(f"/v1/{flow['name']}:start", {})
+        flows[mode] = flow["name"]
+    for name in flows.values():
+        def active(name: str = name) -> bool:
+            return bool(user.get(f"/v1/{name}")["state"] == "STATE_ACTIVE")
+        wait_for("ACTIVE", active)
+    body = json.dumps({"order": 90071992547409931, "items": [{"price": 5}, {"price": 7}]}
+                      ).encode()
+    headers = {"content-type": "application/json"}
+    if secret is not None:
+        headers["x-hmac"] = hmac.new(secret[1].encode(), body, hashlib.sha256).hexdigest()
+        forged = user.raw("POST", _hook(flows["RESPONSE_MODE_ASYNC"]), body,
+                          {**headers, "x-hmac": "00" * 32})
+        step(f"a wrong signature answers {forged[0]}: {json.loads(forged[2])['message']}")
+        if forged[0] != 403:
+            raise RuntimeError(f"a wrong signature answered {forged[0]}, expected 403")
+    signed = "signed " if secret is not None else ""
+    status, _, answer = user.raw("POST", _hook(flows["RESPONSE_MODE_ASYNC"]), body, headers)
+    step(f"{signed}POST /hooks/… (ASYNC) answers {status}: {answer.decode()}")
+    if status != 200:
+        raise RuntimeError(f"the ASYNC webhook answered {status}")
+    status, reply_headers, answer = user.raw("POST", _hook(flows["RESPONSE_MODE_SYNC"]), body,
+                                             headers)
+    step(f"{signed}POST /hooks/… (SYNC) answers {status} "
+         f"x-order-state={reply_headers.get('x-order-state')}: {answer.decode()}")
+    if status != 201:
+        raise RuntimeError(f"the SYNC webhook answered {status}, expected 201")
+    execution = user.get(f"/v1/{flows['RESPONSE_MODE_ASYNC']}/executions?page_size=1")
+    found = execution.get("executions", [{}])[0]
+    step(f"executions view: {found.get('name')} source={found.get('source')}")
+    for name in flows.values():
+        user.post(f"/v1/{name}:stop", {})
+
+
+def _hook(flow: str) -> str:
+    return f"/hooks/{flow.removeprefix('flows/')}"
+
+
 def run(gateway_url: str, admin_username: str, admin_password: str) -> None:
     gateway = Rest(gateway_url)
     made = scenario_b(gateway, admin_username, admin_password)
@@ -160,6 +244,8 @@ def run(gateway_url: str, admin_username: str, admin_password: str) -> None:
         scenario_a(made["tenant_admin"])
     if gateway.call("GET", "/v1/flows/-/executions").status != 503:  # the orchestrator too
         scenarios_c_and_d(made["tenant_admin"])
+        if gateway.raw("POST", "/hooks/demo-probe", b"{}")[0] != 503:  # and webhooks
+            scenario_f(made["tenant_admin"])
     print("all scenarios passed", flush=True)
 
 

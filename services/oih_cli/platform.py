@@ -169,7 +169,7 @@ class Platform:
         self._check_ports()
         try:
             self._start_broker()
-            env = self._environment()
+            env = self.environment()
             for service in self.services:
                 for instance in self.instances(service):
                     self._start_service(instance, env)
@@ -245,7 +245,8 @@ class Platform:
             write_private(path, crypto.new_master_key_line() + "\n")
         return path
 
-    def _environment(self) -> dict[str, str]:
+    def environment(self) -> dict[str, str]:
+        """The environment every service process gets (tests use it to run one in-process)."""
         env = dict(os.environ)
         for service in MASTER_KEY_SERVICES:
             variable = f"OIH_{service.upper()}_MASTER_KEY"
@@ -288,7 +289,7 @@ class Platform:
                 child = self.children.pop(instance)
             child.send_signal(signal.SIGTERM)
             child.wait(60)
-            self._start_service(instance, self._environment())
+            self._start_service(instance, self.environment())
             self._wait_healthy(instance)
 
     def kill(self, service: str) -> None:
@@ -301,7 +302,7 @@ class Platform:
 
     def restart(self, service: str) -> None:
         """Start a killed or stopped service again and wait until it is healthy."""
-        self._start_service(service, self._environment())
+        self._start_service(service, self.environment())
         self._wait_healthy(service)
 
     def wait_restarted(self, service: str, count: int, timeout: float = 60.0) -> None:
@@ -339,7 +340,7 @@ class Platform:
                     self._note(service, f"exited with code {code} after {ran:.0f}s; "
                                         f"restarting in {delay:.0f}s")
                 elif now >= state.restart_at and not self._stopping.is_set():
-                    self._start_service(service, self._environment())
+                    self._start_service(service, self.environment())
                     self.restarts[service] = self.restarts.get(service, 0) + 1
                     self._note(service, f"restarted (restart {self.restarts[service]})")
 

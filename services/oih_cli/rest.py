@@ -47,6 +47,22 @@ class Rest:
             with error:
                 return Reply(error.code, _json(error.read()))
 
+    def raw(self, method: str, path: str, data: bytes | None = None,
+            headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+        """A request with a raw body and headers of the caller's choice (webhooks): status,
+        response headers (lower-case names) and body."""
+        request = urllib.request.Request(self.base_url + path, data=data, method=method)
+        for name, value in (headers or {}).items():
+            request.add_header(name, value)
+        try:
+            with urllib.request.urlopen(request, timeout=60) as response:
+                return (response.status, {k.lower(): v for k, v in response.headers.items()},
+                        response.read())
+        except urllib.error.HTTPError as error:
+            with error:
+                return (error.code, {k.lower(): v for k, v in error.headers.items()},
+                        error.read())
+
     def get(self, path: str) -> Any:
         return self.call("GET", path).ok()
 

@@ -36,6 +36,8 @@ from . import envelope, topology
 class DeadLetter:
     message_id: str
     envelope: message_pb2.ErrorEnvelope
+    #: The input message as JSON parsed without protobuf (integers exact), when readable.
+    raw_input: dict[str, Any] | None = None
 
     @property
     def data(self) -> dict[str, Any]:
@@ -57,7 +59,16 @@ def _parse(body: bytes, properties: pika.BasicProperties) -> DeadLetter:
             result.input.data.update({"raw": body[:16384].decode("utf-8", "replace")})
         result.input.id = result.input.id or str(properties.message_id or "")
     message_id = result.headers.message_id or result.input.id or str(properties.message_id or "")
-    return DeadLetter(message_id, result)
+    return DeadLetter(message_id, result, _raw_input(body))
+
+
+def _raw_input(body: bytes) -> dict[str, Any] | None:
+    try:
+        raw = json.loads(body)
+    except ValueError:
+        return None
+    value = raw.get("input") if isinstance(raw, dict) else None
+    return value if isinstance(value, dict) else None
 
 
 @contextmanager
@@ -144,7 +155,7 @@ def replay_dead_letter(connection: pika.BlockingConnection, flow_id: str, step_i
 
 def _input_message(letter: DeadLetter, flow_id: str, step_id: str,
                    data: dict[str, Any] | None) -> Message:
-    raw = json_format.MessageToDict(letter.envelope.input)
+    raw = letter.raw_input or json_format.MessageToDict(letter.envelope.input)
     headers = letter.envelope.headers
     return Message(
         data=data if data is not None else raw.get("data", {}),

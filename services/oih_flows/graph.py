@@ -45,6 +45,9 @@ MAX_CONCURRENCY = 1000
 #: server thread for half a minute); a mapping longer than this belongs in a component.
 MAX_EXPRESSION = 10_000
 HMAC_ALGORITHMS = ("", "sha256", "sha512")
+HMAC_ENCODINGS = ("", "hex", "base64")
+MAX_QUEUED_LIMIT = 10_000_000
+MAX_TIMESTAMP_TOLERANCE = timedelta(hours=1)
 OWNER_PREFIXES = {
     flows_pb2.OWNER_TYPE_USER: "users/",
     flows_pb2.OWNER_TYPE_TENANT: "tenants/",
@@ -90,6 +93,15 @@ def _webhooks(settings: flows_pb2.WebhookSettings) -> Violations:
         found.append((f"{base}.hmac_secret", "must look like secrets/{secret}"))
     if settings.HasField("sync_timeout"):
         found += _duration(settings.sync_timeout, f"{base}.sync_timeout", MAX_SYNC_TIMEOUT)
+    if settings.hmac_encoding not in HMAC_ENCODINGS:
+        found.append((f"{base}.hmac_encoding", "must be 'hex' or 'base64'"))
+    if settings.signature_scheme not in flows_pb2.WebhookSettings.SignatureScheme.values():
+        found.append((f"{base}.signature_scheme", "not a known signature scheme"))
+    if not 0 <= settings.max_queued_messages <= MAX_QUEUED_LIMIT:
+        found.append((f"{base}.max_queued_messages", f"from 0 (default) to {MAX_QUEUED_LIMIT}"))
+    if settings.HasField("timestamp_tolerance"):
+        found += _duration(settings.timestamp_tolerance, f"{base}.timestamp_tolerance",
+                           MAX_TIMESTAMP_TOLERANCE)
     return found
 
 

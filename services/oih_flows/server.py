@@ -13,6 +13,7 @@ from oih.flows.v1 import flows_pb2, flows_pb2_grpc
 from oih_flows import models
 from oih_flows.components import ComponentDirectory
 from oih_flows.events import HANDLERS
+from oih_flows.executions import ExecutionStarter, OrchestratorStarter
 from oih_flows.graph import ComponentLookup, SecretLookup
 from oih_flows.logic import Flows
 from oih_flows.secrets import SecretDirectory
@@ -58,7 +59,8 @@ def _secrets(identity: PlatformIdentity, flows_settings: FlowsSettings) -> Secre
 
 def build(settings: ServiceSettings, flows_settings: FlowsSettings, *,
           verifier: TokenVerifier | None = None, components: ComponentLookup | None = None,
-          secrets: SecretLookup | None = None, bus: bool = True, exchange: str | None = None, consumer_name: str | None = None
+          secrets: SecretLookup | None = None, starter: ExecutionStarter | None = None,
+          bus: bool = True, exchange: str | None = None, consumer_name: str | None = None
           ) -> Built:
     """Everything the service needs; `start_background()` starts its threads. Tests pass their
     own `verifier` and `components`, `bus=False` to run without RabbitMQ (the outbox still
@@ -67,8 +69,10 @@ def build(settings: ServiceSettings, flows_settings: FlowsSettings, *,
     exchange = exchange or settings.events_exchange
     consumer_name = consumer_name or settings.event_consumer
     identity = platform_identity(settings, exchange=exchange)
+    starter = starter or OrchestratorStarter(authenticated_channel(
+        flows_settings.orchestrator_address, identity.token.get))
     flows = Flows(engine, components or _components(identity, flows_settings),
-                  secrets or _secrets(identity, flows_settings))
+                  secrets or _secrets(identity, flows_settings), starter)
     servicer = FlowServicer(flows)
     sweeper = Sweeper(engine, flows_settings.transition_timeout, flows_settings.sweep_interval)
     service = server.Service(

@@ -7,12 +7,14 @@ is `principal.current()`.
 from __future__ import annotations
 
 import grpc
-from google.protobuf import empty_pb2
+from google.protobuf import empty_pb2, json_format
 
 from oih.flows.v1 import flows_pb2, flows_pb2_grpc
-from oih_flows import convert
+from oih_flows import convert, graph
 from oih_flows.logic import Flows
-from oih_runtime import principal
+from oih_runtime import jsontext, principal
+from oih_runtime.depth import MAX_JSON_DEPTH, TOO_DEEP
+from oih_runtime.errors import InvalidArgument
 
 Context = grpc.ServicerContext
 
@@ -52,5 +54,27 @@ class FlowServicer(flows_pb2_grpc.FlowServiceServicer):
 
     def ExecuteFlow(self, request: flows_pb2.ExecuteFlowRequest,
                     context: Context) -> flows_pb2.ExecuteFlowResponse:
-        execution = self.flows.execute(principal.current(), request.name, request.data)
+        execution = self.flows.execute(principal.current(), request.name, _data_json(request))
         return flows_pb2.ExecuteFlowResponse(execution=execution)
+
+
+def _data_json(request: flows_pb2.ExecuteFlowRequest) -> str:
+    """The `data` to run with as JSON text: from the raw body (REST) as sent, else from the
+    Struct of a gRPC caller."""
+    if request.HasField("body") and request.body.data.strip():
+        # The body is {"data": …}: its extra level is not the data's.
+        body = jsontext.parse_object(request.body.data, "body", depth_field="data",
+                                     max_depth=MAX_JSON_DEPTH + 1)
+        if jsontext.depth(body.get("data")) > MAX_JSON_DEPTH:
+            raise InvalidArgument.field("data", TOO_DEEP)
+        unknown = sorted(set(body) - {"data"})
+        if unknown:
+            raise InvalidArgument.field(unknown[0], "unknown field; the body is {\"data\": {...}}")
+        data = body.get("data", {})
+        if not isinstance(data, dict):
+            raise InvalidArgument.field("data", "must be a JSON object")
+        return jsontext.dumps(data)
+    problems = graph.non_finite(request.data, "data")
+    if problems:
+        raise InvalidArgument(problems)
+    return jsontext.dumps(json_format.MessageToDict(request.data))

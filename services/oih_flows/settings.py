@@ -22,6 +22,8 @@ class FlowsSettings:
     components_address: str
     #: The Secrets service, asked whether the secrets a flow names exist in its tenant.
     secrets_address: str
+    #: The orchestrator, whose StartExecution runs `:execute` (with the service token).
+    orchestrator_address: str = f"127.0.0.1:{DEFAULT_PORTS['orchestrator']}"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> FlowsSettings:
@@ -34,4 +36,6 @@ class FlowsSettings:
                 "OIH_COMPONENTS_ADDRESS", f"127.0.0.1:{DEFAULT_PORTS['components']}"),
             secrets_address=env.get(
                 "OIH_SECRETS_ADDRESS", f"127.0.0.1:{DEFAULT_PORTS['secrets']}"),
+            orchestrator_address=env.get(
+                "OIH_ORCHESTRATOR_ADDRESS", f"127.0.0.1:{DEFAULT_PORTS['orchestrator']}"),
         )

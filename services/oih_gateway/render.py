@@ -149,6 +149,11 @@ function envoy_on_request(handle)
   for _, name in ipairs(drop) do
     handle:headers():remove(name)
   end
+  -- Webhooks: the transcoded call no longer carries the HTTP method and the query string, so
+  -- they travel as headers (overwriting any a client sent; names shared with oih_webhooks).
+  local headers = handle:headers()
+  headers:replace("x-oih-http-method", headers:get(":method") or "")
+  headers:replace("x-oih-http-path", headers:get(":path") or "")
   -- Every REST route states its body limit; the buffer filter before this one holds the body
   -- (up to a margin over the limit), so the exact limit is applied here, as a JSON 413.
   local limit = handle:metadata():get("max_request_bytes")
@@ -171,6 +176,19 @@ function envoy_on_request(handle)
   if #wrong > 0 then
     handle:respond({[":status"] = "400", ["content-type"] = "text/plain"},
       "invalid argument: " .. table.concat(wrong, ", ") .. ": must be a JSON array")
+  end
+end
+
+-- A synchronous webhook's reply may set an HTTP status other than 200: the webhooks service
+-- says which in the response header `x-oih-reply-status` (see proto/oih/webhooks/v1).
+function envoy_on_response(handle)
+  local headers = handle:headers()
+  local status = headers:get("x-oih-reply-status")
+  if status ~= nil then
+    headers:remove("x-oih-reply-status")
+    if string.match(status, "^[1-5][0-9][0-9]$") then
+      headers:replace(":status", status)
+    end
   end
 end
 """
@@ -218,7 +236,6 @@ def _http_patterns(rule: http_pb2.HttpRule) -> Iterator[HttpPattern]:
 
 
 HTTP_BODY = ".google.api.HttpBody"
-
 
 def _messages(files: descriptor_pb2.FileDescriptorSet) -> dict[str, descriptor_pb2.DescriptorProto]:
     """Every message of the set by its fully qualified name (".pkg.Outer.Inner")."""

@@ -8,7 +8,6 @@ committed: a flow whose workers take long to come up holds up no other event."""
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -22,10 +21,7 @@ from oih_runtime.bus import Consumer, PermanentError
 from oih_runtime.errors import DomainError
 
 from . import execute
-from .amqp import Amqp
 from .deployments import SOURCE, Orchestrator
-
-log = logging.getLogger(__name__)
 
 Event = event_pb2.Event
 
@@ -38,7 +34,8 @@ def _flow_id(name: str) -> str:
     return name.removeprefix("flows/")
 
 
-def register(consumer: Consumer, orchestrator: Orchestrator, amqp: Amqp) -> None:
+def register(consumer: Consumer, orchestrator: Orchestrator,
+             starter: execute.Starter) -> None:
     def starting(session: Session, event: Event, payload: flow_events.FlowStarting) -> None:
         _flow_id(payload.flow.name)
         orchestrator.start(session, payload.flow, payload.started_by)
@@ -53,20 +50,22 @@ def register(consumer: Consumer, orchestrator: Orchestrator, amqp: Amqp) -> None
         orchestrator.failed_elsewhere(session, _flow_id(payload.flow), payload.reason)
 
     def execute_flow(session: Session, event: Event, payload: flow_events.FlowExecute) -> None:
+        # The legacy trigger path (triggers now call StartExecution, which answers only after
+        # the confirm). Still honoured for events emitted before an upgrade.
         flow_id = _flow_id(payload.flow)
+        trigger = execute.Trigger(
+            flow_id, json_format.MessageToDict(payload.data),
+            json_format.MessageToDict(payload.metadata), execution_id=payload.execution_id,
+            source=payload.source if payload.source in execute.SOURCES else "api",
+            reply_to=payload.reply_to)
         try:
-            execute.start_execution(
-                orchestrator.engine, amqp, flow_id, caller=None,
-                data=json_format.MessageToDict(payload.data),
-                metadata=json_format.MessageToDict(payload.metadata),
-                execution_id=payload.execution_id, source=payload.source or "api",
-                reply_to=payload.reply_to, session=session)
+            starter.start_execution(None, trigger)
         except DomainError as error:
-            # Not ACTIVE here (stopped meanwhile) or unknown: nothing to run, and retrying
-            # will not change that. Logged, not dead-lettered: it is not a poison message.
-            log.warning("execution not started", extra={
-                "flow": payload.flow, "execution_id": payload.execution_id,
-                "reason": error.message})
+            # Not ACTIVE here (stopped meanwhile) or unknown: retrying will not change that.
+            # Dead-lettered, never dropped silently: `oih events dead-letters orchestrator`
+            # shows it with the reason, and it can be replayed once the flow runs.
+            raise PermanentError(f"execution {payload.execution_id} of {payload.flow} not "
+                                 f"started: {error.message}") from None
 
     handlers: dict[str, tuple[Callable[[Session, Event, Any], None], type[Any]]] = {
         "oih.flow.starting": (starting, flow_events.FlowStarting),

@@ -1,37 +1,67 @@
 """Starting an execution: the first message of a run, published to the flow's entry step.
 
-Shared by `oih.flow.execute` (the Flow Repository's `:execute`, the scheduler, webhooks) and the
-StartExecution RPC. The message is the JSON form of `oih.component.v1.Message` with the
-`oih-*` headers the worker reads (built by oih_dataplane.envelope, so both sides agree).
+Every trigger comes through here: StartExecution (called by the Flow Repository's `:execute`,
+the scheduler and webhooks with their service tokens) and the legacy `oih.flow.execute` event.
 
-Exactly-once starts, as far as a caller can tell: the execution id is recorded in the same
-transaction that publishes (with a broker confirm, before the commit), so a repeated request
-with the same id publishes nothing. If the commit fails after the confirm, a retry publishes
-again, but with the same message id (derived from the execution id), so the duplicate is
-recognisable downstream.
+The design, and why:
+- A trigger answered with success must mean the first message is durably in RabbitMQ. So the
+  request thread waits for the broker's publisher confirm before it answers; a flow that is not
+  ACTIVE here (or whose queues are gone, the publish is `mandatory`) answers
+  FAILED_PRECONDITION instead of an execution id that would never exist.
+- Intake must scale with concurrent callers. Each request hands its message to one shared
+  `PipelinedPublisher`: one I/O thread publishes everything queued since its last round and
+  waits for the confirms of the whole round, so N concurrent triggers cost about one broker
+  round-trip, not N serialised ones.
+- The execution record (`ExecutionStartRow`, the executions view's source and version) is
+  written asynchronously by `StartRecorder`, in batched transactions right after the confirm:
+  a database transaction per request held open across the confirm would serialise every
+  trigger on the database's write lock (SQLite has one). Until its batch commits, a started
+  execution is kept in memory, so a retried request with the same `execution_id` finds it.
+  The cost: if the orchestrator dies between the confirm and the commit (a few milliseconds),
+  the run still happens and the workers' reports still create it in the executions view, but
+  without its source, and a retry with the same id would publish once more (with the same
+  message id, derived from the execution id, so the duplicate is recognisable downstream).
+
+The message is the JSON form of `oih.component.v1.Message` with the `oih-*` headers the worker
+reads (built by oih_dataplane.envelope, so both sides agree). Its `data` is parsed from the
+caller's JSON text with Python's `json`, which keeps integers exact, never through a
+`google.protobuf.Struct` (every number a double).
 """
 
 from __future__ import annotations
 
+import logging
+import threading
+import time
 import uuid
+from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from sqlalchemy import delete
 from sqlalchemy.engine import Engine
-from sqlmodel import Session
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session, col, select
 
 from oih_dataplane import envelope, topology
 from oih_runtime import names
-from oih_runtime.clock import aware
+from oih_runtime.bus.pipelined import PipelinedPublisher, Unroutable
+from oih_runtime.clock import aware, utcnow
 from oih_runtime.db import transaction
-from oih_runtime.errors import FailedPrecondition, InvalidArgument, NotFound
+from oih_runtime.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
 from oih_runtime.principal import Principal
 from oih_sdk import Message
 
 from .amqp import Amqp
 from .executions import record_start
 from .models import ACTIVE, DeploymentRow, ExecutionStartRow
+
+log = logging.getLogger(__name__)
+
+SOURCES = ("api", "webhook", "scheduler", "replay")
+#: How long a sampled queue depth is trusted for backpressure decisions.
+DEPTH_TTL = 0.5
 
 
 @dataclass(frozen=True)
@@ -43,10 +73,34 @@ class Started:
     create_time: datetime
     #: False when the execution existed already (nothing was published).
     new: bool
+    tenant: str = ""
+
+
+@dataclass(frozen=True)
+class Trigger:
+    """What a trigger asks for. `data` and `metadata` are JSON objects already parsed (by
+    `oih_runtime.jsontext.parse_object`, which keeps integers exact)."""
+
+    flow_id: str
+    data: dict[str, Any]
+    metadata: dict[str, Any]
+    execution_id: str = ""
+    source: str = "api"
+    reply_to: str = ""
+    max_queued_messages: int = 0
 
 
 def message_id(flow_id: str, execution_id: str) -> str:
     return str(uuid.uuid5(envelope.ID_NAMESPACE, f"execution/{flow_id}/{execution_id}"))
+
+
+def forget_starts(engine: Engine, before: datetime) -> int:
+    """Delete the start records older than `before` (the executions' retention): a repeated
+    `execution_id` (a webhook's `Idempotency-Key`) is recognised within that window."""
+    with transaction(engine) as session:
+        result = session.exec(delete(ExecutionStartRow).where(
+            col(ExecutionStartRow.create_time) < before))
+        return int(result.rowcount or 0)
 
 
 def visible_deployment(session: Session, caller: Principal | None, flow_id: str
@@ -58,48 +112,209 @@ def visible_deployment(session: Session, caller: Principal | None, flow_id: str
     return row
 
 
-def start_execution(engine: Engine, amqp: Amqp, flow_id: str, *, caller: Principal | None,
-                    data: dict[str, Any], metadata: dict[str, Any] | None = None,
-                    execution_id: str = "", source: str = "api", reply_to: str = "",
-                    session: Session | None = None) -> Started:
-    """Publish the first message of a run (or find the run with that id). `caller` None means
-    a trusted event (its tenant was checked by the emitter). Uses `session` when given (an
-    event handler's transaction), else its own."""
-    if execution_id and not names.is_id(execution_id):
-        raise InvalidArgument.field("execution_id", names.ID_RULE)
-    execution_id = execution_id or str(uuid.uuid4())
-    if session is None:
-        with transaction(engine) as own:
-            return _start(own, amqp, flow_id, caller, data, metadata or {}, execution_id,
-                          source, reply_to)
-    return _start(session, amqp, flow_id, caller, data, metadata or {}, execution_id, source,
-                  reply_to)
+@dataclass(frozen=True)
+class _Deployment:
+    tenant: str
+    state: str
+    entry_step: str
+    flow_version: int
 
 
-def _start(session: Session, amqp: Amqp, flow_id: str, caller: Principal | None,
-           data: dict[str, Any], metadata: dict[str, Any], execution_id: str, source: str,
-           reply_to: str) -> Started:
-    row = visible_deployment(session, caller, flow_id)
-    known = session.get(ExecutionStartRow, (flow_id, execution_id))
-    if known is not None:
-        return Started(flow_id, execution_id, known.source, known.flow_version,
-                       aware(known.create_time), new=False)
-    if row.state != ACTIVE or not row.entry_step:
-        raise FailedPrecondition(f"flow flows/{flow_id} is not running here (it is "
-                                 f"{row.state.lower()})", reason="FLOW_NOT_ACTIVE",
-                                 subject=f"flows/{flow_id}")
-    start = ExecutionStartRow(flow_id=flow_id, execution_id=execution_id, tenant=row.tenant,
-                              source=source, flow_version=row.flow_version)
-    session.add(start)
-    session.flush()  # a concurrent start of the same id fails here, before publishing
-    # The executions view learns the run's source and version in the same transaction.
-    record_start(session, tenant=row.tenant, flow_id=flow_id, execution_id=execution_id,
-                 source=source, flow_version=row.flow_version)
-    message = Message(data=data, metadata=metadata, id=message_id(flow_id, execution_id),
-                      flow_id=flow_id, step_id=row.entry_step, execution_id=execution_id)
-    properties = envelope.properties_of(message, reply_to=reply_to or None,
-                                        correlation_id=execution_id if reply_to else None)
-    amqp.publish(topology.exchange_name(flow_id), topology.input_key(row.entry_step),
-                 envelope.encode(message), properties)
-    return Started(flow_id, execution_id, source, row.flow_version, aware(start.create_time),
-                   new=True)
+class StartRecorder:
+    """Writes started executions in batches, off the request threads (see the module doc)."""
+
+    def __init__(self, engine: Engine, *, interval: float = 0.05, max_batch: int = 500) -> None:
+        self.engine = engine
+        self.interval = interval
+        self.max_batch = max_batch
+        self._lock = threading.Lock()
+        self._queue: list[Started] = []
+        #: (flow, execution) -> Started, until its row is committed.
+        self._unwritten: dict[tuple[str, str], Started] = {}
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="oih-start-recorder",
+                                            daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        self.flush()  # whatever is left, in this thread
+
+    def add(self, started: Started) -> None:
+        with self._lock:
+            self._queue.append(started)
+            self._unwritten[(started.flow_id, started.execution_id)] = started
+        if self._thread is None:
+            self.flush()  # not started (tests, tools): write at once
+        else:
+            self._wake.set()
+
+    def unwritten(self, flow_id: str, execution_id: str) -> Started | None:
+        with self._lock:
+            return self._unwritten.get((flow_id, execution_id))
+
+    def flush(self) -> None:
+        while True:
+            with self._lock:
+                batch = self._queue[:self.max_batch]
+                self._queue = self._queue[self.max_batch:]
+            if not batch:
+                return
+            try:
+                self._write(batch)
+            except IntegrityError:
+                # A row of the batch exists (an old start, another replica): one at a time.
+                for started in batch:
+                    try:
+                        self._write([started])
+                    except IntegrityError:
+                        log.info("execution start already recorded",
+                                 extra={"execution_id": started.execution_id})
+            with self._lock:
+                for started in batch:
+                    self._unwritten.pop((started.flow_id, started.execution_id), None)
+
+    def _write(self, batch: list[Started]) -> None:
+        with transaction(self.engine) as session:
+            for started in batch:
+                session.add(ExecutionStartRow(
+                    flow_id=started.flow_id, execution_id=started.execution_id,
+                    tenant=started.tenant, source=started.source,
+                    flow_version=started.flow_version, create_time=started.create_time))
+            session.flush()
+            for started in batch:
+                record_start(session, tenant=started.tenant, flow_id=started.flow_id,
+                             execution_id=started.execution_id, source=started.source,
+                             flow_version=started.flow_version, now=started.create_time)
+
+    def _run(self) -> None:
+        while not self._stopping.is_set():
+            self._wake.wait(1.0)
+            self._wake.clear()
+            try:
+                self.flush()
+            except Exception:  # a database hiccup: keep the rows queued, try again
+                log.exception("recording execution starts failed; retrying")
+                self._stopping.wait(1.0)
+            self._stopping.wait(self.interval)  # lets a batch gather under load
+
+
+class Starter:
+    """Starts executions: checks, the confirmed publish, the asynchronous record."""
+
+    def __init__(self, engine: Engine, amqp: Amqp, publisher: PipelinedPublisher,
+                 recorder: StartRecorder) -> None:
+        self.engine = engine
+        self.amqp = amqp
+        self.publisher = publisher
+        self.recorder = recorder
+        self._lock = threading.Lock()
+        #: (flow, execution) -> the future of the start in progress, for concurrent retries.
+        self._inflight: dict[tuple[str, str], Future[Started]] = {}
+        self._depths: dict[str, tuple[float, int]] = {}
+
+    def start(self) -> None:
+        self.publisher.start()
+        self.recorder.start()
+
+    def stop(self) -> None:
+        self.publisher.stop()
+        self.recorder.stop()
+
+    def start_execution(self, caller: Principal | None, trigger: Trigger) -> Started:
+        """Publish the first message of a run, or find the run with that id. `caller` None
+        means a trusted event (its tenant was checked by the emitter)."""
+        if trigger.execution_id and not names.is_id(trigger.execution_id):
+            raise InvalidArgument.field("execution_id", names.ID_RULE)
+        if trigger.source not in SOURCES:
+            raise InvalidArgument.field("source", f"must be one of {', '.join(SOURCES)}")
+        execution_id = trigger.execution_id or str(uuid.uuid4())
+        key = (trigger.flow_id, execution_id)
+        with Session(self.engine) as session:
+            # The four columns it needs, not the row with its step specs (JSON).
+            found = session.exec(select(
+                DeploymentRow.tenant, DeploymentRow.state, DeploymentRow.entry_step,
+                DeploymentRow.flow_version).where(DeploymentRow.flow_id == trigger.flow_id)
+            ).first()
+            if found is None or (caller is not None and not caller.sees_tenant(found[0])):
+                raise NotFound("flow", f"flows/{trigger.flow_id}")
+            row = _Deployment(*found)
+            # A fresh UUID cannot have been started before: only a caller's id is looked up.
+            known = self._known(session, key) if trigger.execution_id else None
+        if known is not None:
+            return known
+        if row.state != ACTIVE or not row.entry_step:
+            raise FailedPrecondition(f"flow flows/{trigger.flow_id} is not running here (it is "
+                                     f"{row.state.lower()})", reason="FLOW_NOT_ACTIVE",
+                                     subject=f"flows/{trigger.flow_id}")
+        if trigger.max_queued_messages > 0:
+            self._check_depth(trigger.flow_id, row.entry_step, trigger.max_queued_messages)
+        with self._lock:
+            running = self._inflight.get(key)
+            if running is None:
+                mine: Future[Started] = Future()
+                self._inflight[key] = mine
+        if running is not None:  # the same id is being started by a concurrent request
+            first = running.result(timeout=self.publisher.confirm_timeout * 2)
+            return Started(**{**first.__dict__, "new": False})
+        try:
+            started = self._publish(row, trigger, execution_id)
+            mine.set_result(started)
+            return started
+        except BaseException as error:
+            mine.set_exception(error)
+            raise
+        finally:
+            with self._lock:
+                self._inflight.pop(key, None)
+
+    def _known(self, session: Session, key: tuple[str, str]) -> Started | None:
+        unwritten = self.recorder.unwritten(*key)
+        if unwritten is not None:
+            return Started(**{**unwritten.__dict__, "new": False})
+        known = session.get(ExecutionStartRow, key)
+        if known is None:
+            return None
+        return Started(key[0], key[1], known.source, known.flow_version,
+                       aware(known.create_time), new=False, tenant=known.tenant)
+
+    def _check_depth(self, flow_id: str, step_id: str, limit: int) -> None:
+        now = time.monotonic()
+        sampled = self._depths.get(flow_id)
+        if sampled is None or now - sampled[0] > DEPTH_TTL:
+            count = self.amqp.count(topology.step_queue(flow_id, step_id))
+            sampled = (now, count.messages if count is not None else 0)
+            self._depths[flow_id] = sampled
+        if sampled[1] > limit:
+            raise ResourceExhausted(
+                f"flow flows/{flow_id} has {sampled[1]} messages waiting at its first step "
+                f"(limit {limit}); try again later", reason="FLOW_BACKLOGGED", retry_after=1.0)
+
+    def _publish(self, row: _Deployment, trigger: Trigger, execution_id: str) -> Started:
+        flow_id = trigger.flow_id
+        message = Message(data=trigger.data, metadata=trigger.metadata,
+                          id=message_id(flow_id, execution_id), flow_id=flow_id,
+                          step_id=row.entry_step, execution_id=execution_id)
+        reply_to = trigger.reply_to or None
+        properties = envelope.properties_of(message, reply_to=reply_to,
+                                            correlation_id=execution_id if reply_to else None)
+        try:
+            self.publisher.publish(topology.exchange_name(flow_id),
+                                   topology.input_key(row.entry_step), envelope.encode(message),
+                                   properties)
+        except Unroutable as error:
+            raise FailedPrecondition(f"flow flows/{flow_id} has no queues ({error})",
+                                     reason="FLOW_NOT_ACTIVE",
+                                     subject=f"flows/{flow_id}") from None
+        started = Started(flow_id, execution_id, trigger.source, row.flow_version, utcnow(),
+                          new=True, tenant=row.tenant)
+        self.recorder.add(started)
+        return started

@@ -8,6 +8,7 @@ import importlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 import grpc
@@ -19,6 +20,7 @@ from oih_runtime import server
 from oih_runtime.background import Periodic, UntilDone
 from oih_runtime.bus import Consumer, Relay
 from oih_runtime.bus.models import TABLES as BUS_TABLES
+from oih_runtime.bus.pipelined import PipelinedPublisher
 from oih_runtime.clients import authenticated_channel
 from oih_runtime.clock import utcnow
 from oih_runtime.db import make_engine
@@ -34,6 +36,7 @@ from .credentials import Resolve
 from .deployments import Orchestrator
 from .drivers import Driver
 from .drivers.local import LocalDriver
+from .execute import Starter, StartRecorder, forget_starts
 from .executions import models as executions_models
 from .management import Management
 from .servicer import OrchestratorServicer, ServiceContext
@@ -106,7 +109,11 @@ def build(settings: ServiceSettings, own: OrchestratorSettings, *,
     orchestrator = Orchestrator(engine, driver, amqp, management, lookup,
                                 worker_amqp_url=own.worker_amqp_url or settings.rabbitmq_url,
                                 resolve=resolve, start_timeout=own.start_timeout)
-    servicer = OrchestratorServicer(ServiceContext(engine, amqp, orchestrator))
+    # Every trigger's first message goes through one publisher with shared pipelined confirms.
+    starter = Starter(engine, amqp, PipelinedPublisher(settings.rabbitmq_url,
+                                                       name="oih-trigger-publisher"),
+                      StartRecorder(engine))
+    servicer = OrchestratorServicer(ServiceContext(engine, amqp, orchestrator, starter))
     service = server.Service(
         name="orchestrator",
         registrations=[lambda s: orchestrator_pb2_grpc.add_OrchestratorServiceServicer_to_server(
@@ -116,7 +123,7 @@ def build(settings: ServiceSettings, own: OrchestratorSettings, *,
     )
     reconciler = Periodic(orchestrator.reconcile, own.reconcile_seconds, "oih-reconciler")
     built = Built(service, engine, orchestrator, driver, amqp, servicer, reconciler)
-    background: list[Callable[[], None]] = []
+    background: list[Callable[[], None]] = [starter.start]
     # First: cancel starts in progress (their rows stay STARTING, for the next reconcile) and
     # let running stops finish, while the broker connections are still open.
     stops: list[Callable[[], None]] = [orchestrator.close]
@@ -127,8 +134,13 @@ def build(settings: ServiceSettings, own: OrchestratorSettings, *,
         # The executions view: reports of every running flow, and its retention.
         reports = executions.ReportsConsumer(engine, settings.rabbitmq_url)
         orchestrator.reports = reports
-        sweeper = Periodic(lambda: executions.sweep(engine, utcnow()), 60.0,
-                           "oih-executions-sweep")
+        retention = timedelta(days=executions.RetentionSettings.from_env().retention_days)
+
+        def sweep() -> None:
+            now = utcnow()
+            executions.sweep(engine, now)
+            forget_starts(engine, now - retention)  # idempotency ids live as long as the runs
+        sweeper = Periodic(sweep, 60.0, "oih-executions-sweep")
         background += [reports.start, sweeper.start]
         stops += [reports.stop, sweeper.stop]
     background.append(driver.start)
@@ -142,7 +154,7 @@ def build(settings: ServiceSettings, own: OrchestratorSettings, *,
                             name="oih-orchestrator-relay")
         built.consumer = Consumer(engine, consumer_name, url=settings.rabbitmq_url,
                                   exchange=exchange)
-        events.register(built.consumer, orchestrator, amqp)
+        events.register(built.consumer, orchestrator, starter)
         background += [built.relay.start, built.consumer.start]
         # Stop taking events first (finish the current one), then relay what is left.
         stops += [built.consumer.stop, reconciler.stop, built.relay.stop]
@@ -151,7 +163,7 @@ def build(settings: ServiceSettings, own: OrchestratorSettings, *,
     # Reconcile after the driver adopted what still runs; workers outlive the service.
     background.append(reconciler.start)
     stops.append(driver.close)
-    stops.append(amqp.close)
+    stops += [starter.stop, amqp.close]
     service.on_stop.extend(stops)
 
     def start_background() -> None:

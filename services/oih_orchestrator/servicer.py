@@ -21,14 +21,18 @@ from sqlmodel import Session, col, select
 from oih.orchestrator.v1 import orchestrator_pb2 as pb
 from oih.orchestrator.v1 import orchestrator_pb2_grpc
 from oih_runtime import names, principal
+from oih_runtime.bus.pipelined import NotConfirmed
+from oih_runtime.bus.publisher import PublisherError
 from oih_runtime.errors import (
-    FailedPrecondition,
+    InvalidArgument,
     NotFound,
+    PermissionDenied,
     Unavailable,
 )
+from oih_runtime.jsontext import parse_object
 
 from . import execute, executions, runtime_view
-from .amqp import Amqp, Unroutable
+from .amqp import Amqp
 from .deployments import Orchestrator
 from .models import RUNNING_STATES, STOPPING, DeploymentRow
 
@@ -42,6 +46,43 @@ class ServiceContext:
     engine: Engine
     amqp: Amqp
     orchestrator: Orchestrator
+    starter: execute.Starter
+
+
+def _started_proto(started: execute.Started) -> pb.Execution:
+    """The execution as far as it is known at its start (its record is written in a moment)."""
+    flow = f"flows/{started.flow_id}"
+    execution = pb.Execution(name=f"{flow}/executions/{started.execution_id}", flow=flow,
+                             state=pb.Execution.STATE_RUNNING, source=started.source,
+                             flow_version=started.flow_version)
+    execution.create_time.FromDatetime(started.create_time)
+    execution.update_time.FromDatetime(started.create_time)
+    return execution
+
+
+def graph_order(steps: list[tuple[str, list[str]]]) -> list[str]:
+    """Kahn's topological order of (step, targets), stable in the given order."""
+    incoming = {step: 0 for step, _ in steps}
+    for _, targets in steps:
+        for target in targets:
+            if target in incoming:
+                incoming[target] += 1
+    successors = dict(steps)
+    ready = [step for step, _ in steps if incoming[step] == 0]
+    order: list[str] = []
+    while ready:
+        step = ready.pop(0)
+        order.append(step)
+        for target in successors.get(step, []):
+            if target in incoming:
+                incoming[target] -= 1
+                if incoming[target] == 0:
+                    ready.append(target)
+    return order
+
+
+def _is_platform_service(caller: principal.Principal) -> bool:
+    return caller.typ == "service" and caller.is_platform_admin
 
 
 class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
@@ -65,30 +106,51 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
     def StartExecution(self, request: pb.StartExecutionRequest, context: Context
                        ) -> pb.Execution:
         flow_id = names.resource_id(request.flow, "flows", "flow")
+        caller = principal.current()
+        source = request.source or "api"
+        if (source != "api" or request.reply_to) and not _is_platform_service(caller):
+            # A tenant cannot pass its runs off as the scheduler's, nor aim replies anywhere.
+            raise PermissionDenied("only platform services may set source or reply_to",
+                                   reason="PLATFORM_ONLY")
+        data = (parse_object(request.data_json, "data_json") if request.data_json
+                else json_format.MessageToDict(request.data))
+        metadata = (parse_object(request.metadata_json, "metadata_json")
+                    if request.metadata_json else {})
+        if request.max_queued_messages < 0:
+            raise InvalidArgument.field("max_queued_messages", "must not be negative")
+        trigger = execute.Trigger(flow_id, data, metadata, execution_id=request.execution_id,
+                                  source=source, reply_to=request.reply_to,
+                                  max_queued_messages=request.max_queued_messages)
         try:
-            started = execute.start_execution(
-                self.context.engine, self.context.amqp, flow_id, caller=principal.current(),
-                data=json_format.MessageToDict(request.data),
-                execution_id=request.execution_id, source="api")
-        except Unroutable as error:
-            raise FailedPrecondition(f"flow {request.flow} has no queues ({error})",
-                                     reason="FLOW_NOT_ACTIVE", subject=request.flow) from None
-        except pika.exceptions.AMQPError as error:
-            raise Unavailable(f"the broker did not answer: {error!r}", reason="BROKER_UNAVAILABLE") from None
-        return executions.get_execution(
-            self.context.engine, principal.current(), pb.GetExecutionRequest(
-                name=f"{request.flow}/executions/{started.execution_id}"))
+            started = self.context.starter.start_execution(caller, trigger)
+        except (PublisherError, NotConfirmed, TimeoutError, pika.exceptions.AMQPError) as error:
+            raise Unavailable(f"the broker did not confirm the message: {error!r}",
+                              reason="BROKER_UNAVAILABLE") from None
+        context.send_initial_metadata(
+            (("x-oih-execution-created", "true" if started.new else "false"),))
+        return _started_proto(started)
 
     # --- delegated to oih_orchestrator.executions ----------------------------------------
 
     def ListExecutions(self, request: pb.ListExecutionsRequest, context: Context
                        ) -> pb.ListExecutionsResponse:
         return executions.list_executions(
-            self.context.engine, principal.current(), request, flow_tenant=self._tenant)
+            self.context.engine, principal.current(), request, flow_tenant=self._tenant,
+            step_order=self._graph_order)
 
     def GetExecution(self, request: pb.GetExecutionRequest, context: Context) -> pb.Execution:
-        return executions.get_execution(
-            self.context.engine, principal.current(), request)
+        try:
+            return executions.get_execution(
+                self.context.engine, principal.current(), request, step_order=self._graph_order)
+        except NotFound:
+            # Started a moment ago, its record still in the recorder's next batch: the caller
+            # who got its name can read it at once.
+            flow_id, execution_id = names.parse("flows/{flow}/executions/{execution}",
+                                                request.name, "name")
+            started = self.context.starter.recorder.unwritten(flow_id, execution_id)
+            if started is None or not principal.current().sees_tenant(started.tenant):
+                raise
+            return _started_proto(started)
 
     def ListDeadLetters(self, request: pb.ListDeadLettersRequest, context: Context
                         ) -> pb.ListDeadLettersResponse:
@@ -120,6 +182,15 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
         with Session(self.context.engine) as session:
             row = session.get(DeploymentRow, flow_id)
             return row.tenant if row is not None else None
+
+    def _graph_order(self, flow_id: str) -> list[str]:
+        """The flow's steps in graph order: a step before every step it feeds (ties in the
+        order of the graph's nodes)."""
+        with Session(self.context.engine) as session:
+            row = session.get(DeploymentRow, flow_id)
+            specs = list(row.specs) if row is not None else []
+        return graph_order([(raw["step_id"], [edge["target"] for edge in raw.get("edges", [])])
+                            for raw in specs])
 
     def _steps(self, flow_id: str) -> list[str]:
         """The steps whose queues exist: those of a flow that runs here."""

@@ -86,9 +86,16 @@ def on_behalf_of(caller_token: str) -> tuple[tuple[str, str]]:
     return ((ON_BEHALF_OF, caller_token),)
 
 
+#: Reconnect quickly to a restarted service (gRPC's default backoff grows to two minutes).
+RECONNECT_OPTIONS = (("grpc.initial_reconnect_backoff_ms", 200),
+                     ("grpc.min_reconnect_backoff_ms", 200),
+                     ("grpc.max_reconnect_backoff_ms", 2000))
+
+
 def authenticated_channel(address: str, token: Callable[[], str]) -> grpc.Channel:
     """A channel to another service whose calls carry the service's token."""
-    return grpc.intercept_channel(grpc.insecure_channel(address), BearerTokenInterceptor(token))
+    return grpc.intercept_channel(grpc.insecure_channel(address, options=RECONNECT_OPTIONS),
+                                  BearerTokenInterceptor(token))
 
 
 def iam_jwks_source(iam: iam_pb2_grpc.IamServiceStub) -> Callable[[], dict[str, Any]]:

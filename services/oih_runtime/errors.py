@@ -7,6 +7,7 @@ status with an `ErrorInfo` (a stable machine-readable reason) and, for bad input
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 
 import grpc
@@ -32,13 +33,29 @@ class DomainError(Exception):
         """Rich error details beyond the ErrorInfo."""
         return []
 
+    def metadata(self) -> tuple[tuple[str, str], ...]:
+        """Extra response metadata (the gateway passes it on as HTTP headers)."""
+        return ()
+
     def to_status(self) -> grpc.Status:
         info = error_details_pb2.ErrorInfo(reason=self.reason, domain=ERROR_DOMAIN)
         details = [_pack(info), *self.details()]
         proto = status_pb2.Status(
             code=_CODE_NUMBERS[self.code], message=self.message, details=details
         )
-        return rpc_status.to_status(proto)
+        status = rpc_status.to_status(proto)
+        extra = self.metadata()
+        if not extra:
+            return status
+        return _Status(status.code, status.details, (*status.trailing_metadata, *extra))
+
+
+class _Status(grpc.Status):
+    def __init__(self, code: grpc.StatusCode, details: str,
+                 trailing_metadata: tuple[tuple[str, str | bytes], ...]) -> None:
+        self.code = code
+        self.details = details
+        self.trailing_metadata = trailing_metadata
 
 
 def _pack(message: object) -> any_pb2.Any:
@@ -156,3 +173,14 @@ class ResourceExhausted(DomainError):
         delay = duration_pb2.Duration()
         delay.FromMilliseconds(int(self.retry_after * 1000))
         return [_pack(error_details_pb2.RetryInfo(retry_delay=delay))]
+
+    def metadata(self) -> tuple[tuple[str, str], ...]:
+        # HTTP clients read Retry-After (RFC 9110), whole seconds, at least 1.
+        return (("retry-after", str(max(1, math.ceil(self.retry_after)))),)
+
+
+class DeadlineExceeded(DomainError):
+    """Waited as long as allowed for something that did not happen (HTTP 504)."""
+
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
+    default_reason = "DEADLINE_EXCEEDED"

@@ -26,6 +26,8 @@ log = logging.getLogger(__name__)
 #: is tried (the classic "HS256 signed with the public key" attack).
 ALGORITHMS = ["RS256"]
 REQUIRED_CLAIMS = ["exp", "iat", "iss", "aud", "sub", "jti"]
+#: Verified tokens kept (a few hundred bytes each).
+VERIFIED_CACHE_SIZE = 10_000
 
 JwksSource = Callable[[], dict[str, Any]]
 
@@ -86,8 +88,34 @@ class TokenVerifier:
         self.audience = audience
         self.leeway = leeway
         self.revocations = revocations or RevocationList()
+        #: token -> (its principal, the key that verified it); see `verify`.
+        self._verified: dict[str, tuple[Principal, str, Any]] = {}
 
     def verify(self, token: str) -> Principal:
+        """The token's principal. A token verified before is taken from a small cache (an RS256
+        check costs more than the rest of a typical call) — only while its key is still
+        published, it has not expired and it is not revoked, all checked on every use."""
+        cached = self._verified.get(token)
+        if cached is not None:
+            principal, kid, key = cached
+            if (self._published(kid) is key and principal.expires_at + self.leeway > time.time()
+                    and not self.revocations.is_revoked(principal)):
+                return principal
+            self._verified.pop(token, None)
+        principal = self._verify(token)
+        kid = str(jwt.get_unverified_header(token).get("kid", ""))
+        if len(self._verified) >= VERIFIED_CACHE_SIZE:
+            self._verified.clear()  # a simple bound; re-verifying is only slower
+        self._verified[token] = (principal, kid, self.keys.key(kid))
+        return principal
+
+    def _published(self, kid: str) -> Any:
+        try:
+            return self.keys.key(kid)
+        except Unauthenticated:
+            return None
+
+    def _verify(self, token: str) -> Principal:
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError:

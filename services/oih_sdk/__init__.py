@@ -19,7 +19,8 @@ A function emits by returning (or yielding) any mix of:
 - a `dict`: the `data` of one output (metadata and attachments are inherited from the input);
 - a `Message`: one output as given (its id is ignored; the runtime assigns a deterministic one);
 - a list, tuple or generator of the above;
-- a `Snapshot({...})`: the step's new snapshot (the last one emitted wins).
+- a `Snapshot({...})`: the step's new snapshot (the last one emitted wins);
+- a `Reply(status, headers, body)`: the HTTP answer of a synchronous webhook request.
 
 It signals an error by raising. Errors are retried by the step's RetryPolicy unless the
 exception is non-retryable: a subclass of `NonRetryableError`, a class decorated with
@@ -37,13 +38,14 @@ from .component import (
     takes_credentials,
 )
 from .errors import NonRetryableError, is_retryable, non_retryable
-from .message import Message, Snapshot
+from .message import Message, Reply, Snapshot
 
 __all__ = [
     "Component",
     "ComponentFunction",
     "Message",
     "NonRetryableError",
+    "Reply",
     "Snapshot",
     "call",
     "is_retryable",

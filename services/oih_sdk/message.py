@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,3 +44,26 @@ class Snapshot:
     """A step's new state; the worker hands it to the next call and publishes it."""
 
     data: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Reply:
+    """The HTTP answer to a synchronous webhook request (emitted like a Snapshot).
+
+    The runtime sends it to the webhook request that started the execution, when that request
+    waits (RESPONSE_MODE_SYNC); otherwise it is dropped. The first reply of an execution wins.
+    `body` may be bytes, text, or any JSON value (sent as JSON)."""
+
+    status: int = 200
+    headers: dict[str, str] = field(default_factory=dict)
+    body: Any = None
+    content_type: str = ""
+
+    def encoded(self) -> tuple[bytes, str]:
+        """The body's bytes and content type."""
+        if isinstance(self.body, bytes):
+            return self.body, self.content_type or "application/octet-stream"
+        if isinstance(self.body, str):
+            return self.body.encode(), self.content_type or "text/plain; charset=utf-8"
+        return (json.dumps(self.body, ensure_ascii=False, separators=(",", ":")).encode(),
+                self.content_type or "application/json")

@@ -30,12 +30,22 @@ from google.protobuf import json_format
 from oih.component.v1 import message_pb2
 from oih_dataplane import envelope, topology
 from oih_dataplane.spec import EdgeSpec, StepSpec
-from oih_sdk import Message, Snapshot, call, load_function, non_retryable, takes_credentials
+from oih_sdk import (
+    Message,
+    Reply,
+    Snapshot,
+    call,
+    load_function,
+    non_retryable,
+    takes_credentials,
+)
 from oih_sdk.errors import error_type, is_retryable
 
 MAX_STACK = 16 * 1024
 #: Publishes in one part of an outcome (see the module comment).
 PART_SIZE = 256
+#: AMQP headers of a reply message (see oih.component.v1's contract).
+REPLY_STATUS, REPLY_HEADERS = "oih-reply-status", "oih-reply-headers"
 
 
 @non_retryable
@@ -48,6 +58,9 @@ class Outgoing:
     routing_key: str
     body: bytes
     properties: pika.BasicProperties
+    #: False only for webhook replies: the waiting request may be gone (timed out, its
+    #: service restarted), and a reply nobody takes must not stop the worker.
+    mandatory: bool = True
 
 
 @dataclass
@@ -90,7 +103,7 @@ class CompiledEdge:
         return mapped if isinstance(mapped, dict) else {"value": mapped}
 
 
-def emitted(result: Any) -> Iterator[Message | dict[str, Any] | Snapshot]:
+def emitted(result: Any) -> Iterator[Message | dict[str, Any] | Snapshot | Reply]:
     """What a function returned or yielded, one item at a time (a generator is consumed only
     as far as it is read)."""
     items: Iterable[Any]
@@ -103,8 +116,9 @@ def emitted(result: Any) -> Iterator[Message | dict[str, Any] | Snapshot]:
     for item in items:
         if item is None:
             continue
-        if not isinstance(item, Snapshot | Message | dict):
-            raise TypeError(f"a function may emit dicts, Messages or Snapshots, not {type(item)}")
+        if not isinstance(item, Snapshot | Reply | Message | dict):
+            raise TypeError("a function may emit dicts, Messages, Snapshots or Replies, not "
+                            f"{type(item)}")
         yield item
 
 
@@ -136,6 +150,7 @@ class StepProcessor:
                ) -> Iterator[Outcome]:
         part = Outcome(message)
         snapshot: Snapshot | None = None
+        reply: Reply | None = None
         try:
             index = 0
             result = call(self.fn, message, self.spec.config, self.snapshot,
@@ -143,6 +158,9 @@ class StepProcessor:
             for item in emitted(result):
                 if isinstance(item, Snapshot):
                     snapshot = item
+                    continue
+                if isinstance(item, Reply):
+                    reply = reply or item
                     continue
                 output = self._output(message, item)
                 part.outputs.append(output)
@@ -160,6 +178,8 @@ class StepProcessor:
             # The outputs of the unfinished part were never sent: they are dropped.
             yield self._failed(message, body, properties, exc)
             return
+        if reply is not None and properties.reply_to:
+            part.outgoing.append(self._reply(message, reply, properties))
         if snapshot is not None:
             # Kept for the next call only once the outcome stands (an error above discards it).
             self.snapshot = dict(snapshot.data)
@@ -194,6 +214,21 @@ class StepProcessor:
         return Outgoing(topology.input_key(target), envelope.encode(message),
                         envelope.properties_of(message, reply_to=properties.reply_to,
                                                correlation_id=properties.correlation_id))
+
+    def _reply(self, message: Message, reply: Reply,
+               properties: pika.BasicProperties) -> Outgoing:
+        """The answer to the synchronous webhook request waiting for this execution: published
+        on the flow's exchange (the only one a step may write) with the request's `reply_to`
+        as routing key, which the webhooks service bound its reply queue to."""
+        body, content_type = reply.encoded()
+        return Outgoing(str(properties.reply_to), body, pika.BasicProperties(
+            content_type=content_type, delivery_mode=1,
+            message_id=envelope.output_id(message.id, "reply", 0),
+            correlation_id=properties.correlation_id,
+            headers={envelope.H_EXECUTION: message.execution_id,
+                     REPLY_STATUS: int(reply.status),
+                     REPLY_HEADERS: {str(k): str(v) for k, v in reply.headers.items()}}),
+            mandatory=False)
 
     def _snapshot(self, message: Message, snapshot: Snapshot) -> Outgoing:
         # The JSON form of oih.snapshots.v1.Snapshot (the step's persistent snapshot).
@@ -260,6 +295,10 @@ class StepProcessor:
 
     def _dead_letter(self, message: Message,
                      envelope_pb: message_pb2.ErrorEnvelope) -> Outgoing:
+        # The input goes in as the JSON it arrived as, not through the proto's Struct (every
+        # number a double): a replay must deliver the data exactly as it was.
+        body = json_format.MessageToDict(envelope_pb)
+        body["input"] = {**body.get("input", {}), **message.body()}
         return Outgoing(topology.dead_key(self.spec.step_id),
-                        json_format.MessageToJson(envelope_pb, indent=None).encode(),
+                        json.dumps(body, separators=(",", ":")).encode(),
                         envelope.properties_of(message))

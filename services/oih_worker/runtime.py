@@ -22,9 +22,9 @@ Design (why it looks like this):
   confirms. A split into 50,000 messages thus holds about `MAX_IN_FLIGHT` of them, not all.
   While one input streams, further deliveries wait in arrival order (at most the prefetch);
   acks stay in delivery order and come only after every part's confirms.
-- Every publish is `mandatory`: a message no queue takes (topology missing) comes back; the
-  worker then stops without acking (exit code 3), so the input is redelivered later rather than
-  silently lost.
+- Every publish but a webhook reply is `mandatory`: a message no queue takes (topology
+  missing) comes back; the worker then stops without acking (exit code 3), so the input is
+  redelivered later rather than silently lost.
 - Losing the broker is not a crash: the worker connects again with back-off (0.5 s doubling to
   `RECONNECT_MAX`) for as long as the broker is away, also when it is away at start. Whatever
   was unacked when the connection dropped is redelivered by the broker (at-least-once); its
@@ -331,7 +331,7 @@ class Worker:
 
     def _publish(self, outgoing: Outgoing, owner: int | None) -> None:
         self._channel.basic_publish(self.exchange, outgoing.routing_key, outgoing.body,
-                                    outgoing.properties, mandatory=True)
+                                    outgoing.properties, mandatory=outgoing.mandatory)
         self._seq += 1
         self._owners[self._seq] = owner
 

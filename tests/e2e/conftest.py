@@ -7,11 +7,13 @@ fresh PostgreSQL database given as a plain `postgresql://` URL, as the deploy RE
 
 from __future__ import annotations
 
+import json
 import os
 import time
 import uuid
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -35,7 +37,7 @@ ADMIN_PASSWORD = "e2e-admin-password"
 PASSWORD = "correct horse battery staple"
 
 #: The services the end-to-end suite runs (all implemented ones as they land).
-E2E_SERVICES = ["iam", "components", "secrets", "flows", "orchestrator"]
+E2E_SERVICES = ["iam", "components", "secrets", "flows", "orchestrator", "webhooks"]
 
 
 NAMESPACE = f"e2e{uuid.uuid4().hex[:8]}"
@@ -113,7 +115,10 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
                 "OIH_IAM_KEY_ANNOUNCE_SECONDS": "15",
                 # Each e2e run uses its own event exchange, so it never sees another run's.
                 "OIH_BUS_NAMESPACE": NAMESPACE,
+                # Flows may call one loopback address: the tests' own HTTP servers listen there.
                 "OIH_EGRESS_ALLOWED_NETWORKS": f"{RECEIVER_HOST}/32",
+                # An unknown webhook flow answers 404 after this delay (1 s by default).
+                "OIH_WEBHOOKS_NOT_FOUND_DELAY_SECONDS": "0.2",
                 **{f"OIH_{name.upper()}_METRICS_PORT": str(port)
                    for name, port in METRICS_PORTS.items()},
             },
@@ -193,12 +198,32 @@ def wait_state(rest: httpx.Client, token: str, flow: str, state: str,
 @pytest.fixture(scope="session")
 def builtins(rest: httpx.Client, admin_token: str) -> dict[str, str]:
     """The built-in components the orchestrator registers at start: display name → name."""
+    wanted = {"trigger", "transform", "sink", "reply", "http-request"}
     deadline = time.monotonic() + 30
     while True:
         found = rest.get("/v1/components", headers=auth(admin_token),
                          params={"filter": "access=PUBLIC", "page_size": 100}).json()
         names = {c["display_name"]: c["name"] for c in found.get("components", [])}
-        if {"trigger", "transform", "sink"} <= names.keys() or time.monotonic() > deadline:
-            assert {"trigger", "transform", "sink"} <= names.keys(), names
+        if wanted <= names.keys() or time.monotonic() > deadline:
+            assert wanted <= names.keys(), names
             return names
         time.sleep(0.2)
+
+
+def sink_lines(platform: Platform, flow: str, step: str) -> list[dict[str, Any]]:
+    path = Path(platform.data_dir) / "sinks" / flow.removeprefix("flows/") / f"{step}.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def wait_sink(platform: Platform, flow: str, step: str, count: int,
+              timeout: float = 30.0) -> list[dict[str, Any]]:
+    """The sink's lines once there are at least `count` (asserting it within `timeout`)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        lines = sink_lines(platform, flow, step)
+        if len(lines) >= count or time.monotonic() > deadline:
+            assert len(lines) >= count, lines
+            return lines
+        time.sleep(0.1)

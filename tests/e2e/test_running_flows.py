@@ -4,16 +4,20 @@ executions view agreeing with what arrived."""
 
 from __future__ import annotations
 
-import json
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import httpx
 
 from oih_cli.platform import Platform
-from tests.e2e.conftest import auth, create_tenant_with_admin, unique, wait_state
+from tests.e2e.conftest import (
+    auth,
+    create_tenant_with_admin,
+    sink_lines,
+    unique,
+    wait_state,
+)
 
 MESSAGES = 1000
 
@@ -32,13 +36,6 @@ def pipeline(builtins: dict[str, str]) -> dict[str, Any]:
                       {"source": "double", "target": "sink"}],
         },
     }
-
-
-def sink_lines(platform: Platform, flow: str, step: str) -> list[dict[str, Any]]:
-    path = Path(platform.data_dir) / "sinks" / flow.removeprefix("flows/") / f"{step}.jsonl"
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def test_examples_c_and_d_start_a_flow_and_run_1000_messages_through_it(
@@ -147,14 +144,17 @@ def test_killing_the_orchestrator_and_starting_it_again_reconciles(
 
     platform.kill("orchestrator")
     try:
-        # While it is down: a run of one flow and the stop of the other wait in its event queue.
-        execution = rest.post(f"/v1/{keep}:execute", headers=auth(token),
-                              json={"data": {"n": 7}}).json()["execution"]
+        # While it is down: the stop of one flow waits in its event queue; a run of the other
+        # is refused (503), since nothing could confirm its first message, never half-accepted.
+        refused = rest.post(f"/v1/{keep}:execute", headers=auth(token), json={"data": {"n": 6}})
+        assert refused.status_code == 503, refused.text
         assert rest.post(f"/v1/{drop}:stop", headers=auth(token),
                          json={}).json()["state"] == "STATE_STOPPING"
     finally:
         platform.restart("orchestrator")
 
+    execution = rest.post(f"/v1/{keep}:execute", headers=auth(token),
+                          json={"data": {"n": 7}}).json()["execution"]
     wait_state(rest, token, drop, "STATE_INACTIVE", timeout=60)
     assert rest.get(f"/v1/{drop}/runtime", headers=auth(token)).status_code == 404
     deadline = time.monotonic() + 60
@@ -165,6 +165,7 @@ def test_killing_the_orchestrator_and_starting_it_again_reconciles(
     arrived = [line for line in sink_lines(platform, keep, "sink")
                if line["execution_id"] == execution.rsplit("/", 1)[-1]]
     assert [line["data"]["doubled"] for line in arrived] == [14]
+    assert all(line["data"]["n"] != 6 for line in sink_lines(platform, keep, "sink"))
     # The running flow's workers were adopted, not restarted.
     after = {w["step_id"]: w["instance"] for w in
              rest.get(f"/v1/{keep}/runtime", headers=auth(token)).json()["workers"]}

@@ -65,6 +65,23 @@ def components_address(issuer: TestIssuer, tmp_path_factory: pytest.TempPathFact
     built.engine.dispose()
 
 
+class RecordingStarter:
+    """Stands in for the orchestrator's StartExecution (tested with the real orchestrator in
+    tests/e2e): records what the Flow Repository asks to run."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str]] = []
+
+    def __call__(self, flow: str, data_json: str) -> str:
+        self.calls.append((flow, data_json))
+        return f"{flow}/executions/{uuid.uuid4()}"
+
+
+@pytest.fixture(scope="module")
+def starter() -> RecordingStarter:
+    return RecordingStarter()
+
+
 @pytest.fixture(scope="module")
 def secrets_address(issuer: TestIssuer, tmp_path_factory: pytest.TempPathFactory
                     ) -> Iterator[str]:
@@ -82,8 +99,8 @@ def secrets_address(issuer: TestIssuer, tmp_path_factory: pytest.TempPathFactory
 
 
 @pytest.fixture(scope="module")
-def flows_service(database_url: str, issuer: TestIssuer, components_address: str,
-                  secrets_address: str,
+def flows_service(starter: RecordingStarter, database_url: str, issuer: TestIssuer,
+                  components_address: str, secrets_address: str,
                   tmp_path_factory: pytest.TempPathFactory) -> Iterator[Built]:
     config = replace(runtime_settings.load("flows", {}), database_url=database_url,
                      data_dir=Path(tmp_path_factory.mktemp("data")))
@@ -94,7 +111,7 @@ def flows_service(database_url: str, issuer: TestIssuer, components_address: str
     secrets_channel = authenticated_channel(secrets_address, lambda: service_token)
     built = build(config, FLOWS_SETTINGS, verifier=issuer.verifier,
                   components=ComponentDirectory(channel),
-                  secrets=SecretDirectory(secrets_channel), bus=False)
+                  secrets=SecretDirectory(secrets_channel), starter=starter, bus=False)
     yield built
     channel.close()
     secrets_channel.close()

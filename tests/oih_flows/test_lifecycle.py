@@ -4,6 +4,7 @@ payload); and the sweeper that fails flows stuck in a transition."""
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections.abc import Callable
@@ -11,6 +12,7 @@ from datetime import timedelta
 
 import grpc
 import pytest
+from google.api import httpbody_pb2
 from google.protobuf import struct_pb2
 from sqlalchemy.engine import Engine
 
@@ -24,7 +26,7 @@ from oih_flows.server import Built
 from oih_flows.sweeper import Sweeper, fail_stuck_flows
 from oih_runtime.clock import utcnow
 from oih_runtime.db import transaction
-from tests.oih_flows.conftest import Caller, Tenant, outbox, two_node_flow
+from tests.oih_flows.conftest import Caller, RecordingStarter, Tenant, outbox, two_node_flow
 from tests.support.grpc_errors import field_violations, reason
 
 Stub = flows_pb2_grpc.FlowServiceStub
@@ -174,8 +176,9 @@ def test_a_failed_flow_can_be_changed_and_started_again(grpc_stub: Stub, tenant:
 
 # --------------------------------------------------------------------------- execute
 
-def test_execute_emits_flow_execute_for_an_active_flow(grpc_stub: Stub, tenant: Tenant,
-                                                       flows_service: Built) -> None:
+def test_execute_starts_an_execution_of_an_active_flow(grpc_stub: Stub, tenant: Tenant,
+                                                      flows_service: Built,
+                                                      starter: RecordingStarter) -> None:
     created = create(grpc_stub, tenant)
     start(grpc_stub, tenant.user, created.name)
     started(flows_service.engine, created)
@@ -184,21 +187,52 @@ def test_execute_emits_flow_execute_for_an_active_flow(grpc_stub: Stub, tenant: 
     reply = grpc_stub.ExecuteFlow(pb.ExecuteFlowRequest(name=created.name, data=data),
                                   metadata=tenant.user.md)
     assert reply.execution.startswith(f"{created.name}/executions/")
-    row = outbox(flows_service.engine, created.name)[-1]
-    assert row.event_type == "oih.flow.execute"
-    execute = payload_of(row, flow_events.FlowExecute)
-    assert execute == flow_events.FlowExecute(
-        flow=created.name, execution_id=reply.execution.rsplit("/", 1)[1], data=data,
-        source="api")
+    assert starter.calls[-1] == (created.name, '{"customer":42.0}')
+    # No event any more: the orchestrator answered before we did.
+    assert all(row.event_type != "oih.flow.execute"
+               for row in outbox(flows_service.engine, created.name))
 
 
-def test_execute_with_data_json_cannot_carry_is_invalid(grpc_stub: Stub, tenant: Tenant,
-                                                      flows_service: Built) -> None:
-    # The orchestrator turns `data` into the first message's JSON: NaN would fail there,
-    # after we had answered with an execution that never runs.
+def test_execute_passes_the_raw_body_exactly(grpc_stub: Stub, tenant: Tenant,
+                                            flows_service: Built,
+                                            starter: RecordingStarter) -> None:
     created = create(grpc_stub, tenant)
     start(grpc_stub, tenant.user, created.name)
     started(flows_service.engine, created)
+    raw = '{"data": {"id": 123456789012345678901234567890, "n": 21, "s": "ünï ✓"}}'
+    grpc_stub.ExecuteFlow(pb.ExecuteFlowRequest(
+        name=created.name, body=httpbody_pb2.HttpBody(content_type="application/json",
+                                                      data=raw.encode())),
+        metadata=tenant.user.md)
+    sent = json.loads(starter.calls[-1][1])
+    assert sent == {"id": 123456789012345678901234567890, "n": 21, "s": "ünï ✓"}
+    assert isinstance(sent["n"], int)
+
+
+@pytest.mark.parametrize(("body", "field"), [
+    (b'{"data": [1]}', "data"), (b'{"data": {}, "extra": 1}', "extra"), (b"[1]", "body"),
+    (b'{"data": {"n": NaN}}', "body"), (b"{", "body")])
+def test_execute_refuses_a_bad_body_naming_the_field(grpc_stub: Stub, tenant: Tenant,
+                                                    flows_service: Built, body: bytes,
+                                                    field: str) -> None:
+    created = create(grpc_stub, tenant)
+    start(grpc_stub, tenant.user, created.name)
+    started(flows_service.engine, created)
+    with pytest.raises(grpc.RpcError) as failed:
+        grpc_stub.ExecuteFlow(pb.ExecuteFlowRequest(
+            name=created.name, body=httpbody_pb2.HttpBody(data=body)), metadata=tenant.user.md)
+    assert failed.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert field_violations(failed.value) == [field]
+
+
+def test_execute_with_data_json_cannot_carry_is_invalid(grpc_stub: Stub, tenant: Tenant,
+                                                      flows_service: Built,
+                                                      starter: RecordingStarter) -> None:
+    # NaN is not JSON: refused here, before anything is started.
+    created = create(grpc_stub, tenant)
+    start(grpc_stub, tenant.user, created.name)
+    started(flows_service.engine, created)
+    before = len(starter.calls)
     data = struct_pb2.Struct()
     data.update({"customer": {"score": float("nan")}})
     with pytest.raises(grpc.RpcError) as failed:
@@ -206,7 +240,7 @@ def test_execute_with_data_json_cannot_carry_is_invalid(grpc_stub: Stub, tenant:
                               metadata=tenant.user.md)
     assert failed.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert field_violations(failed.value) == ["data.customer.score"]
-    assert outbox(flows_service.engine, created.name)[-1].event_type != "oih.flow.execute"
+    assert len(starter.calls) == before
 
 
 @pytest.mark.parametrize("state", [pb.STATE_INACTIVE, pb.STATE_STARTING, pb.STATE_STOPPING,

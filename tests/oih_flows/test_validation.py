@@ -209,6 +209,18 @@ CASES: dict[str, tuple[Callable[[World], pb.Flow], str]] = {
     "unknown HMAC algorithm": (
         lambda w: edited(w, lambda f: setattr(f.webhook_settings, "hmac_algorithm", "md5")),
         "flow.webhook_settings.hmac_algorithm"),
+    "unknown HMAC encoding": (
+        lambda w: edited(w, lambda f: setattr(f.webhook_settings, "hmac_encoding", "base32")),
+        "flow.webhook_settings.hmac_encoding"),
+    "unknown signature scheme": (
+        lambda w: edited(w, lambda f: setattr(f.webhook_settings, "signature_scheme", 9)),
+        "flow.webhook_settings.signature_scheme"),
+    "negative backpressure limit": (
+        lambda w: edited(w, lambda f: setattr(f.webhook_settings, "max_queued_messages", -1)),
+        "flow.webhook_settings.max_queued_messages"),
+    "timestamp tolerance beyond an hour": (
+        lambda w: edited(w, lambda f: f.webhook_settings.timestamp_tolerance.CopyFrom(
+            seconds(3601))), "flow.webhook_settings.timestamp_tolerance"),
     "sync timeout beyond five minutes": (
         lambda w: edited(w, lambda f: f.webhook_settings.sync_timeout.CopyFrom(seconds(301))),
         "flow.webhook_settings.sync_timeout"),

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
+from sqlmodel import Session
 
 from oih.components.v1 import components_pb2 as cpb
 from oih.components.v1 import components_pb2_grpc
@@ -17,8 +20,11 @@ from oih_orchestrator.deployments import (
     with_credentials,
     without_credentials,
 )
+from oih_orchestrator.execute import forget_starts
 from oih_orchestrator.management import vhost_of
+from oih_orchestrator.models import TABLES, ExecutionStartRow
 from oih_orchestrator.settings import OrchestratorSettings, management_url_for
+from oih_runtime.db import make_engine, transaction
 
 
 def test_management_url_defaults_to_the_broker_host_with_its_credentials() -> None:
@@ -72,3 +78,17 @@ def test_registering_builtins_twice_creates_each_once(components_channel: grpc.C
     names = [c.display_name for c in listed if c.display_name in builtins]
     assert sorted(names) == sorted(builtins)
     assert {"trigger", "transform", "sink"} <= set(builtins)
+
+
+def test_start_records_are_forgotten_after_the_retention(tmp_path: Path) -> None:
+    engine = make_engine(f"sqlite:///{tmp_path / 'starts.db'}", tables=TABLES)
+    now = datetime.now(UTC)
+    with transaction(engine) as session:
+        session.add(ExecutionStartRow(flow_id="f", execution_id="old", tenant="tenants/t",
+                                      create_time=now - timedelta(days=8)))
+        session.add(ExecutionStartRow(flow_id="f", execution_id="new", tenant="tenants/t",
+                                      create_time=now))
+    assert forget_starts(engine, now - timedelta(days=7)) == 1
+    with Session(engine) as session:
+        assert session.get(ExecutionStartRow, ("f", "old")) is None
+        assert session.get(ExecutionStartRow, ("f", "new")) is not None

@@ -164,6 +164,41 @@ def test_processor_failures() -> None:
     assert bad_edge.outgoing[0].routing_key == "step.s.dead"
 
 
+def test_a_reply_goes_to_the_waiting_request_only() -> None:
+    from oih_builtins.reply import reply
+
+    spec = StepSpec("f", "s", "unused", "reply", edges=[EdgeSpec("next")])
+    processor = StepProcessor(spec, reply)
+    spec.config.update({"status": 201, "headers": {"x-a": "1"}, "body": "{'id': id}"})
+    message = Message(data={"id": 12345678901234567890123}, id="m1", flow_id="f", step_id="s",
+                      execution_id="e")
+    waiting = processor.handle(envelope.encode(message), envelope.properties_of(
+        message, reply_to="reply.instance", correlation_id="e"))
+    replies = [out for out in waiting.outgoing if out.routing_key == "reply.instance"]
+    assert len(replies) == 1 and not replies[0].mandatory  # nobody waiting must not stop us
+    assert json.loads(replies[0].body) == {"id": 12345678901234567890123}
+    assert replies[0].properties.correlation_id == "e"
+    assert replies[0].properties.headers["oih-reply-status"] == 201
+    assert replies[0].properties.headers["oih-reply-headers"] == {"x-a": "1"}
+    # The message goes on, and the next step still knows where a reply would go.
+    onward = [out for out in waiting.outgoing if out.routing_key == "step.next.input"]
+    assert onward[0].properties.reply_to == "reply.instance"
+    # Without a waiting request (ASYNC, :execute) no reply is sent.
+    alone = processor.handle(envelope.encode(message), envelope.properties_of(message))
+    assert [out.routing_key for out in alone.outgoing] == ["step.next.input"]
+
+
+def test_a_dead_letter_keeps_the_input_json_exact() -> None:
+    def fn(message: Message, config: dict[str, Any], snapshot: dict[str, Any]) -> Any:
+        raise ValueError("bad")
+
+    processor = StepProcessor(StepSpec("f", "s", "unused", "fn",
+                                       retry=RetrySpec(max_attempts=1)), fn)
+    dead = _deliver(processor, {"id": 2**70 + 1, "n": 21})
+    data = json.loads(dead.outgoing[0].body)["input"]["data"]
+    assert data == {"id": 2**70 + 1, "n": 21} and isinstance(data["n"], int)
+
+
 def test_reports_cap_samples_and_truncate() -> None:
     reporter = Reporter("f", "s", "w")
     for n in range(5):
@@ -183,7 +218,7 @@ def test_reports_cap_samples_and_truncate() -> None:
 def test_builtin_descriptions() -> None:
     names = {component["name"] for component in BUILTIN_COMPONENTS}
     assert names == {"trigger", "timer", "transform", "filter", "split", "http-request", "sink",
-                     "log"}
+                     "log", "reply"}
     for component in BUILTIN_COMPONENTS:
         _module, _, attribute = component["entry_point"].partition(":")
         assert attribute == "component"

@@ -35,6 +35,7 @@ from oih_runtime import filtering
 from oih_runtime.bus.topology import connection_parameters
 from oih_runtime.db import transaction
 from oih_runtime.errors import FailedPrecondition, InvalidArgument, NotFound
+from oih_runtime.jsontext import parse_object
 from oih_runtime.paging import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
 from oih_runtime.principal import Principal
 
@@ -120,7 +121,8 @@ def replay_dead_letter(engine: Engine, amqp_url: str, principal: Principal,
     if step not in flow_steps(flow):
         raise FailedPrecondition(f"flow {flow} does not run step {step!r}",
                                  reason="STEP_NOT_RUNNING", subject=f"flows/{flow}")
-    data = json_format.MessageToDict(request.data) if request.HasField("data") else None
+    data = (parse_object(request.data_json, "data_json") if request.data_json
+            else json_format.MessageToDict(request.data) if request.HasField("data") else None)
     with _connection(amqp_url) as connection:
         letter = _quiet(lambda: queues.get_dead_letter(connection, flow, step, message))
         if letter is None or not _quiet(

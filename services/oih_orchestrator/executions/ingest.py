@@ -88,6 +88,8 @@ def record_replay(session: Session, *, tenant: str, flow_id: str, execution_id: 
     execution = _execution(session, tenant, flow_id, execution_id, now)
     if execution is None:
         raise ValueError(f"execution {execution_id} of flow {flow_id} belongs to another tenant")
+    # An execution the view no longer knew (swept by retention) comes back as a replay.
+    execution.source = execution.source or "replay"
     step = _step(session, execution, step_id)
     step.replayed += 1
     session.add(step)

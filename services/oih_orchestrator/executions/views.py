@@ -27,6 +27,8 @@ _STATES = {"RUNNING", "SUCCEEDED", "FAILED"}
 
 #: `flow id → its tenant`, or None when the flow does not exist (or is unknown here).
 FlowTenant = Callable[[str], str | None]
+#: `flow id → its step ids in graph order` (empty when unknown here).
+StepOrder = Callable[[str], list[str]]
 
 
 def parse_parent(parent: str) -> str:
@@ -48,7 +50,7 @@ NEWEST_FIRST = (paging.Key(col(ExecutionRow.create_time), descending=True),
 
 def list_executions(engine: Engine, principal: Principal,
                     request: orchestrator_pb2.ListExecutionsRequest,
-                    flow_tenant: FlowTenant | None = None
+                    flow_tenant: FlowTenant | None = None, step_order: StepOrder | None = None
                     ) -> orchestrator_pb2.ListExecutionsResponse:
     """Newest first. With `flow_tenant`, a named flow the caller may not see is NOT_FOUND;
     without it, the list is simply empty."""
@@ -69,18 +71,29 @@ def list_executions(engine: Engine, principal: Principal,
                                          request.page_token,
                                          fingerprint=f"{request.parent}|{request.filter}")
         return orchestrator_pb2.ListExecutionsResponse(
-            executions=[to_proto(row, steps_of(session, row)) for row in rows],
+            executions=[to_proto(row, _ordered(steps_of(session, row), row, step_order))
+                        for row in rows],
             next_page_token=token)
 
 
 def get_execution(engine: Engine, principal: Principal,
-                  request: orchestrator_pb2.GetExecutionRequest) -> orchestrator_pb2.Execution:
+                  request: orchestrator_pb2.GetExecutionRequest,
+                  step_order: StepOrder | None = None) -> orchestrator_pb2.Execution:
     flow_id, execution_id = parse_name(request.name)
     with Session(engine) as session:
         row = session.get(ExecutionRow, (flow_id, execution_id))
         if row is None or not principal.sees_tenant(row.tenant):
             raise NotFound("execution", request.name)
-        return to_proto(row, steps_of(session, row))
+        return to_proto(row, _ordered(steps_of(session, row), row, step_order))
+
+
+def _ordered(steps: list[StepExecutionRow], row: ExecutionRow,
+             step_order: StepOrder | None) -> list[StepExecutionRow]:
+    """Steps in the flow graph's order; steps the graph does not have (any more) last, in
+    the order they were first reached."""
+    order = {step: index for index, step in enumerate(step_order(row.flow_id))} if (
+        step_order is not None) else {}
+    return sorted(steps, key=lambda step: (order.get(step.step_id, len(order)), step.position))
 
 
 def to_proto(row: ExecutionRow, steps: list[StepExecutionRow]) -> orchestrator_pb2.Execution:

@@ -25,6 +25,11 @@ from .topology import connection_parameters
 log = logging.getLogger(__name__)
 
 Message = tuple[str, bytes, pika.BasicProperties]  # (routing key, body, properties)
+#: (exchange, routing key, body, properties): a message for any exchange.
+Routed = tuple[str, str, bytes, pika.BasicProperties]
+
+#: Outcomes of `publish_routed`, per message.
+ACKED, NACKED, RETURNED = "acked", "nacked", "returned"
 
 
 class PublisherError(ConnectionError):
@@ -47,6 +52,8 @@ class ConfirmPublisher:
         # delivery tag -> index in the current batch; tags grow by one per publish.
         self._pending: dict[int, int] = {}
         self._results: list[bool] = []
+        # message ids the broker returned as unroutable (mandatory publishes)
+        self._returned: set[str] = set()
         self._next_tag = 0
         self._lowest_tag = 1
         self._lock = threading.Lock()
@@ -104,12 +111,29 @@ class ConfirmPublisher:
         A False entry (nack, timeout, lost connection) must be published again later. Raises
         PublisherError after waiting if the connection or channel failed meanwhile.
         """
+        return self._publish([(self.exchange, key, body, properties)
+                              for key, body, properties in messages], False, timeout)
+
+    def publish_routed(self, messages: Sequence[Routed], timeout: float = 30.0) -> list[str]:
+        """Publish each message to its own exchange as `mandatory`, then wait for the confirms.
+        Returns ACKED, NACKED (or not confirmed in time) or RETURNED (no queue took it; the
+        message needs an `message_id` for this to be told) per message. Raises PublisherError
+        like `publish_batch`."""
+        acked = self._publish(messages, True, timeout)
+        return [RETURNED if message[3].message_id in self._returned
+                else ACKED if ok else NACKED
+                for message, ok in zip(messages, acked, strict=True)]
+
+    def _publish(self, messages: Sequence[Routed], mandatory: bool,
+                 timeout: float) -> list[bool]:
         self._check()
         assert self._channel is not None
         self._results = [False] * len(messages)
         self._pending = {}
-        for index, (routing_key, body, properties) in enumerate(messages):
-            self._channel.basic_publish(self.exchange, routing_key, body, properties)
+        self._returned = set()
+        for index, (exchange, routing_key, body, properties) in enumerate(messages):
+            self._channel.basic_publish(exchange, routing_key, body, properties,
+                                        mandatory=mandatory)
             self._next_tag += 1
             self._pending[self._next_tag] = index
         self._run_until(lambda: not self._pending or self._error is not None, timeout)
@@ -163,6 +187,8 @@ class ConfirmPublisher:
     def _on_channel_open(self, channel: Channel) -> None:
         self._channel = channel
         channel.add_on_close_callback(self._on_channel_closed)
+        # The broker returns an unroutable mandatory message before it confirms it.
+        channel.add_on_return_callback(self._on_return)
         channel.confirm_delivery(ack_nack_callback=self._on_confirm,
                                  callback=self._on_confirm_mode)
 
@@ -189,6 +215,11 @@ class ConfirmPublisher:
             self._error = reason
         self._ready = False
         self._stop_loop()
+
+    def _on_return(self, _channel: Any, _method: Any, properties: pika.BasicProperties,
+                   _body: bytes) -> None:
+        if properties.message_id:
+            self._returned.add(str(properties.message_id))
 
     def _on_confirm(self, frame: Any) -> None:
         method = frame.method

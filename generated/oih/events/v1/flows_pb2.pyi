@@ -110,9 +110,11 @@ Global___FlowStopping: _TypeAlias = FlowStopping  # noqa: Y015
 
 @_typing.final
 class FlowExecute(_message.Message):
-    """Payload of `oih.flow.execute`: run an ACTIVE flow once. Emitted by the Flow Repository
-    (`:execute`, source "api"), the Scheduler (source "scheduler") and Webhooks (source
-    "webhooks"); consumed by the orchestrator, which publishes the first step's message.
+    """Payload of `oih.flow.execute`: run an ACTIVE flow once. Legacy: triggers now call the
+    orchestrator's StartExecution, which answers only once the first step's message is confirmed
+    (an event could be dropped after the caller was told "started"). The orchestrator still
+    honours the event; one it cannot run (the flow is not ACTIVE there) is dead-lettered in its
+    event queue (`oih events dead-letters orchestrator`), never dropped silently.
     """
 
     DESCRIPTOR: _descriptor.Descriptor

@@ -24,6 +24,7 @@ _sym_db = _symbol_database.Default()
 
 from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior__pb2
+from google.api import httpbody_pb2 as google_dot_api_dot_httpbody__pb2
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 from google.protobuf import empty_pb2 as google_dot_protobuf_dot_empty__pb2
 from google.protobuf import field_mask_pb2 as google_dot_protobuf_dot_field__mask__pb2
@@ -33,7 +34,7 @@ from oih.auth.v1 import auth_pb2 as oih_dot_auth_dot_v1_dot_auth__pb2
 from oih.gateway.v1 import gateway_pb2 as oih_dot_gateway_dot_v1_dot_gateway__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18oih/flows/v1/flows.proto\x12\x0coih.flows.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a google/protobuf/field_mask.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x16oih/auth/v1/auth.proto\x1a\x1coih/gateway/v1/gateway.proto\"\xa4\x04\n\x04\x46low\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x08\x12\x1a\n\x0c\x64isplay_name\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\x14\n\x06tenant\x18\x04 \x01(\tB\x04\xe2\x41\x01\x03\x12#\n\x06owners\x18\x05 \x03(\x0b\x32\x13.oih.flows.v1.Owner\x12(\n\x05state\x18\x06 \x01(\x0e\x32\x13.oih.flows.v1.StateB\x04\xe2\x41\x01\x03\x12\x1a\n\x0cstate_reason\x18\x07 \x01(\tB\x04\xe2\x41\x01\x03\x12(\n\x05graph\x18\x08 \x01(\x0b\x32\x13.oih.flows.v1.GraphB\x04\xe2\x41\x01\x02\x12\x0c\n\x04\x63ron\x18\t \x01(\t\x12\x37\n\x10webhook_settings\x18\n \x01(\x0b\x32\x1d.oih.flows.v1.WebhookSettings\x12\x15\n\x07version\x18\x0b \x01(\x03\x42\x04\xe2\x41\x01\x03\x12\x19\n\x0brevision_id\x18\x0c \x01(\tB\x04\xe2\x41\x01\x03\x12\x1d\n\x0frunning_version\x18\r \x01(\x03\x42\x04\xe2\x41\x01\x03\x12\x18\n\nstarted_by\x18\x0e \x01(\tB\x04\xe2\x41\x01\x03\x12\x0c\n\x04\x65tag\x18\x0f \x01(\t\x12\x35\n\x0b\x63reate_time\x18\x10 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0bupdate_time\x18\x11 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\"F\n\x05Owner\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12+\n\x04type\x18\x02 \x01(\x0e\x32\x17.oih.flows.v1.OwnerTypeB\x04\xe2\x41\x01\x02\"S\n\x05Graph\x12\'\n\x05nodes\x18\x01 \x03(\x0b\x32\x12.oih.flows.v1.NodeB\x04\xe2\x41\x01\x02\x12!\n\x05\x65\x64ges\x18\x02 \x03(\x0b\x32\x12.oih.flows.v1.Edge\"\xe0\x01\n\x04Node\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x17\n\tcomponent\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x16\n\x08\x66unction\x18\x03 \x01(\tB\x04\xe2\x41\x01\x02\x12\x14\n\x0c\x64isplay_name\x18\x04 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x05 \x01(\t\x12\'\n\x06\x66ields\x18\x06 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x13\n\x0b\x63redentials\x18\x07 \x01(\t\x12,\n\x08settings\x18\x08 \x01(\x0b\x32\x1a.oih.flows.v1.NodeSettings\"i\n\x0cNodeSettings\x12\x13\n\x0bpassthrough\x18\x01 \x01(\x08\x12/\n\x0cretry_policy\x18\x02 \x01(\x0b\x32\x19.oih.flows.v1.RetryPolicy\x12\x13\n\x0b\x63oncurrency\x18\x03 \x01(\x05\"\xc5\x01\n\x0bRetryPolicy\x12\x14\n\x0cmax_attempts\x18\x01 \x01(\x05\x12\x30\n\rinitial_delay\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x12\n\nmultiplier\x18\x03 \x01(\x01\x12,\n\tmax_delay\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0e\n\x06jitter\x18\x05 \x01(\x01\x12\x1c\n\x14non_retryable_errors\x18\x06 \x03(\t\"a\n\x04\x45\x64ge\x12\n\n\x02id\x18\x01 \x01(\t\x12\x14\n\x06source\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x14\n\x06target\x18\x03 \x01(\tB\x04\xe2\x41\x01\x02\x12\x11\n\tcondition\x18\x04 \x01(\t\x12\x0e\n\x06mapper\x18\x05 \x01(\t\"\xbd\x02\n\x0fWebhookSettings\x12\x41\n\rresponse_mode\x18\x01 \x01(\x0e\x32*.oih.flows.v1.WebhookSettings.ResponseMode\x12\x14\n\x0crequire_auth\x18\x02 \x01(\x08\x12\x13\n\x0bhmac_header\x18\x03 \x01(\t\x12\x16\n\x0ehmac_algorithm\x18\x04 \x01(\t\x12\x13\n\x0bhmac_secret\x18\x05 \x01(\t\x12/\n\x0csync_timeout\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\"^\n\x0cResponseMode\x12\x1d\n\x19RESPONSE_MODE_UNSPECIFIED\x10\x00\x12\x17\n\x13RESPONSE_MODE_ASYNC\x10\x01\x12\x16\n\x12RESPONSE_MODE_SYNC\x10\x02\";\n\x11\x43reateFlowRequest\x12&\n\x04\x66low\x18\x01 \x01(\x0b\x32\x12.oih.flows.v1.FlowB\x04\xe2\x41\x01\x02\"$\n\x0eGetFlowRequest\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"[\n\x10ListFlowsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x0e\n\x06\x66ilter\x18\x03 \x01(\t\x12\x10\n\x08order_by\x18\x04 \x01(\t\"O\n\x11ListFlowsResponse\x12!\n\x05\x66lows\x18\x01 \x03(\x0b\x32\x12.oih.flows.v1.Flow\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"l\n\x11UpdateFlowRequest\x12&\n\x04\x66low\x18\x01 \x01(\x0b\x32\x12.oih.flows.v1.FlowB\x04\xe2\x41\x01\x02\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"5\n\x11\x44\x65leteFlowRequest\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x0c\n\x04\x65tag\x18\x02 \x01(\t\"&\n\x10StartFlowRequest\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"%\n\x0fStopFlowRequest\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"O\n\x12\x45xecuteFlowRequest\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12%\n\x04\x64\x61ta\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct\"(\n\x13\x45xecuteFlowResponse\x12\x11\n\texecution\x18\x01 \x01(\t*~\n\x05State\x12\x15\n\x11STATE_UNSPECIFIED\x10\x00\x12\x12\n\x0eSTATE_INACTIVE\x10\x01\x12\x12\n\x0eSTATE_STARTING\x10\x02\x12\x10\n\x0cSTATE_ACTIVE\x10\x03\x12\x12\n\x0eSTATE_STOPPING\x10\x04\x12\x10\n\x0cSTATE_FAILED\x10\x05*s\n\tOwnerType\x12\x1a\n\x16OWNER_TYPE_UNSPECIFIED\x10\x00\x12\x13\n\x0fOWNER_TYPE_USER\x10\x01\x12\x15\n\x11OWNER_TYPE_TENANT\x10\x02\x12\x1e\n\x1aOWNER_TYPE_SERVICE_ACCOUNT\x10\x03\x32\xc5\x07\n\x0b\x46lowService\x12k\n\nCreateFlow\x12\x1f.oih.flows.v1.CreateFlowRequest\x1a\x12.oih.flows.v1.Flow\"(\x92\x82\x19\r\n\x0b\x66lows.write\x82\xd3\xe4\x93\x02\x11\"\t/v1/flows:\x04\x66low\x12g\n\x07GetFlow\x12\x1c.oih.flows.v1.GetFlowRequest\x1a\x12.oih.flows.v1.Flow\"*\x92\x82\x19\x0c\n\nflows.read\x82\xd3\xe4\x93\x02\x14\x12\x12/v1/{name=flows/*}\x12o\n\tListFlows\x12\x1e.oih.flows.v1.ListFlowsRequest\x1a\x1f.oih.flows.v1.ListFlowsResponse\"!\x92\x82\x19\x0c\n\nflows.read\x82\xd3\xe4\x93\x02\x0b\x12\t/v1/flows\x12y\n\nUpdateFlow\x12\x1f.oih.flows.v1.UpdateFlowRequest\x1a\x12.oih.flows.v1.Flow\"6\x92\x82\x19\r\n\x0b\x66lows.write\x82\xd3\xe4\x93\x02\x1f\x32\x17/v1/{flow.name=flows/*}:\x04\x66low\x12r\n\nDeleteFlow\x12\x1f.oih.flows.v1.DeleteFlowRequest\x1a\x16.google.protobuf.Empty\"+\x92\x82\x19\r\n\x0b\x66lows.write\x82\xd3\xe4\x93\x02\x14*\x12/v1/{name=flows/*}\x12w\n\tStartFlow\x12\x1e.oih.flows.v1.StartFlowRequest\x1a\x12.oih.flows.v1.Flow\"6\x92\x82\x19\x0f\n\rflows.control\x82\xd3\xe4\x93\x02\x1d\"\x18/v1/{name=flows/*}:start:\x01*\x12t\n\x08StopFlow\x12\x1d.oih.flows.v1.StopFlowRequest\x1a\x12.oih.flows.v1.Flow\"5\x92\x82\x19\x0f\n\rflows.control\x82\xd3\xe4\x93\x02\x1c\"\x17/v1/{name=flows/*}:stop:\x01*\x12\x90\x01\n\x0b\x45xecuteFlow\x12 .oih.flows.v1.ExecuteFlowRequest\x1a!.oih.flows.v1.ExecuteFlowResponse\"<\x92\x82\x19\x0f\n\rflows.execute\x98\x82\x19\x01\x82\xd3\xe4\x93\x02\x1f\"\x1a/v1/{name=flows/*}:execute:\x01*b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18oih/flows/v1/flows.proto\x12\x0coih.flows.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x19google/api/httpbody.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a google/protobuf/field_mask.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x16oih/auth/v1/auth.proto\x1a\x1coih/gateway/v1/gateway.proto\"\xa4\x04\n\x04\x46low\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x08\x12\x1a\n\x0c\x64isplay_name\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\x14\n\x06tenant\x18\x04 \x01(\tB\x04\xe2\x41\x01\x03\x12#\n\x06owners\x18\x05 \x03(\x0b\x32\x13.oih.flows.v1.Owner\x12(\n\x05state\x18\x06 \x01(\x0e\x32\x13.oih.flows.v1.StateB\x04\xe2\x41\x01\x03\x12\x1a\n\x0cstate_reason\x18\x07 \x01(\tB\x04\xe2\x41\x01\x03\x12(\n\x05graph\x18\x08 \x01(\x0b\x32\x13.oih.flows.v1.GraphB\x04\xe2\x41\x01\x02\x12\x0c\n\x04\x63ron\x18\t \x01(\t\x12\x37\n\x10webhook_settings\x18\n \x01(\x0b\x32\x1d.oih.flows.v1.WebhookSettings\x12\x15\n\x07version\x18\x0b \x01(\x03\x42\x04\xe2\x41\x01\x03\x12\x19\n\x0brevision_id\x18\x0c \x01(\tB\x04\xe2\x41\x01\x03\x12\x1d\n\x0frunning_version\x18\r \x01(\x03\x42\x04\xe2\x41\x01\x03\x12\x18\n\nstarted_by\x18\x0e \x01(\tB\x04\xe2\x41\x01\x03\x12\x0c\n\x04\x65tag\x18\x0f \x01(\t\x12\x35\n\x0b\x63reate_time\x18\x10 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0bupdate_time\x18\x11 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\"F\n\x05Owner\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12+\n\x04type\x18\x02 \x01(\x0e\x32\x17.oih.flows.v1.OwnerTypeB\x04\xe2\x41\x01\x02\"S\n\x05Graph\x12\'\n\x05nodes\x18\x01 \x03(\x0b\x32\x12.oih.flows.v1.NodeB\x04\xe2\x41\x01\x02\x12!\n\x05\x65\x64ges\x18\x02 \x03(\x0b\x32\x12.oih.flows.v1.Edge\"\xe0\x01\n\x04Node\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x17\n\tcomponent\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x16\n\x08\x66unction\x18\x03 \x01(\tB\x04\xe2\x41\x01\x02\x12\x14\n\x0c\x64isplay_name\x18\x04 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x05 \x01(\t\x12\'\n\x06\x66ields\x18\x06 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x13\n\x0b\x63redentials\x18\x07 \x01(\t\x12,\n\x08settings\x18\x08 \x01(\x0b\x32\x1a.oih.flows.v1.NodeSettings\"i\n\x0cNodeSettings\x12\x13\n\x0bpassthrough\x18\x01 \x01(\x08\x12/\n\x0cretry_policy\x18\x02 \x01(\x0b\x32\x19.oih.flows.v1.RetryPolicy\x12\x13\n\x0b\x63oncurrency\x18\x03 \x01(\x05\"\xc5\x01\n\x0bRetryPolicy\x12\x14\n\x0cmax_attempts\x18\x01 \x01(\x05\x12\x30\n\rinitial_delay\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x12\n\nmultiplier\x18\x03 \x01(\x01\x12,\n\tmax_delay\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0e\n\x06jitter\x18\x05 \x01(\x01\x12\x1c\n\x14non_retryable_errors\x18\x06 \x03(\t\"a\n\x04\x45\x64ge\x12\n\n\x02id\x18\x01 \x01(\t\x12\x14\n\x06source\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x14\n\x06target\x18\x03 \x01(\tB\x04\xe2\x41\x01\x02\x12\x11\n\tcondition\x18\x04 \x01(\t\x12\x0e\n\x06mapper\x18\x05 \x01(\t\"\xf1\x04\n\x0fWebhookSettings\x12\x41\n\rresponse_mode\x18\x01 \x01(\x0e\x32*.oih.flows.v1.WebhookSettings.ResponseMode\x12\x14\n\x0crequire_auth\x18\x02 \x01(\x08\x12\x13\n\x0bhmac_header\x18\x03 \x01(\t\x12\x16\n\x0ehmac_algorithm\x18\x04 \x01(\t\x12\x13\n\x0bhmac_secret\x18\x05 \x01(\t\x12/\n\x0csync_timeout\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\x12G\n\x10signature_scheme\x18\x07 \x01(\x0e\x32-.oih.flows.v1.WebhookSettings.SignatureScheme\x12\x15\n\rhmac_encoding\x18\x08 \x01(\t\x12\x1b\n\x13max_queued_messages\x18\t \x01(\x03\x12\x36\n\x13timestamp_tolerance\x18\n \x01(\x0b\x32\x19.google.protobuf.Duration\"^\n\x0cResponseMode\x12\x1d\n\x19RESPONSE_MODE_UNSPECIFIED\x10\x00\x12\x17\n\x13RESPONSE_MODE_ASYNC\x10\x01\x12\x16\n\x12RESPONSE_MODE_SYNC\x10\x02\"}\n\x0fSignatureScheme\x12 \n\x1cSIGNATURE_SCHEME_UNSPECIFIED\x10\x00\x12 \n\x1cSIGNATURE_SCHEME_HMAC_HEADER\x10\x01\x12&\n\"SIGNATURE_SCHEME_STANDARD_WEBHOOKS\x10\x02\";\n\x11\x43reateFlowRequest\x12&\n\x04\x66low\x18\x01 \x01(\x0b\x32\x12.oih.flows.v1.FlowB\x04\xe2\x41\x01\x02\"$\n\x0eGetFlowRequest\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"[\n\x10ListFlowsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x0e\n\x06\x66ilter\x18\x03 \x01(\t\x12\x10\n\x08order_by\x18\x04 \x01(\t\"O\n\x11ListFlowsResponse\x12!\n\x05\x66lows\x18\x01 \x03(\x0b\x32\x12.oih.flows.v1.Flow\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"l\n\x11UpdateFlowRequest\x12&\n\x04\x66low\x18\x01 \x01(\x0b\x32\x12.oih.flows.v1.FlowB\x04\xe2\x41\x01\x02\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"5\n\x11\x44\x65leteFlowRequest\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x0c\n\x04\x65tag\x18\x02 \x01(\t\"&\n\x10StartFlowRequest\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"%\n\x0fStopFlowRequest\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"s\n\x12\x45xecuteFlowRequest\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12%\n\x04\x64\x61ta\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\"\n\x04\x62ody\x18\x03 \x01(\x0b\x32\x14.google.api.HttpBody\"(\n\x13\x45xecuteFlowResponse\x12\x11\n\texecution\x18\x01 \x01(\t*~\n\x05State\x12\x15\n\x11STATE_UNSPECIFIED\x10\x00\x12\x12\n\x0eSTATE_INACTIVE\x10\x01\x12\x12\n\x0eSTATE_STARTING\x10\x02\x12\x10\n\x0cSTATE_ACTIVE\x10\x03\x12\x12\n\x0eSTATE_STOPPING\x10\x04\x12\x10\n\x0cSTATE_FAILED\x10\x05*s\n\tOwnerType\x12\x1a\n\x16OWNER_TYPE_UNSPECIFIED\x10\x00\x12\x13\n\x0fOWNER_TYPE_USER\x10\x01\x12\x15\n\x11OWNER_TYPE_TENANT\x10\x02\x12\x1e\n\x1aOWNER_TYPE_SERVICE_ACCOUNT\x10\x03\x32\xc8\x07\n\x0b\x46lowService\x12k\n\nCreateFlow\x12\x1f.oih.flows.v1.CreateFlowRequest\x1a\x12.oih.flows.v1.Flow\"(\x92\x82\x19\r\n\x0b\x66lows.write\x82\xd3\xe4\x93\x02\x11\"\t/v1/flows:\x04\x66low\x12g\n\x07GetFlow\x12\x1c.oih.flows.v1.GetFlowRequest\x1a\x12.oih.flows.v1.Flow\"*\x92\x82\x19\x0c\n\nflows.read\x82\xd3\xe4\x93\x02\x14\x12\x12/v1/{name=flows/*}\x12o\n\tListFlows\x12\x1e.oih.flows.v1.ListFlowsRequest\x1a\x1f.oih.flows.v1.ListFlowsResponse\"!\x92\x82\x19\x0c\n\nflows.read\x82\xd3\xe4\x93\x02\x0b\x12\t/v1/flows\x12y\n\nUpdateFlow\x12\x1f.oih.flows.v1.UpdateFlowRequest\x1a\x12.oih.flows.v1.Flow\"6\x92\x82\x19\r\n\x0b\x66lows.write\x82\xd3\xe4\x93\x02\x1f\x32\x17/v1/{flow.name=flows/*}:\x04\x66low\x12r\n\nDeleteFlow\x12\x1f.oih.flows.v1.DeleteFlowRequest\x1a\x16.google.protobuf.Empty\"+\x92\x82\x19\r\n\x0b\x66lows.write\x82\xd3\xe4\x93\x02\x14*\x12/v1/{name=flows/*}\x12w\n\tStartFlow\x12\x1e.oih.flows.v1.StartFlowRequest\x1a\x12.oih.flows.v1.Flow\"6\x92\x82\x19\x0f\n\rflows.control\x82\xd3\xe4\x93\x02\x1d\"\x18/v1/{name=flows/*}:start:\x01*\x12t\n\x08StopFlow\x12\x1d.oih.flows.v1.StopFlowRequest\x1a\x12.oih.flows.v1.Flow\"5\x92\x82\x19\x0f\n\rflows.control\x82\xd3\xe4\x93\x02\x1c\"\x17/v1/{name=flows/*}:stop:\x01*\x12\x93\x01\n\x0b\x45xecuteFlow\x12 .oih.flows.v1.ExecuteFlowRequest\x1a!.oih.flows.v1.ExecuteFlowResponse\"?\x92\x82\x19\x0f\n\rflows.execute\x98\x82\x19\x01\x82\xd3\xe4\x93\x02\"\"\x1a/v1/{name=flows/*}:execute:\x04\x62odyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -109,49 +110,51 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_FLOWSERVICE'].methods_by_name['StopFlow']._loaded_options = None
   _globals['_FLOWSERVICE'].methods_by_name['StopFlow']._serialized_options = b'\222\202\031\017\n\rflows.control\202\323\344\223\002\034\"\027/v1/{name=flows/*}:stop:\001*'
   _globals['_FLOWSERVICE'].methods_by_name['ExecuteFlow']._loaded_options = None
-  _globals['_FLOWSERVICE'].methods_by_name['ExecuteFlow']._serialized_options = b'\222\202\031\017\n\rflows.execute\230\202\031\001\202\323\344\223\002\037\"\032/v1/{name=flows/*}:execute:\001*'
-  _globals['_STATE']._serialized_start=2618
-  _globals['_STATE']._serialized_end=2744
-  _globals['_OWNERTYPE']._serialized_start=2746
-  _globals['_OWNERTYPE']._serialized_end=2861
-  _globals['_FLOW']._serialized_start=318
-  _globals['_FLOW']._serialized_end=866
-  _globals['_OWNER']._serialized_start=868
-  _globals['_OWNER']._serialized_end=938
-  _globals['_GRAPH']._serialized_start=940
-  _globals['_GRAPH']._serialized_end=1023
-  _globals['_NODE']._serialized_start=1026
-  _globals['_NODE']._serialized_end=1250
-  _globals['_NODESETTINGS']._serialized_start=1252
-  _globals['_NODESETTINGS']._serialized_end=1357
-  _globals['_RETRYPOLICY']._serialized_start=1360
-  _globals['_RETRYPOLICY']._serialized_end=1557
-  _globals['_EDGE']._serialized_start=1559
-  _globals['_EDGE']._serialized_end=1656
-  _globals['_WEBHOOKSETTINGS']._serialized_start=1659
-  _globals['_WEBHOOKSETTINGS']._serialized_end=1976
-  _globals['_WEBHOOKSETTINGS_RESPONSEMODE']._serialized_start=1882
-  _globals['_WEBHOOKSETTINGS_RESPONSEMODE']._serialized_end=1976
-  _globals['_CREATEFLOWREQUEST']._serialized_start=1978
-  _globals['_CREATEFLOWREQUEST']._serialized_end=2037
-  _globals['_GETFLOWREQUEST']._serialized_start=2039
-  _globals['_GETFLOWREQUEST']._serialized_end=2075
-  _globals['_LISTFLOWSREQUEST']._serialized_start=2077
-  _globals['_LISTFLOWSREQUEST']._serialized_end=2168
-  _globals['_LISTFLOWSRESPONSE']._serialized_start=2170
-  _globals['_LISTFLOWSRESPONSE']._serialized_end=2249
-  _globals['_UPDATEFLOWREQUEST']._serialized_start=2251
-  _globals['_UPDATEFLOWREQUEST']._serialized_end=2359
-  _globals['_DELETEFLOWREQUEST']._serialized_start=2361
-  _globals['_DELETEFLOWREQUEST']._serialized_end=2414
-  _globals['_STARTFLOWREQUEST']._serialized_start=2416
-  _globals['_STARTFLOWREQUEST']._serialized_end=2454
-  _globals['_STOPFLOWREQUEST']._serialized_start=2456
-  _globals['_STOPFLOWREQUEST']._serialized_end=2493
-  _globals['_EXECUTEFLOWREQUEST']._serialized_start=2495
-  _globals['_EXECUTEFLOWREQUEST']._serialized_end=2574
-  _globals['_EXECUTEFLOWRESPONSE']._serialized_start=2576
-  _globals['_EXECUTEFLOWRESPONSE']._serialized_end=2616
-  _globals['_FLOWSERVICE']._serialized_start=2864
-  _globals['_FLOWSERVICE']._serialized_end=3829
+  _globals['_FLOWSERVICE'].methods_by_name['ExecuteFlow']._serialized_options = b'\222\202\031\017\n\rflows.execute\230\202\031\001\202\323\344\223\002\"\"\032/v1/{name=flows/*}:execute:\004body'
+  _globals['_STATE']._serialized_start=2989
+  _globals['_STATE']._serialized_end=3115
+  _globals['_OWNERTYPE']._serialized_start=3117
+  _globals['_OWNERTYPE']._serialized_end=3232
+  _globals['_FLOW']._serialized_start=345
+  _globals['_FLOW']._serialized_end=893
+  _globals['_OWNER']._serialized_start=895
+  _globals['_OWNER']._serialized_end=965
+  _globals['_GRAPH']._serialized_start=967
+  _globals['_GRAPH']._serialized_end=1050
+  _globals['_NODE']._serialized_start=1053
+  _globals['_NODE']._serialized_end=1277
+  _globals['_NODESETTINGS']._serialized_start=1279
+  _globals['_NODESETTINGS']._serialized_end=1384
+  _globals['_RETRYPOLICY']._serialized_start=1387
+  _globals['_RETRYPOLICY']._serialized_end=1584
+  _globals['_EDGE']._serialized_start=1586
+  _globals['_EDGE']._serialized_end=1683
+  _globals['_WEBHOOKSETTINGS']._serialized_start=1686
+  _globals['_WEBHOOKSETTINGS']._serialized_end=2311
+  _globals['_WEBHOOKSETTINGS_RESPONSEMODE']._serialized_start=2090
+  _globals['_WEBHOOKSETTINGS_RESPONSEMODE']._serialized_end=2184
+  _globals['_WEBHOOKSETTINGS_SIGNATURESCHEME']._serialized_start=2186
+  _globals['_WEBHOOKSETTINGS_SIGNATURESCHEME']._serialized_end=2311
+  _globals['_CREATEFLOWREQUEST']._serialized_start=2313
+  _globals['_CREATEFLOWREQUEST']._serialized_end=2372
+  _globals['_GETFLOWREQUEST']._serialized_start=2374
+  _globals['_GETFLOWREQUEST']._serialized_end=2410
+  _globals['_LISTFLOWSREQUEST']._serialized_start=2412
+  _globals['_LISTFLOWSREQUEST']._serialized_end=2503
+  _globals['_LISTFLOWSRESPONSE']._serialized_start=2505
+  _globals['_LISTFLOWSRESPONSE']._serialized_end=2584
+  _globals['_UPDATEFLOWREQUEST']._serialized_start=2586
+  _globals['_UPDATEFLOWREQUEST']._serialized_end=2694
+  _globals['_DELETEFLOWREQUEST']._serialized_start=2696
+  _globals['_DELETEFLOWREQUEST']._serialized_end=2749
+  _globals['_STARTFLOWREQUEST']._serialized_start=2751
+  _globals['_STARTFLOWREQUEST']._serialized_end=2789
+  _globals['_STOPFLOWREQUEST']._serialized_start=2791
+  _globals['_STOPFLOWREQUEST']._serialized_end=2828
+  _globals['_EXECUTEFLOWREQUEST']._serialized_start=2830
+  _globals['_EXECUTEFLOWREQUEST']._serialized_end=2945
+  _globals['_EXECUTEFLOWRESPONSE']._serialized_start=2947
+  _globals['_EXECUTEFLOWRESPONSE']._serialized_end=2987
+  _globals['_FLOWSERVICE']._serialized_start=3235
+  _globals['_FLOWSERVICE']._serialized_end=4203
 # @@protoc_insertion_point(module_scope)

@@ -4,6 +4,7 @@ isort:skip_file
 """
 
 from collections import abc as _abc
+from google.api import httpbody_pb2 as _httpbody_pb2
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import field_mask_pb2 as _field_mask_pb2
@@ -494,12 +495,47 @@ class WebhookSettings(_message.Message):
     DEADLINE_EXCEEDED after `sync_timeout`.
     """
 
+    class _SignatureScheme:
+        ValueType = _typing.NewType("ValueType", _builtins.int)
+        V: _TypeAlias = ValueType  # noqa: Y015
+
+    class _SignatureSchemeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[WebhookSettings._SignatureScheme.ValueType], _builtins.type):
+        DESCRIPTOR: _descriptor.EnumDescriptor
+        SIGNATURE_SCHEME_UNSPECIFIED: WebhookSettings._SignatureScheme.ValueType  # 0
+        """Not set; treated as SIGNATURE_SCHEME_HMAC_HEADER."""
+        SIGNATURE_SCHEME_HMAC_HEADER: WebhookSettings._SignatureScheme.ValueType  # 1
+        """The HMAC of the raw body, in `hmac_header`, encoded as `hmac_encoding`."""
+        SIGNATURE_SCHEME_STANDARD_WEBHOOKS: WebhookSettings._SignatureScheme.ValueType  # 2
+        """Standard Webhooks (standardwebhooks.com): headers `webhook-id`, `webhook-timestamp`
+        (Unix seconds) and `webhook-signature` (`v1,<base64 HMAC-SHA256 of
+        "{id}.{timestamp}.{body}">`, several separated by spaces). The key is the secret's
+        `key` (a `whsec_` prefix is base64-decoded). `webhook-id` is the idempotency key.
+        """
+
+    class SignatureScheme(_SignatureScheme, metaclass=_SignatureSchemeEnumTypeWrapper):
+        """How an HMAC-signed request carries its signature."""
+
+    SIGNATURE_SCHEME_UNSPECIFIED: WebhookSettings.SignatureScheme.ValueType  # 0
+    """Not set; treated as SIGNATURE_SCHEME_HMAC_HEADER."""
+    SIGNATURE_SCHEME_HMAC_HEADER: WebhookSettings.SignatureScheme.ValueType  # 1
+    """The HMAC of the raw body, in `hmac_header`, encoded as `hmac_encoding`."""
+    SIGNATURE_SCHEME_STANDARD_WEBHOOKS: WebhookSettings.SignatureScheme.ValueType  # 2
+    """Standard Webhooks (standardwebhooks.com): headers `webhook-id`, `webhook-timestamp`
+    (Unix seconds) and `webhook-signature` (`v1,<base64 HMAC-SHA256 of
+    "{id}.{timestamp}.{body}">`, several separated by spaces). The key is the secret's
+    `key` (a `whsec_` prefix is base64-decoded). `webhook-id` is the idempotency key.
+    """
+
     RESPONSE_MODE_FIELD_NUMBER: _builtins.int
     REQUIRE_AUTH_FIELD_NUMBER: _builtins.int
     HMAC_HEADER_FIELD_NUMBER: _builtins.int
     HMAC_ALGORITHM_FIELD_NUMBER: _builtins.int
     HMAC_SECRET_FIELD_NUMBER: _builtins.int
     SYNC_TIMEOUT_FIELD_NUMBER: _builtins.int
+    SIGNATURE_SCHEME_FIELD_NUMBER: _builtins.int
+    HMAC_ENCODING_FIELD_NUMBER: _builtins.int
+    MAX_QUEUED_MESSAGES_FIELD_NUMBER: _builtins.int
+    TIMESTAMP_TOLERANCE_FIELD_NUMBER: _builtins.int
     response_mode: Global___WebhookSettings.ResponseMode.ValueType
     """Whether requests wait for the flow's reply."""
     require_auth: _builtins.bool
@@ -515,9 +551,24 @@ class WebhookSettings(_message.Message):
     """Reference to the secret holding the HMAC key, `secrets/{secret}` (type TYPE_HMAC_KEY, of the
     flow's tenant).
     """
+    signature_scheme: Global___WebhookSettings.SignatureScheme.ValueType
+    """How the HMAC signature is carried (when `require_auth` and `hmac_secret` are set)."""
+    hmac_encoding: _builtins.str
+    """The encoding of the signature in `hmac_header`: "hex" (default) or "base64"."""
+    max_queued_messages: _builtins.int
+    """Backpressure: when more than this many messages wait in the first step's queue, webhook
+    requests answer RESOURCE_EXHAUSTED (HTTP 429 with Retry-After) instead of queuing more.
+    Default 10000; at most 10,000,000.
+    """
     @_builtins.property
     def sync_timeout(self) -> _duration_pb2.Duration:
         """How long a RESPONSE_MODE_SYNC request waits for the reply; default 30 s, at most 5 min."""
+
+    @_builtins.property
+    def timestamp_tolerance(self) -> _duration_pb2.Duration:
+        """SIGNATURE_SCHEME_STANDARD_WEBHOOKS: how far `webhook-timestamp` may be from the service's
+        clock; default 5 min, at most 1 h. Older (replayed) or future requests are refused.
+        """
 
     def __init__(
         self,
@@ -528,10 +579,14 @@ class WebhookSettings(_message.Message):
         hmac_algorithm: _builtins.str = ...,
         hmac_secret: _builtins.str = ...,
         sync_timeout: _duration_pb2.Duration | None = ...,
+        signature_scheme: Global___WebhookSettings.SignatureScheme.ValueType = ...,
+        hmac_encoding: _builtins.str = ...,
+        max_queued_messages: _builtins.int = ...,
+        timestamp_tolerance: _duration_pb2.Duration | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["sync_timeout", b"sync_timeout"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["sync_timeout", b"sync_timeout", "timestamp_tolerance", b"timestamp_tolerance"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["hmac_algorithm", b"hmac_algorithm", "hmac_header", b"hmac_header", "hmac_secret", b"hmac_secret", "require_auth", b"require_auth", "response_mode", b"response_mode", "sync_timeout", b"sync_timeout"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["hmac_algorithm", b"hmac_algorithm", "hmac_encoding", b"hmac_encoding", "hmac_header", b"hmac_header", "hmac_secret", b"hmac_secret", "max_queued_messages", b"max_queued_messages", "require_auth", b"require_auth", "response_mode", b"response_mode", "signature_scheme", b"signature_scheme", "sync_timeout", b"sync_timeout", "timestamp_tolerance", b"timestamp_tolerance"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -764,21 +819,31 @@ class ExecuteFlowRequest(_message.Message):
 
     NAME_FIELD_NUMBER: _builtins.int
     DATA_FIELD_NUMBER: _builtins.int
+    BODY_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """`flows/{flow}`."""
     @_builtins.property
     def data(self) -> _struct_pb2.Struct:
-        """The `data` of the message delivered to the first step."""
+        """The `data` of the message delivered to the first step, for gRPC callers. A Struct holds
+        every number as a double: prefer `body`, which keeps the JSON as sent.
+        """
+
+    @_builtins.property
+    def body(self) -> _httpbody_pb2.HttpBody:
+        """The request as raw JSON, `{"data": {...}}` (what REST callers send; the gateway passes the
+        HTTP body here untouched). When set it wins over `data`.
+        """
 
     def __init__(
         self,
         *,
         name: _builtins.str = ...,
         data: _struct_pb2.Struct | None = ...,
+        body: _httpbody_pb2.HttpBody | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["data", b"data"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "data", b"data"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "name", b"name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "data", b"data", "name", b"name"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

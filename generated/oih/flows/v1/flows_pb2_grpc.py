@@ -56,8 +56,9 @@ class FlowServiceStub:
     `/v1/flows/{flow}/steps/…` (the snapshots service).
 
     Events: `oih.flow.created|updated|deleted` (`oih.events.v1.FlowChanged`),
-    `oih.flow.starting` (`FlowStarting`), `oih.flow.stopping` (`FlowStopping`) and
-    `oih.flow.execute` (`FlowExecute`). The service consumes `oih.flow.started|stopped`
+    `oih.flow.starting` (`FlowStarting`) and `oih.flow.stopping` (`FlowStopping`) (`:execute`
+    calls the orchestrator's StartExecution instead of emitting `oih.flow.execute`). The service
+    consumes `oih.flow.started|stopped`
     (`FlowStateChanged`) and `oih.flow.failed` (`FlowFailed`) to move `state`, and
     `oih.iam.user.deleted` and `oih.iam.service_account.deleted` (the principal leaves every
     owner list; flows left without an owner are stopped) and `oih.iam.tenant.deleted` (the
@@ -142,8 +143,9 @@ class FlowServiceServicer:
     `/v1/flows/{flow}/steps/…` (the snapshots service).
 
     Events: `oih.flow.created|updated|deleted` (`oih.events.v1.FlowChanged`),
-    `oih.flow.starting` (`FlowStarting`), `oih.flow.stopping` (`FlowStopping`) and
-    `oih.flow.execute` (`FlowExecute`). The service consumes `oih.flow.started|stopped`
+    `oih.flow.starting` (`FlowStarting`) and `oih.flow.stopping` (`FlowStopping`) (`:execute`
+    calls the orchestrator's StartExecution instead of emitting `oih.flow.execute`). The service
+    consumes `oih.flow.started|stopped`
     (`FlowStateChanged`) and `oih.flow.failed` (`FlowFailed`) to move `state`, and
     `oih.iam.user.deleted` and `oih.iam.service_account.deleted` (the principal leaves every
     owner list; flows left without an owner are stopped) and `oih.iam.tenant.deleted` (the
@@ -221,11 +223,16 @@ class FlowServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ExecuteFlow(self, request, context):
-        """Runs an ACTIVE flow once with the given data: emits `oih.flow.execute`, which the
-        orchestrator turns into a message to the first step. Returns at once with the execution's
-        name; follow it with the orchestrator's GetExecution. Answers FAILED_PRECONDITION unless the
-        flow is ACTIVE. Through the gateway the JSON body may be up to the large limit (10 MiB by
-        default); other requests up to 1 MiB.
+        """Runs an ACTIVE flow once with the given data: the Flow Repository calls the orchestrator's
+        StartExecution (source "api"), which answers once the first step's message is confirmed by
+        the broker. Returns the execution's name; follow it with the orchestrator's GetExecution.
+        Answers FAILED_PRECONDITION unless the flow is ACTIVE (in the repository and in the
+        orchestrator), so an answered execution always exists.
+
+        Since the trigger-path rework the REST body is taken raw (`google.api.HttpBody`), not
+        transcoded into a Struct: `{"data": {...}}` reaches the first step exactly as sent
+        (integers beyond 2^53 keep every digit). The JSON shape of the REST call is unchanged.
+        Through the gateway the body may be up to the large limit (10 MiB by default).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -312,8 +319,9 @@ class FlowService:
     `/v1/flows/{flow}/steps/…` (the snapshots service).
 
     Events: `oih.flow.created|updated|deleted` (`oih.events.v1.FlowChanged`),
-    `oih.flow.starting` (`FlowStarting`), `oih.flow.stopping` (`FlowStopping`) and
-    `oih.flow.execute` (`FlowExecute`). The service consumes `oih.flow.started|stopped`
+    `oih.flow.starting` (`FlowStarting`) and `oih.flow.stopping` (`FlowStopping`) (`:execute`
+    calls the orchestrator's StartExecution instead of emitting `oih.flow.execute`). The service
+    consumes `oih.flow.started|stopped`
     (`FlowStateChanged`) and `oih.flow.failed` (`FlowFailed`) to move `state`, and
     `oih.iam.user.deleted` and `oih.iam.service_account.deleted` (the principal leaves every
     owner list; flows left without an owner are stopped) and `oih.iam.tenant.deleted` (the

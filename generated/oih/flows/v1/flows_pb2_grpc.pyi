@@ -57,8 +57,9 @@ class FlowServiceStub:
       `/v1/flows/{flow}/steps/…` (the snapshots service).
 
     Events: `oih.flow.created|updated|deleted` (`oih.events.v1.FlowChanged`),
-    `oih.flow.starting` (`FlowStarting`), `oih.flow.stopping` (`FlowStopping`) and
-    `oih.flow.execute` (`FlowExecute`). The service consumes `oih.flow.started|stopped`
+    `oih.flow.starting` (`FlowStarting`) and `oih.flow.stopping` (`FlowStopping`) (`:execute`
+    calls the orchestrator's StartExecution instead of emitting `oih.flow.execute`). The service
+    consumes `oih.flow.started|stopped`
     (`FlowStateChanged`) and `oih.flow.failed` (`FlowFailed`) to move `state`, and
     `oih.iam.user.deleted` and `oih.iam.service_account.deleted` (the principal leaves every
     owner list; flows left without an owner are stopped) and `oih.iam.tenant.deleted` (the
@@ -111,11 +112,16 @@ class FlowServiceStub:
     consumes what they hold.
     """
     ExecuteFlow: _grpc.UnaryUnaryMultiCallable[_flows_pb2.ExecuteFlowRequest, _flows_pb2.ExecuteFlowResponse]
-    """Runs an ACTIVE flow once with the given data: emits `oih.flow.execute`, which the
-    orchestrator turns into a message to the first step. Returns at once with the execution's
-    name; follow it with the orchestrator's GetExecution. Answers FAILED_PRECONDITION unless the
-    flow is ACTIVE. Through the gateway the JSON body may be up to the large limit (10 MiB by
-    default); other requests up to 1 MiB.
+    """Runs an ACTIVE flow once with the given data: the Flow Repository calls the orchestrator's
+    StartExecution (source "api"), which answers once the first step's message is confirmed by
+    the broker. Returns the execution's name; follow it with the orchestrator's GetExecution.
+    Answers FAILED_PRECONDITION unless the flow is ACTIVE (in the repository and in the
+    orchestrator), so an answered execution always exists.
+
+    Since the trigger-path rework the REST body is taken raw (`google.api.HttpBody`), not
+    transcoded into a Struct: `{"data": {...}}` reaches the first step exactly as sent
+    (integers beyond 2^53 keep every digit). The JSON shape of the REST call is unchanged.
+    Through the gateway the body may be up to the large limit (10 MiB by default).
     """
 
 @_typing.type_check_only
@@ -149,8 +155,9 @@ class FlowServiceAsyncStub(FlowServiceStub):
       `/v1/flows/{flow}/steps/…` (the snapshots service).
 
     Events: `oih.flow.created|updated|deleted` (`oih.events.v1.FlowChanged`),
-    `oih.flow.starting` (`FlowStarting`), `oih.flow.stopping` (`FlowStopping`) and
-    `oih.flow.execute` (`FlowExecute`). The service consumes `oih.flow.started|stopped`
+    `oih.flow.starting` (`FlowStarting`) and `oih.flow.stopping` (`FlowStopping`) (`:execute`
+    calls the orchestrator's StartExecution instead of emitting `oih.flow.execute`). The service
+    consumes `oih.flow.started|stopped`
     (`FlowStateChanged`) and `oih.flow.failed` (`FlowFailed`) to move `state`, and
     `oih.iam.user.deleted` and `oih.iam.service_account.deleted` (the principal leaves every
     owner list; flows left without an owner are stopped) and `oih.iam.tenant.deleted` (the
@@ -200,11 +207,16 @@ class FlowServiceAsyncStub(FlowServiceStub):
     consumes what they hold.
     """
     ExecuteFlow: _aio.UnaryUnaryMultiCallable[_flows_pb2.ExecuteFlowRequest, _flows_pb2.ExecuteFlowResponse]  # type: ignore[assignment]
-    """Runs an ACTIVE flow once with the given data: emits `oih.flow.execute`, which the
-    orchestrator turns into a message to the first step. Returns at once with the execution's
-    name; follow it with the orchestrator's GetExecution. Answers FAILED_PRECONDITION unless the
-    flow is ACTIVE. Through the gateway the JSON body may be up to the large limit (10 MiB by
-    default); other requests up to 1 MiB.
+    """Runs an ACTIVE flow once with the given data: the Flow Repository calls the orchestrator's
+    StartExecution (source "api"), which answers once the first step's message is confirmed by
+    the broker. Returns the execution's name; follow it with the orchestrator's GetExecution.
+    Answers FAILED_PRECONDITION unless the flow is ACTIVE (in the repository and in the
+    orchestrator), so an answered execution always exists.
+
+    Since the trigger-path rework the REST body is taken raw (`google.api.HttpBody`), not
+    transcoded into a Struct: `{"data": {...}}` reaches the first step exactly as sent
+    (integers beyond 2^53 keep every digit). The JSON shape of the REST call is unchanged.
+    Through the gateway the body may be up to the large limit (10 MiB by default).
     """
 
 class FlowServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -237,8 +249,9 @@ class FlowServiceServicer(metaclass=_abc_1.ABCMeta):
       `/v1/flows/{flow}/steps/…` (the snapshots service).
 
     Events: `oih.flow.created|updated|deleted` (`oih.events.v1.FlowChanged`),
-    `oih.flow.starting` (`FlowStarting`), `oih.flow.stopping` (`FlowStopping`) and
-    `oih.flow.execute` (`FlowExecute`). The service consumes `oih.flow.started|stopped`
+    `oih.flow.starting` (`FlowStarting`) and `oih.flow.stopping` (`FlowStopping`) (`:execute`
+    calls the orchestrator's StartExecution instead of emitting `oih.flow.execute`). The service
+    consumes `oih.flow.started|stopped`
     (`FlowStateChanged`) and `oih.flow.failed` (`FlowFailed`) to move `state`, and
     `oih.iam.user.deleted` and `oih.iam.service_account.deleted` (the principal leaves every
     owner list; flows left without an owner are stopped) and `oih.iam.tenant.deleted` (the
@@ -334,11 +347,16 @@ class FlowServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _flows_pb2.ExecuteFlowRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_flows_pb2.ExecuteFlowResponse, _abc.Awaitable[_flows_pb2.ExecuteFlowResponse]]:
-        """Runs an ACTIVE flow once with the given data: emits `oih.flow.execute`, which the
-        orchestrator turns into a message to the first step. Returns at once with the execution's
-        name; follow it with the orchestrator's GetExecution. Answers FAILED_PRECONDITION unless the
-        flow is ACTIVE. Through the gateway the JSON body may be up to the large limit (10 MiB by
-        default); other requests up to 1 MiB.
+        """Runs an ACTIVE flow once with the given data: the Flow Repository calls the orchestrator's
+        StartExecution (source "api"), which answers once the first step's message is confirmed by
+        the broker. Returns the execution's name; follow it with the orchestrator's GetExecution.
+        Answers FAILED_PRECONDITION unless the flow is ACTIVE (in the repository and in the
+        orchestrator), so an answered execution always exists.
+
+        Since the trigger-path rework the REST body is taken raw (`google.api.HttpBody`), not
+        transcoded into a Struct: `{"data": {...}}` reaches the first step exactly as sent
+        (integers beyond 2^53 keep every digit). The JSON shape of the REST call is unchanged.
+        Through the gateway the body may be up to the large limit (10 MiB by default).
         """
 
 def add_FlowServiceServicer_to_server(servicer: FlowServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -246,12 +246,16 @@ class Execution(_message.Message):
     state: Global___Execution.State.ValueType
     """The execution's state."""
     source: _builtins.str
-    """What started it: "api" (`:execute` or StartExecution), "scheduler" or "webhooks"."""
+    """What started it: "api" (`:execute` or StartExecution), "webhook", "scheduler" or
+    "replay" (a replayed dead letter of an execution recorded before).
+    """
     flow_version: _builtins.int
     """The flow `version` that ran."""
     @_builtins.property
     def steps(self) -> _containers.RepeatedCompositeFieldContainer[Global___StepExecution]:
-        """Per-step counters and samples, in the order the steps were first reached."""
+        """Per-step counters and samples, in the flow graph's order (a step before the steps it
+        feeds; steps the flow no longer has come last, in the order they were first reached).
+        """
 
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp:
@@ -470,15 +474,44 @@ class StartExecutionRequest(_message.Message):
     FLOW_FIELD_NUMBER: _builtins.int
     DATA_FIELD_NUMBER: _builtins.int
     EXECUTION_ID_FIELD_NUMBER: _builtins.int
+    DATA_JSON_FIELD_NUMBER: _builtins.int
+    METADATA_JSON_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
+    REPLY_TO_FIELD_NUMBER: _builtins.int
+    MAX_QUEUED_MESSAGES_FIELD_NUMBER: _builtins.int
     flow: _builtins.str
     """The flow to run, `flows/{flow}`."""
     execution_id: _builtins.str
     """Optional id for the execution (1 to 64 characters of `[a-zA-Z0-9_-]`), chosen by the caller
     to make retries safe. A new UUID when empty.
     """
+    data_json: _builtins.str
+    """The `data` of the first step's message as UTF-8 JSON text of an object, delivered exactly
+    as given (integers keep every digit). When set it wins over `data`.
+    """
+    metadata_json: _builtins.str
+    """The `metadata` of the first step's message as JSON text of an object (webhooks: method,
+    headers, query, path suffix). Optional.
+    """
+    source: _builtins.str
+    """What triggers it: "api" (default), "webhook", "scheduler" or "replay". Only platform
+    services may set anything but "api".
+    """
+    reply_to: _builtins.str
+    """Synchronous webhooks: the routing key on the flow's exchange that the flow's reply is
+    published to (the `reply_to` of the first message, with the execution id as
+    `correlation_id`). Only platform services may set it.
+    """
+    max_queued_messages: _builtins.int
+    """Backpressure: when more than this many messages wait in the first step's queue, answer
+    RESOURCE_EXHAUSTED instead of publishing (0: no limit). The depth is sampled at most a
+    few times per second, so the limit is approximate.
+    """
     @_builtins.property
     def data(self) -> _struct_pb2.Struct:
-        """The `data` of the message delivered to the first step."""
+        """The `data` of the message delivered to the first step. A Struct holds every number as a
+        double (an integer beyond 2^53 loses digits): triggers send `data_json` instead.
+        """
 
     def __init__(
         self,
@@ -486,10 +519,15 @@ class StartExecutionRequest(_message.Message):
         flow: _builtins.str = ...,
         data: _struct_pb2.Struct | None = ...,
         execution_id: _builtins.str = ...,
+        data_json: _builtins.str = ...,
+        metadata_json: _builtins.str = ...,
+        source: _builtins.str = ...,
+        reply_to: _builtins.str = ...,
+        max_queued_messages: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["data", b"data"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "execution_id", b"execution_id", "flow", b"flow"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "data_json", b"data_json", "execution_id", b"execution_id", "flow", b"flow", "max_queued_messages", b"max_queued_messages", "metadata_json", b"metadata_json", "reply_to", b"reply_to", "source", b"source"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -697,21 +735,30 @@ class ReplayDeadLetterRequest(_message.Message):
 
     NAME_FIELD_NUMBER: _builtins.int
     DATA_FIELD_NUMBER: _builtins.int
+    DATA_JSON_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """`flows/{flow}/deadLetters/{dead_letter}`."""
+    data_json: _builtins.str
+    """Optional corrected `data` as JSON text of an object, delivered exactly as given; wins over
+    `data`.
+    """
     @_builtins.property
     def data(self) -> _struct_pb2.Struct:
-        """Optional corrected `data` for the replayed message; when unset the original data is sent."""
+        """Optional corrected `data` for the replayed message; when unset the original data is sent
+        (exactly as the step received it). A Struct holds every number as a double: prefer
+        `data_json`.
+        """
 
     def __init__(
         self,
         *,
         name: _builtins.str = ...,
         data: _struct_pb2.Struct | None = ...,
+        data_json: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["data", b"data"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "name", b"name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "data_json", b"data_json", "name", b"name"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -143,12 +143,17 @@ class OrchestratorServiceServicer:
 
     def StartExecution(self, request, context):
         """Starts an execution of an ACTIVE flow: publishes a message with `data` to the first step and
-        records the execution. For service-to-service calls (the Flow Repository's `:execute`, the
-        scheduler, webhooks) and operators; end users normally call `flows/{flow}:execute`. When
-        `execution_id` names an execution of the flow that already exists, nothing is published
-        again and that execution is returned, so a retried call runs the flow once. Answers
-        FAILED_PRECONDITION unless the flow is running here, NOT_FOUND for a flow the caller may not
-        see. Through the gateway the JSON body may be up to the large limit (10 MiB by default).
+        records the execution. The internal entry point of every trigger (the Flow Repository's
+        `:execute`, the scheduler, webhooks, operators); end users normally call
+        `flows/{flow}:execute`. It answers only once the broker confirmed the first step's message
+        (concurrent calls share pipelined confirms); the execution record is written right after,
+        in batches. When `execution_id` names an execution of the flow that already exists, nothing
+        is published again and that execution is returned, so a retried call runs the flow once.
+        Answers FAILED_PRECONDITION unless the flow is running here, NOT_FOUND for a flow the caller
+        may not see, RESOURCE_EXHAUSTED when the first step's queue is over
+        `max_queued_messages`. The response's initial metadata `x-oih-execution-created` is
+        "false" when the execution existed already (a repeated `execution_id`). Through the
+        gateway the JSON body may be up to the large limit (10 MiB by default).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

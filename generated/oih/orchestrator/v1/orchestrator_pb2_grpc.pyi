@@ -67,12 +67,17 @@ class OrchestratorServiceStub:
     """
     StartExecution: _grpc.UnaryUnaryMultiCallable[_orchestrator_pb2.StartExecutionRequest, _orchestrator_pb2.Execution]
     """Starts an execution of an ACTIVE flow: publishes a message with `data` to the first step and
-    records the execution. For service-to-service calls (the Flow Repository's `:execute`, the
-    scheduler, webhooks) and operators; end users normally call `flows/{flow}:execute`. When
-    `execution_id` names an execution of the flow that already exists, nothing is published
-    again and that execution is returned, so a retried call runs the flow once. Answers
-    FAILED_PRECONDITION unless the flow is running here, NOT_FOUND for a flow the caller may not
-    see. Through the gateway the JSON body may be up to the large limit (10 MiB by default).
+    records the execution. The internal entry point of every trigger (the Flow Repository's
+    `:execute`, the scheduler, webhooks, operators); end users normally call
+    `flows/{flow}:execute`. It answers only once the broker confirmed the first step's message
+    (concurrent calls share pipelined confirms); the execution record is written right after,
+    in batches. When `execution_id` names an execution of the flow that already exists, nothing
+    is published again and that execution is returned, so a retried call runs the flow once.
+    Answers FAILED_PRECONDITION unless the flow is running here, NOT_FOUND for a flow the caller
+    may not see, RESOURCE_EXHAUSTED when the first step's queue is over
+    `max_queued_messages`. The response's initial metadata `x-oih-execution-created` is
+    "false" when the execution existed already (a repeated `execution_id`). Through the
+    gateway the JSON body may be up to the large limit (10 MiB by default).
     """
     ListExecutions: _grpc.UnaryUnaryMultiCallable[_orchestrator_pb2.ListExecutionsRequest, _orchestrator_pb2.ListExecutionsResponse]
     """Lists the executions of a flow (or of every visible flow with `flows/-`), newest first.
@@ -135,12 +140,17 @@ class OrchestratorServiceAsyncStub(OrchestratorServiceStub):
     """
     StartExecution: _aio.UnaryUnaryMultiCallable[_orchestrator_pb2.StartExecutionRequest, _orchestrator_pb2.Execution]  # type: ignore[assignment]
     """Starts an execution of an ACTIVE flow: publishes a message with `data` to the first step and
-    records the execution. For service-to-service calls (the Flow Repository's `:execute`, the
-    scheduler, webhooks) and operators; end users normally call `flows/{flow}:execute`. When
-    `execution_id` names an execution of the flow that already exists, nothing is published
-    again and that execution is returned, so a retried call runs the flow once. Answers
-    FAILED_PRECONDITION unless the flow is running here, NOT_FOUND for a flow the caller may not
-    see. Through the gateway the JSON body may be up to the large limit (10 MiB by default).
+    records the execution. The internal entry point of every trigger (the Flow Repository's
+    `:execute`, the scheduler, webhooks, operators); end users normally call
+    `flows/{flow}:execute`. It answers only once the broker confirmed the first step's message
+    (concurrent calls share pipelined confirms); the execution record is written right after,
+    in batches. When `execution_id` names an execution of the flow that already exists, nothing
+    is published again and that execution is returned, so a retried call runs the flow once.
+    Answers FAILED_PRECONDITION unless the flow is running here, NOT_FOUND for a flow the caller
+    may not see, RESOURCE_EXHAUSTED when the first step's queue is over
+    `max_queued_messages`. The response's initial metadata `x-oih-execution-created` is
+    "false" when the execution existed already (a repeated `execution_id`). Through the
+    gateway the JSON body may be up to the large limit (10 MiB by default).
     """
     ListExecutions: _aio.UnaryUnaryMultiCallable[_orchestrator_pb2.ListExecutionsRequest, _orchestrator_pb2.ListExecutionsResponse]  # type: ignore[assignment]
     """Lists the executions of a flow (or of every visible flow with `flows/-`), newest first.
@@ -212,12 +222,17 @@ class OrchestratorServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_orchestrator_pb2.Execution, _abc.Awaitable[_orchestrator_pb2.Execution]]:
         """Starts an execution of an ACTIVE flow: publishes a message with `data` to the first step and
-        records the execution. For service-to-service calls (the Flow Repository's `:execute`, the
-        scheduler, webhooks) and operators; end users normally call `flows/{flow}:execute`. When
-        `execution_id` names an execution of the flow that already exists, nothing is published
-        again and that execution is returned, so a retried call runs the flow once. Answers
-        FAILED_PRECONDITION unless the flow is running here, NOT_FOUND for a flow the caller may not
-        see. Through the gateway the JSON body may be up to the large limit (10 MiB by default).
+        records the execution. The internal entry point of every trigger (the Flow Repository's
+        `:execute`, the scheduler, webhooks, operators); end users normally call
+        `flows/{flow}:execute`. It answers only once the broker confirmed the first step's message
+        (concurrent calls share pipelined confirms); the execution record is written right after,
+        in batches. When `execution_id` names an execution of the flow that already exists, nothing
+        is published again and that execution is returned, so a retried call runs the flow once.
+        Answers FAILED_PRECONDITION unless the flow is running here, NOT_FOUND for a flow the caller
+        may not see, RESOURCE_EXHAUSTED when the first step's queue is over
+        `max_queued_messages`. The response's initial metadata `x-oih-execution-created` is
+        "false" when the execution existed already (a repeated `execution_id`). Through the
+        gateway the JSON body may be up to the large limit (10 MiB by default).
         """
 
     @_abc_1.abstractmethod

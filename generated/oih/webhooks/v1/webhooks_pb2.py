@@ -28,7 +28,7 @@ from google.api import httpbody_pb2 as google_dot_api_dot_httpbody__pb2
 from oih.auth.v1 import auth_pb2 as oih_dot_auth_dot_v1_dot_auth__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1eoih/webhooks/v1/webhooks.proto\x12\x0foih.webhooks.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x19google/api/httpbody.proto\x1a\x16oih/auth/v1/auth.proto\"R\n\x15ReceiveWebhookRequest\x12\x15\n\x07\x66low_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\"\n\x04\x62ody\x18\x02 \x01(\x0b\x32\x14.google.api.HttpBody2\x9b\x01\n\x0eWebhookService\x12\x88\x01\n\x0eReceiveWebhook\x12&.oih.webhooks.v1.ReceiveWebhookRequest\x1a\x14.google.api.HttpBody\"8\x92\x82\x19\x02\x10\x01\x82\xd3\xe4\x93\x02,\"\x10/hooks/{flow_id}:\x04\x62odyZ\x12\x12\x10/hooks/{flow_id}b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1eoih/webhooks/v1/webhooks.proto\x12\x0foih.webhooks.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x19google/api/httpbody.proto\x1a\x16oih/auth/v1/auth.proto\"g\n\x15ReceiveWebhookRequest\x12\x15\n\x07\x66low_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\"\n\x04\x62ody\x18\x02 \x01(\x0b\x32\x14.google.api.HttpBody\x12\x13\n\x0bpath_suffix\x18\x03 \x01(\t2\xec\x01\n\x0eWebhookService\x12\xd9\x01\n\x0eReceiveWebhook\x12&.oih.webhooks.v1.ReceiveWebhookRequest\x1a\x14.google.api.HttpBody\"\x88\x01\x92\x82\x19\x02\x10\x01\x82\xd3\xe4\x93\x02|\"\x10/hooks/{flow_id}:\x04\x62odyZ\x12\x12\x10/hooks/{flow_id}Z)\"!/hooks/{flow_id}/{path_suffix=**}:\x04\x62odyZ#\x12!/hooks/{flow_id}/{path_suffix=**}b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,9 +38,9 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RECEIVEWEBHOOKREQUEST'].fields_by_name['flow_id']._loaded_options = None
   _globals['_RECEIVEWEBHOOKREQUEST'].fields_by_name['flow_id']._serialized_options = b'\342A\001\002'
   _globals['_WEBHOOKSERVICE'].methods_by_name['ReceiveWebhook']._loaded_options = None
-  _globals['_WEBHOOKSERVICE'].methods_by_name['ReceiveWebhook']._serialized_options = b'\222\202\031\002\020\001\202\323\344\223\002,\"\020/hooks/{flow_id}:\004bodyZ\022\022\020/hooks/{flow_id}'
+  _globals['_WEBHOOKSERVICE'].methods_by_name['ReceiveWebhook']._serialized_options = b'\222\202\031\002\020\001\202\323\344\223\002|\"\020/hooks/{flow_id}:\004bodyZ\022\022\020/hooks/{flow_id}Z)\"!/hooks/{flow_id}/{path_suffix=**}:\004bodyZ#\022!/hooks/{flow_id}/{path_suffix=**}'
   _globals['_RECEIVEWEBHOOKREQUEST']._serialized_start=165
-  _globals['_RECEIVEWEBHOOKREQUEST']._serialized_end=247
-  _globals['_WEBHOOKSERVICE']._serialized_start=250
-  _globals['_WEBHOOKSERVICE']._serialized_end=405
+  _globals['_RECEIVEWEBHOOKREQUEST']._serialized_end=268
+  _globals['_WEBHOOKSERVICE']._serialized_start=271
+  _globals['_WEBHOOKSERVICE']._serialized_end=507
 # @@protoc_insertion_point(module_scope)

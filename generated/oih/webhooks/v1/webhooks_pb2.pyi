@@ -25,8 +25,13 @@ class ReceiveWebhookRequest(_message.Message):
 
     FLOW_ID_FIELD_NUMBER: _builtins.int
     BODY_FIELD_NUMBER: _builtins.int
+    PATH_SUFFIX_FIELD_NUMBER: _builtins.int
     flow_id: _builtins.str
     """The flow's id: the `{flow}` of `flows/{flow}`."""
+    path_suffix: _builtins.str
+    """The rest of the path after `/hooks/{flow_id}/`, passed to the first step's metadata as
+    `path_suffix`; empty when the request has none.
+    """
     @_builtins.property
     def body(self) -> _httpbody_pb2.HttpBody:
         """The raw HTTP request body and its content type; empty for GET. Unknown query parameters
@@ -38,10 +43,11 @@ class ReceiveWebhookRequest(_message.Message):
         *,
         flow_id: _builtins.str = ...,
         body: _httpbody_pb2.HttpBody | None = ...,
+        path_suffix: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["body", b"body"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "flow_id", b"flow_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "flow_id", b"flow_id", "path_suffix", b"path_suffix"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -29,21 +29,39 @@ if _version_not_supported:
 class WebhookServiceStub:
     """Webhooks: the HTTP entry into a flow.
 
-    A request to `/hooks/{flow_id}` starts an execution of the ACTIVE flow `flows/{flow_id}`: the
-    service turns the request into the first step's message (`data` is the JSON body, or for GET
-    the query parameters; `metadata` holds the method, path, query and the content type) and emits
-    `oih.flow.execute` with source "webhooks". The flow's `WebhookSettings` decide the rest:
+    A request to `/hooks/{flow_id}` (or `/hooks/{flow_id}/{suffix…}`) starts an execution of the
+    ACTIVE flow `flows/{flow_id}`: the service turns the request into the first step's message and
+    calls the orchestrator's StartExecution (source "webhook"), which answers once the broker
+    confirmed that message. `data` is the JSON body exactly as sent (integers keep every digit),
+    for GET the query parameters (a repeated parameter becomes a list), and for a body that is not
+    a JSON object `{"raw": "<base64>"}`; `metadata` holds `method`, `path_suffix`, `query`,
+    `content_type` and `headers` (lower-case names; credentials — Authorization, Cookie, the HMAC
+    and `webhook-signature` headers — are removed). The flow's `WebhookSettings` decide the rest:
     - Authentication: the RPC is public at the edge (no JWT required); the service itself checks
-    the request when the flow sets `require_auth`: an HMAC signature of the raw body in the
-    configured header, or else a bearer token whose principal holds "flows.execute" and may see
-    the flow. Failures answer UNAUTHENTICATED (no or bad credentials) or PERMISSION_DENIED.
+    the request when the flow sets `require_auth`: with `hmac_secret`, an HMAC (sha256/sha512)
+    of the raw body in `hmac_header` (hex or base64), or the Standard Webhooks headers
+    (`webhook-id`, `webhook-timestamp` within `timestamp_tolerance`, `webhook-signature`);
+    without it, a bearer token whose principal holds "flows.execute" and may see the flow.
+    Signatures are compared in constant time; the key is the `key` of the secret, resolved from
+    the Secrets service (its previous value is accepted during a rotation's grace period). A
+    missing or bad signature answers PERMISSION_DENIED (403), a missing or invalid token
+    UNAUTHENTICATED (401); nothing is enqueued.
+    - Idempotency: a request with an `Idempotency-Key` header (or, with Standard Webhooks, its
+    `webhook-id`) runs the flow once: repeating it within the retention window (the
+    orchestrator's execution retention, 7 days) answers with the first request's execution and
+    starts nothing new.
+    - Backpressure: when more than `max_queued_messages` (default 10000) wait in the first step's
+    queue, the request answers RESOURCE_EXHAUSTED (HTTP 429) with a `Retry-After` header.
     - Response: RESPONSE_MODE_ASYNC (default) answers at once with
     `{"execution": "flows/{flow}/executions/{execution}"}` (application/json); RESPONSE_MODE_SYNC
-    waits for the flow's reply and returns its content type and body verbatim, or answers
-    DEADLINE_EXCEEDED after the flow's `sync_timeout`.
-    A flow that does not exist or is not ACTIVE answers NOT_FOUND (after a short fixed delay, so
-    flow ids cannot be probed quickly); a body over the size limit (default 10 MiB) answers
-    RESOURCE_EXHAUSTED; a body that is not JSON is passed as `{"raw": "<base64>"}` in `data`.
+    waits for the flow's reply (a `reply` step, see the built-in component) and returns its
+    status, headers, content type and body, or answers DEADLINE_EXCEEDED (504) after the flow's
+    `sync_timeout`. The reply's headers travel as response metadata under their own names
+    (hop-by-hop, `content-*`, `grpc-*` and `x-envoy-*` headers are left out) and its status as
+    `x-oih-reply-status`, which the gateway turns into the HTTP status.
+    A flow that does not exist or is not ACTIVE answers NOT_FOUND (after a fixed delay, so flow
+    ids cannot be probed quickly); a body over the size limit (default 10 MiB, the gateway's
+    limit for `/hooks/`) answers RESOURCE_EXHAUSTED (413). Every error is a JSON status body.
 
     How the gateway maps HTTP onto ReceiveWebhookRequest (Envoy gRPC-JSON transcoder):
     - The binding's `body: "body"` names a `google.api.HttpBody` field, so the raw request body
@@ -55,7 +73,11 @@ class WebhookServiceStub:
     sets `capture_unknown_query_parameters` so that the transcoder passes them in
     `body.extensions` (an `envoy.extensions.filters.http.grpc_json_transcoder.v3.
     UnknownQueryParams`), instead of rejecting the request.
-    - Success is always HTTP 200; errors become the JSON status body.
+    - Success is HTTP 200 (or a SYNC reply's status, set by the gateway's Lua filter from
+    `x-oih-reply-status`); errors become the JSON status body. A 429 carries `Retry-After`.
+    - The gateway adds `x-oih-http-method` and `x-oih-http-path` (the original method, and the
+    path with its query string), overwriting any a client sent: the query of every request
+    (GET included) is read from there.
 
     REST paths owned by this service: `/hooks/` and everything below it.
     """
@@ -76,21 +98,39 @@ class WebhookServiceStub:
 class WebhookServiceServicer:
     """Webhooks: the HTTP entry into a flow.
 
-    A request to `/hooks/{flow_id}` starts an execution of the ACTIVE flow `flows/{flow_id}`: the
-    service turns the request into the first step's message (`data` is the JSON body, or for GET
-    the query parameters; `metadata` holds the method, path, query and the content type) and emits
-    `oih.flow.execute` with source "webhooks". The flow's `WebhookSettings` decide the rest:
+    A request to `/hooks/{flow_id}` (or `/hooks/{flow_id}/{suffix…}`) starts an execution of the
+    ACTIVE flow `flows/{flow_id}`: the service turns the request into the first step's message and
+    calls the orchestrator's StartExecution (source "webhook"), which answers once the broker
+    confirmed that message. `data` is the JSON body exactly as sent (integers keep every digit),
+    for GET the query parameters (a repeated parameter becomes a list), and for a body that is not
+    a JSON object `{"raw": "<base64>"}`; `metadata` holds `method`, `path_suffix`, `query`,
+    `content_type` and `headers` (lower-case names; credentials — Authorization, Cookie, the HMAC
+    and `webhook-signature` headers — are removed). The flow's `WebhookSettings` decide the rest:
     - Authentication: the RPC is public at the edge (no JWT required); the service itself checks
-    the request when the flow sets `require_auth`: an HMAC signature of the raw body in the
-    configured header, or else a bearer token whose principal holds "flows.execute" and may see
-    the flow. Failures answer UNAUTHENTICATED (no or bad credentials) or PERMISSION_DENIED.
+    the request when the flow sets `require_auth`: with `hmac_secret`, an HMAC (sha256/sha512)
+    of the raw body in `hmac_header` (hex or base64), or the Standard Webhooks headers
+    (`webhook-id`, `webhook-timestamp` within `timestamp_tolerance`, `webhook-signature`);
+    without it, a bearer token whose principal holds "flows.execute" and may see the flow.
+    Signatures are compared in constant time; the key is the `key` of the secret, resolved from
+    the Secrets service (its previous value is accepted during a rotation's grace period). A
+    missing or bad signature answers PERMISSION_DENIED (403), a missing or invalid token
+    UNAUTHENTICATED (401); nothing is enqueued.
+    - Idempotency: a request with an `Idempotency-Key` header (or, with Standard Webhooks, its
+    `webhook-id`) runs the flow once: repeating it within the retention window (the
+    orchestrator's execution retention, 7 days) answers with the first request's execution and
+    starts nothing new.
+    - Backpressure: when more than `max_queued_messages` (default 10000) wait in the first step's
+    queue, the request answers RESOURCE_EXHAUSTED (HTTP 429) with a `Retry-After` header.
     - Response: RESPONSE_MODE_ASYNC (default) answers at once with
     `{"execution": "flows/{flow}/executions/{execution}"}` (application/json); RESPONSE_MODE_SYNC
-    waits for the flow's reply and returns its content type and body verbatim, or answers
-    DEADLINE_EXCEEDED after the flow's `sync_timeout`.
-    A flow that does not exist or is not ACTIVE answers NOT_FOUND (after a short fixed delay, so
-    flow ids cannot be probed quickly); a body over the size limit (default 10 MiB) answers
-    RESOURCE_EXHAUSTED; a body that is not JSON is passed as `{"raw": "<base64>"}` in `data`.
+    waits for the flow's reply (a `reply` step, see the built-in component) and returns its
+    status, headers, content type and body, or answers DEADLINE_EXCEEDED (504) after the flow's
+    `sync_timeout`. The reply's headers travel as response metadata under their own names
+    (hop-by-hop, `content-*`, `grpc-*` and `x-envoy-*` headers are left out) and its status as
+    `x-oih-reply-status`, which the gateway turns into the HTTP status.
+    A flow that does not exist or is not ACTIVE answers NOT_FOUND (after a fixed delay, so flow
+    ids cannot be probed quickly); a body over the size limit (default 10 MiB, the gateway's
+    limit for `/hooks/`) answers RESOURCE_EXHAUSTED (413). Every error is a JSON status body.
 
     How the gateway maps HTTP onto ReceiveWebhookRequest (Envoy gRPC-JSON transcoder):
     - The binding's `body: "body"` names a `google.api.HttpBody` field, so the raw request body
@@ -102,7 +142,11 @@ class WebhookServiceServicer:
     sets `capture_unknown_query_parameters` so that the transcoder passes them in
     `body.extensions` (an `envoy.extensions.filters.http.grpc_json_transcoder.v3.
     UnknownQueryParams`), instead of rejecting the request.
-    - Success is always HTTP 200; errors become the JSON status body.
+    - Success is HTTP 200 (or a SYNC reply's status, set by the gateway's Lua filter from
+    `x-oih-reply-status`); errors become the JSON status body. A 429 carries `Retry-After`.
+    - The gateway adds `x-oih-http-method` and `x-oih-http-path` (the original method, and the
+    path with its query string), overwriting any a client sent: the query of every request
+    (GET included) is read from there.
 
     REST paths owned by this service: `/hooks/` and everything below it.
     """
@@ -134,21 +178,39 @@ def add_WebhookServiceServicer_to_server(servicer, server):
 class WebhookService:
     """Webhooks: the HTTP entry into a flow.
 
-    A request to `/hooks/{flow_id}` starts an execution of the ACTIVE flow `flows/{flow_id}`: the
-    service turns the request into the first step's message (`data` is the JSON body, or for GET
-    the query parameters; `metadata` holds the method, path, query and the content type) and emits
-    `oih.flow.execute` with source "webhooks". The flow's `WebhookSettings` decide the rest:
+    A request to `/hooks/{flow_id}` (or `/hooks/{flow_id}/{suffix…}`) starts an execution of the
+    ACTIVE flow `flows/{flow_id}`: the service turns the request into the first step's message and
+    calls the orchestrator's StartExecution (source "webhook"), which answers once the broker
+    confirmed that message. `data` is the JSON body exactly as sent (integers keep every digit),
+    for GET the query parameters (a repeated parameter becomes a list), and for a body that is not
+    a JSON object `{"raw": "<base64>"}`; `metadata` holds `method`, `path_suffix`, `query`,
+    `content_type` and `headers` (lower-case names; credentials — Authorization, Cookie, the HMAC
+    and `webhook-signature` headers — are removed). The flow's `WebhookSettings` decide the rest:
     - Authentication: the RPC is public at the edge (no JWT required); the service itself checks
-    the request when the flow sets `require_auth`: an HMAC signature of the raw body in the
-    configured header, or else a bearer token whose principal holds "flows.execute" and may see
-    the flow. Failures answer UNAUTHENTICATED (no or bad credentials) or PERMISSION_DENIED.
+    the request when the flow sets `require_auth`: with `hmac_secret`, an HMAC (sha256/sha512)
+    of the raw body in `hmac_header` (hex or base64), or the Standard Webhooks headers
+    (`webhook-id`, `webhook-timestamp` within `timestamp_tolerance`, `webhook-signature`);
+    without it, a bearer token whose principal holds "flows.execute" and may see the flow.
+    Signatures are compared in constant time; the key is the `key` of the secret, resolved from
+    the Secrets service (its previous value is accepted during a rotation's grace period). A
+    missing or bad signature answers PERMISSION_DENIED (403), a missing or invalid token
+    UNAUTHENTICATED (401); nothing is enqueued.
+    - Idempotency: a request with an `Idempotency-Key` header (or, with Standard Webhooks, its
+    `webhook-id`) runs the flow once: repeating it within the retention window (the
+    orchestrator's execution retention, 7 days) answers with the first request's execution and
+    starts nothing new.
+    - Backpressure: when more than `max_queued_messages` (default 10000) wait in the first step's
+    queue, the request answers RESOURCE_EXHAUSTED (HTTP 429) with a `Retry-After` header.
     - Response: RESPONSE_MODE_ASYNC (default) answers at once with
     `{"execution": "flows/{flow}/executions/{execution}"}` (application/json); RESPONSE_MODE_SYNC
-    waits for the flow's reply and returns its content type and body verbatim, or answers
-    DEADLINE_EXCEEDED after the flow's `sync_timeout`.
-    A flow that does not exist or is not ACTIVE answers NOT_FOUND (after a short fixed delay, so
-    flow ids cannot be probed quickly); a body over the size limit (default 10 MiB) answers
-    RESOURCE_EXHAUSTED; a body that is not JSON is passed as `{"raw": "<base64>"}` in `data`.
+    waits for the flow's reply (a `reply` step, see the built-in component) and returns its
+    status, headers, content type and body, or answers DEADLINE_EXCEEDED (504) after the flow's
+    `sync_timeout`. The reply's headers travel as response metadata under their own names
+    (hop-by-hop, `content-*`, `grpc-*` and `x-envoy-*` headers are left out) and its status as
+    `x-oih-reply-status`, which the gateway turns into the HTTP status.
+    A flow that does not exist or is not ACTIVE answers NOT_FOUND (after a fixed delay, so flow
+    ids cannot be probed quickly); a body over the size limit (default 10 MiB, the gateway's
+    limit for `/hooks/`) answers RESOURCE_EXHAUSTED (413). Every error is a JSON status body.
 
     How the gateway maps HTTP onto ReceiveWebhookRequest (Envoy gRPC-JSON transcoder):
     - The binding's `body: "body"` names a `google.api.HttpBody` field, so the raw request body
@@ -160,7 +222,11 @@ class WebhookService:
     sets `capture_unknown_query_parameters` so that the transcoder passes them in
     `body.extensions` (an `envoy.extensions.filters.http.grpc_json_transcoder.v3.
     UnknownQueryParams`), instead of rejecting the request.
-    - Success is always HTTP 200; errors become the JSON status body.
+    - Success is HTTP 200 (or a SYNC reply's status, set by the gateway's Lua filter from
+    `x-oih-reply-status`); errors become the JSON status body. A 429 carries `Retry-After`.
+    - The gateway adds `x-oih-http-method` and `x-oih-http-path` (the original method, and the
+    path with its query string), overwriting any a client sent: the query of every request
+    (GET included) is read from there.
 
     REST paths owned by this service: `/hooks/` and everything below it.
     """
