@@ -42,6 +42,10 @@ class SnapshotServiceStub:
       snapshot routing key; this service consumes them, stores them and emits
       `oih.snapshot.updated`. The API below is for workers reading state and for operators who
       inspect, correct or reset it.
+    - Writes apply in emission order, whatever order the broker delivers them in: each write
+      carries the step's `sequence` number (the worker's, growing with every emission and across
+      worker restarts), and a write with a lower sequence than the stored one is dropped. A
+      deletion keeps its sequence too, so a late older write cannot bring a snapshot back.
     - Access follows the flow: a principal sees the snapshots of the flows it may see.
 
     REST paths owned by this service (Envoy routes them here by matching the path after
@@ -84,6 +88,10 @@ class SnapshotServiceAsyncStub(SnapshotServiceStub):
       snapshot routing key; this service consumes them, stores them and emits
       `oih.snapshot.updated`. The API below is for workers reading state and for operators who
       inspect, correct or reset it.
+    - Writes apply in emission order, whatever order the broker delivers them in: each write
+      carries the step's `sequence` number (the worker's, growing with every emission and across
+      worker restarts), and a write with a lower sequence than the stored one is dropped. A
+      deletion keeps its sequence too, so a late older write cannot bring a snapshot back.
     - Access follows the flow: a principal sees the snapshots of the flows it may see.
 
     REST paths owned by this service (Envoy routes them here by matching the path after
@@ -122,6 +130,10 @@ class SnapshotServiceServicer(metaclass=_abc_1.ABCMeta):
       snapshot routing key; this service consumes them, stores them and emits
       `oih.snapshot.updated`. The API below is for workers reading state and for operators who
       inspect, correct or reset it.
+    - Writes apply in emission order, whatever order the broker delivers them in: each write
+      carries the step's `sequence` number (the worker's, growing with every emission and across
+      worker restarts), and a write with a lower sequence than the stored one is dropped. A
+      deletion keeps its sequence too, so a late older write cannot bring a snapshot back.
     - Access follows the flow: a principal sees the snapshots of the flows it may see.
 
     REST paths owned by this service (Envoy routes them here by matching the path after
