@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Any
 
-from google.protobuf import json_format, timestamp_pb2
+from google.protobuf import json_format
 
 from oih.components.v1 import components_pb2 as pb
 from oih_components.models import ComponentRow, OwnerRow
+from oih_runtime.clock import timestamp
 
 COLLECTION = "components/"
 
@@ -16,12 +16,6 @@ COLLECTION = "components/"
 def name(component_id: str) -> str:
     return COLLECTION + component_id
 
-
-def timestamp(moment: datetime) -> timestamp_pb2.Timestamp:
-    stamp = timestamp_pb2.Timestamp()
-    # SQLite hands datetimes back without a zone; they were stored as UTC.
-    stamp.FromDatetime(moment if moment.tzinfo else moment.replace(tzinfo=UTC))
-    return stamp
 
 
 def component(row: ComponentRow) -> pb.Component:

@@ -22,9 +22,10 @@ from oih.events.v1 import components_pb2 as component_events
 from oih.events.v1 import event_pb2
 from oih.events.v1 import iam_pb2 as iam_events
 from oih_components.convert import name
-from oih_components.models import ComponentRow, OwnerRow, utcnow
+from oih_components.models import ComponentRow, OwnerRow
 from oih_runtime import logs
 from oih_runtime.bus import Consumer, Outbox
+from oih_runtime.clock import utcnow
 
 SOURCE = "oih-components"
 CREATED = "oih.component.created"

@@ -21,7 +21,7 @@ from oih.components.v1 import components_pb2 as pb
 from oih_components import convert, rules, visibility
 from oih_components.events import CREATED, DELETED, UPDATED, announce, touch
 from oih_components.models import ComponentRow, OwnerRow
-from oih_runtime import filtering, paging
+from oih_runtime import filtering, names, paging
 from oih_runtime.db import transaction
 from oih_runtime.errors import Aborted, InvalidArgument, NotFound, PermissionDenied
 from oih_runtime.principal import Principal
@@ -35,11 +35,7 @@ OWNER_TYPES = {"users/": pb.OWNER_TYPE_USER, "service-accounts/": pb.OWNER_TYPE_
 
 def component_id(resource_name: str, field: str) -> str:
     """`components/abc` → `abc`; anything else is INVALID_ARGUMENT naming `field`."""
-    prefix = convert.COLLECTION
-    rest = resource_name[len(prefix):]
-    if not resource_name.startswith(prefix) or not rest or "/" in rest:
-        raise InvalidArgument.field(field, "must look like components/{component}")
-    return rest
+    return names.resource_id(resource_name, "components", field)
 
 
 # --- list filters and order --------------------------------------------------------------------

@@ -6,18 +6,17 @@ read whole, so they are JSON. No `from __future__ import annotations`: SQLModel 
 relationship's type at class creation.
 """
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import JSON, Column
 from sqlmodel import Field, Relationship, SQLModel
 
+from oih_runtime.clock import utcnow
+
 # The oih.components.v1.Access values, as stored.
 ACCESS_PRIVATE, ACCESS_TENANT, ACCESS_PUBLIC = 1, 2, 3
 
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 class ComponentRow(SQLModel, table=True):
@@ -66,3 +65,7 @@ class OwnerRow(SQLModel, table=True):
     position: int = 0
 
     component: ComponentRow | None = Relationship(back_populates="owners")
+
+
+#: The Component Repository's own tables (make_engine adds the bus's).
+TABLES = (ComponentRow, OwnerRow)

@@ -7,11 +7,12 @@ from dataclasses import dataclass
 from sqlalchemy.engine import Engine
 
 from oih.components.v1 import components_pb2, components_pb2_grpc
-from oih_components import events
+from oih_components import events, models
 from oih_components.logic import Components
 from oih_components.servicer import ComponentServicer
 from oih_runtime import server
 from oih_runtime.bus import Consumer, Relay
+from oih_runtime.bus.models import TABLES as BUS_TABLES
 from oih_runtime.db import make_engine
 from oih_runtime.identity import PlatformIdentity, platform_identity
 from oih_runtime.settings import ServiceSettings
@@ -42,7 +43,7 @@ class Built:
 def build(settings: ServiceSettings, verifier: TokenVerifier | None = None) -> Built:
     """Everything but the running threads: tests use it without a broker."""
     identity = platform_identity(settings, exchange=settings.events_exchange) if verifier is None else None
-    engine = make_engine(settings.database_url)  # also creates the outbox tables (bus.models)
+    engine = make_engine(settings.database_url, tables=(*models.TABLES, *BUS_TABLES))
     components = Components(engine)
     servicer = ComponentServicer(components)
     relay = Relay(engine, url=settings.rabbitmq_url, exchange=settings.events_exchange,

@@ -2,20 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Any
 
-from google.protobuf import json_format, timestamp_pb2
+from google.protobuf import json_format
 from google.protobuf.message import Message
 
 from oih.flows.v1 import flows_pb2
 from oih_flows.models import FlowRow
-
-
-def timestamp(moment: datetime) -> timestamp_pb2.Timestamp:
-    stamp = timestamp_pb2.Timestamp()
-    stamp.FromDatetime(moment if moment.tzinfo else moment.replace(tzinfo=UTC))
-    return stamp
+from oih_runtime.clock import timestamp
 
 
 def to_json(message: Message) -> dict[str, Any]:

@@ -17,10 +17,11 @@ from sqlmodel import Session, col, select
 
 from oih.events.v1 import event_pb2, iam_pb2, orchestrator_pb2
 from oih_flows import lifecycle
-from oih_flows.graph import is_name
 from oih_flows.lifecycle import ACTIVE, FAILED, INACTIVE, STARTING, STOPPING
-from oih_flows.models import FlowOwnerRow, FlowRow, utcnow
+from oih_flows.models import FlowOwnerRow, FlowRow
 from oih_runtime.bus import PermanentError
+from oih_runtime.clock import utcnow
+from oih_runtime.names import is_name
 
 log = logging.getLogger(__name__)
 

@@ -20,6 +20,7 @@ from referencing.exceptions import Unresolvable
 from oih.components.v1 import components_pb2
 from oih.flows.v1 import flows_pb2
 from oih_runtime import cron
+from oih_runtime.names import is_name
 
 Violations = list[tuple[str, str]]
 #: Returns the component as the caller sees it, or None when it does not exist or is not
@@ -28,7 +29,6 @@ ComponentLookup = Callable[[str], components_pb2.Component | None]
 
 NODE_ID = re.compile(r"[A-Za-z0-9_-]{1,30}")
 EDGE_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
-RESOURCE = re.compile(r"[A-Za-z0-9._~-]+")
 HEADER = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+")
 MAX_DISPLAY_NAME = 200
 #: The owners table's column (PostgreSQL enforces it; SQLite would store anything).
@@ -47,12 +47,6 @@ OWNER_PREFIXES = {
     flows_pb2.OWNER_TYPE_TENANT: "tenants/",
     flows_pb2.OWNER_TYPE_SERVICE_ACCOUNT: "service-accounts/",
 }
-
-
-def is_name(value: str, collection: str) -> bool:
-    """Whether `value` is `collection/{id}` with a single, non-empty id segment."""
-    prefix = collection + "/"
-    return value.startswith(prefix) and RESOURCE.fullmatch(value[len(prefix):]) is not None
 
 
 # --------------------------------------------------------------------------- the definition

@@ -18,9 +18,10 @@ from oih.events.v1 import flows_pb2 as flow_events
 from oih.events.v1 import orchestrator_pb2
 from oih.flows.v1 import flows_pb2
 from oih_flows import convert
-from oih_flows.models import FlowRow, utcnow
+from oih_flows.models import FlowRow
 from oih_runtime import logs
 from oih_runtime.bus import Outbox
+from oih_runtime.clock import utcnow
 
 SOURCE = "oih-flows"
 OUTBOX = Outbox(SOURCE)

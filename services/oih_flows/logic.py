@@ -32,8 +32,9 @@ from oih.flows.v1 import flows_pb2
 from oih_flows import convert, graph, lifecycle
 from oih_flows.graph import ComponentLookup
 from oih_flows.lifecycle import ACTIVE, AT_REST, INACTIVE, STARTING, STOPPING
-from oih_flows.models import FlowComponentRow, FlowOwnerRow, FlowRow, utcnow
-from oih_runtime import filtering, paging
+from oih_flows.models import FlowComponentRow, FlowOwnerRow, FlowRow
+from oih_runtime import filtering, names, paging
+from oih_runtime.clock import utcnow
 from oih_runtime.db import transaction
 from oih_runtime.errors import Aborted, FailedPrecondition, InvalidArgument, NotFound
 from oih_runtime.principal import Principal
@@ -51,9 +52,7 @@ OWNER_TYPES = {"user": flows_pb2.OWNER_TYPE_USER,
 
 def flow_id(name: str, field: str = "name") -> str:
     """`flows/abc` → `abc`; anything else is INVALID_ARGUMENT naming `field`."""
-    if not graph.is_name(name, "flows"):
-        raise InvalidArgument.field(field, "must look like flows/{flow}")
-    return name.removeprefix("flows/")
+    return names.resource_id(name, "flows", field)
 
 
 @dataclass(frozen=True)

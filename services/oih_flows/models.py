@@ -7,21 +7,13 @@ list filters (`owner=`, `component=`) and the IAM event handlers query by them.
 
 # No `from __future__ import annotations`: SQLModel resolves relationship types at runtime.
 import uuid
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import JSON, Column, DateTime, ForeignKey, String
 from sqlmodel import Field, Relationship, SQLModel
 
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
-def aware(moment: datetime) -> datetime:
-    """SQLite hands datetimes back without a zone; they were stored as UTC."""
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-
+from oih_runtime.clock import utcnow
 
 #: timestamptz on PostgreSQL, so comparisons with aware UTC times mean what they say.
 _WHEN = DateTime(timezone=True)
@@ -89,3 +81,7 @@ class FlowComponentRow(SQLModel, table=True):
                                                                  ondelete="CASCADE"),
                                           primary_key=True))
     component: str = Field(primary_key=True, max_length=300)
+
+
+#: The Flow Repository's own tables.
+TABLES = (FlowRow, FlowOwnerRow, FlowComponentRow)

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from sqlalchemy.engine import Engine
 
 from oih.flows.v1 import flows_pb2, flows_pb2_grpc
+from oih_flows import models
 from oih_flows.components import ComponentDirectory
 from oih_flows.events import HANDLERS
 from oih_flows.graph import ComponentLookup
@@ -19,6 +20,7 @@ from oih_flows.settings import FlowsSettings
 from oih_flows.sweeper import Sweeper
 from oih_runtime import server
 from oih_runtime.bus import Consumer, Relay
+from oih_runtime.bus.models import TABLES as BUS_TABLES
 from oih_runtime.clients import authenticated_channel
 from oih_runtime.db import make_engine
 from oih_runtime.identity import PlatformIdentity, platform_identity
@@ -55,7 +57,7 @@ def build(settings: ServiceSettings, flows_settings: FlowsSettings, *,
     """Everything the service needs; `start_background()` starts its threads. Tests pass their
     own `verifier` and `components`, `bus=False` to run without RabbitMQ (the outbox still
     records every event), or an exchange and consumer name of their own on a shared broker."""
-    engine = make_engine(settings.database_url)
+    engine = make_engine(settings.database_url, tables=(*models.TABLES, *BUS_TABLES))
     exchange = exchange or settings.events_exchange
     consumer_name = consumer_name or settings.event_consumer
     identity = platform_identity(settings, exchange=exchange)

@@ -18,7 +18,8 @@ from sqlmodel import Session, col, select
 
 from oih_flows import lifecycle
 from oih_flows.lifecycle import STARTING, TRANSITIONS
-from oih_flows.models import FlowRow, aware, utcnow
+from oih_flows.models import FlowRow
+from oih_runtime.clock import aware, utcnow
 
 log = logging.getLogger(__name__)
 

@@ -2,19 +2,10 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-
-from google.protobuf import timestamp_pb2
-
 from oih.iam.v1 import iam_pb2
 from oih_iam.logic import tenant_name
 from oih_iam.models import RoleRow, ServiceAccountRow, TenantRow, UserRow
-
-
-def timestamp(moment: datetime) -> timestamp_pb2.Timestamp:
-    stamp = timestamp_pb2.Timestamp()
-    stamp.FromDatetime(moment if moment.tzinfo else moment.replace(tzinfo=UTC))
-    return stamp
+from oih_runtime.clock import timestamp
 
 
 def tenant(row: TenantRow) -> iam_pb2.Tenant:

@@ -20,7 +20,8 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
-from oih_iam.models import SigningKeyRow, utcnow
+from oih_iam.models import SigningKeyRow
+from oih_runtime.clock import utcnow
 from oih_runtime.db import transaction
 
 

@@ -13,7 +13,7 @@ import time
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import TypeVar
 
 from google.protobuf.message import Message
@@ -35,12 +35,12 @@ from oih_iam.models import (
     ServiceAccountRow,
     TenantRow,
     UserRow,
-    utcnow,
 )
 from oih_iam.settings import IamSettings
 from oih_iam.tokens import Issued, TokenIssuer
 from oih_runtime import paging
 from oih_runtime.bus import Outbox
+from oih_runtime.clock import aware, utcnow
 from oih_runtime.db import transaction
 from oih_runtime.errors import (
     AlreadyExists,
@@ -51,6 +51,7 @@ from oih_runtime.errors import (
     ResourceExhausted,
     Unauthenticated,
 )
+from oih_runtime.names import resource_id
 from oih_runtime.principal import Principal
 from oih_runtime.revocation import RevocationList
 
@@ -63,23 +64,8 @@ MIN_PASSWORD_LENGTH = 12
 Row = TypeVar("Row", bound=SQLModel)
 
 
-def resource_id(name: str, collection: str, field: str) -> str:
-    """`users/abc` → `abc`; anything else is INVALID_ARGUMENT naming `field`."""
-    prefix = collection + "/"
-    if not name.startswith(prefix) or "/" in name[len(prefix):] or len(name) == len(prefix):
-        raise InvalidArgument.field(field, f"must look like {collection}/{{id}}")
-    return name[len(prefix):]
-
-
 def tenant_name(tenant_id: str) -> str:
     return f"tenants/{tenant_id}" if tenant_id else ""
-
-
-def _aware(moment: datetime | None) -> datetime | None:
-    # SQLite hands datetimes back without a zone; they were stored as UTC.
-    if moment is not None and moment.tzinfo is None:
-        return moment.replace(tzinfo=UTC)
-    return moment
 
 
 @contextmanager
@@ -205,7 +191,7 @@ class Iam:
 
     @staticmethod
     def _refuse_if_locked(user: UserRow | None, now: datetime) -> None:
-        locked_until = _aware(user.locked_until) if user else None
+        locked_until = aware(user.locked_until) if user and user.locked_until else None
         if locked_until is not None and locked_until > now:
             raise ResourceExhausted(
                 "too many failed logins; the account is locked for a while",

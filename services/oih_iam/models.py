@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 
 from sqlalchemy import JSON, Column
 from sqlmodel import Field, SQLModel
 
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
+from oih_runtime.clock import utcnow
 
 
 class TenantRow(SQLModel, table=True):
@@ -79,3 +77,7 @@ class RevocationRow(SQLModel, table=True):
     subject: str = ""
     issued_before: int = 0
     expires: int
+
+
+#: IAM's own tables.
+TABLES = (TenantRow, UserRow, RoleRow, ServiceAccountRow, SigningKeyRow, RevocationRow)

@@ -7,6 +7,7 @@ import sys
 from dataclasses import dataclass
 
 from oih.iam.v1 import iam_pb2, iam_pb2_grpc
+from oih_iam import models
 from oih_iam.keys import KeyStore
 from oih_iam.logic import Iam
 from oih_iam.servicer import IamServicer
@@ -14,6 +15,7 @@ from oih_iam.settings import IamSettings
 from oih_iam.tokens import TokenIssuer
 from oih_runtime import server
 from oih_runtime.bus import Relay
+from oih_runtime.bus.models import TABLES as BUS_TABLES
 from oih_runtime.db import make_engine
 from oih_runtime.revocation import RevocationList
 from oih_runtime.revocation_feed import RevocationFeed
@@ -40,7 +42,7 @@ class Built:
 
 
 def build(settings: ServiceSettings, iam_settings: IamSettings) -> Built:
-    engine = make_engine(settings.database_url)
+    engine = make_engine(settings.database_url, tables=(*models.TABLES, *BUS_TABLES))
     keys = KeyStore(engine, iam_settings.token_lifetime)
     revocations = RevocationList()
     # IAM verifies tokens against its own keys, without a network hop.

@@ -18,7 +18,7 @@ from oih_iam import permissions as catalogue
 from oih_iam.keys import KeyStore
 from oih_iam.logic import Iam
 from oih_iam.tokens import Issued
-from oih_runtime import principal
+from oih_runtime import clock, principal
 from oih_runtime.errors import PermissionDenied
 from oih_runtime.tokens import TokenVerifier
 
@@ -83,7 +83,7 @@ class IamServicer(iam_pb2_grpc.IamServiceServicer):
                          context: Context) -> iam_pb2.SigningKey:
         row = self.keys.rotate()
         return iam_pb2.SigningKey(key_id=row.kid, algorithm="RS256",
-                                  create_time=convert.timestamp(row.create_time))
+                                  create_time=clock.timestamp(row.create_time))
 
     def GetCurrentPrincipal(self, request: iam_pb2.GetCurrentPrincipalRequest,
                             context: Context) -> iam_pb2.Principal:

@@ -51,6 +51,7 @@ from oih.components.v1 import components_pb2
 from oih.events.v1 import orchestrator_pb2
 from oih.flows.v1 import flows_pb2
 from oih_runtime.bus import Outbox
+from oih_runtime.clock import aware, utcnow
 from oih_runtime.db import transaction
 from oih_worker import topology
 from oih_worker.spec import StepSpec, flow_id_of, spec_from_flow
@@ -68,8 +69,6 @@ from .models import (
     STOPPED,
     STOPPING,
     DeploymentRow,
-    aware,
-    utcnow,
 )
 from .models import STARTING as DEPLOYING
 from .tasks import FlowTasks

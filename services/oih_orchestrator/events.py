@@ -17,9 +17,9 @@ from sqlmodel import Session
 
 from oih.events.v1 import event_pb2, orchestrator_pb2
 from oih.events.v1 import flows_pb2 as flow_events
+from oih_runtime import names
 from oih_runtime.bus import Consumer, PermanentError
 from oih_runtime.errors import DomainError
-from oih_worker import topology
 
 from . import execute
 from .amqp import Amqp
@@ -33,14 +33,9 @@ Event = event_pb2.Event
 def _flow_id(name: str) -> str:
     """The flow id of `flows/{id}`, checked like the topology does: the id becomes a folder,
     queue and user name, so `..` or a dot would reach beyond the flow's own."""
-    flow_id = name.removeprefix("flows/")
-    try:
-        if not name.startswith("flows/"):
-            raise ValueError(name)
-        topology.check_ids(flow_id)
-    except ValueError:
-        raise PermanentError(f"not a flow name: {name!r}") from None  # retrying cannot fix it
-    return flow_id
+    if not names.is_name(name, "flows"):
+        raise PermanentError(f"not a flow name: {name!r}")  # retrying cannot fix it
+    return name.removeprefix("flows/")
 
 
 def register(consumer: Consumer, orchestrator: Orchestrator, amqp: Amqp) -> None:

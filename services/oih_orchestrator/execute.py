@@ -14,7 +14,6 @@ recognisable downstream.
 from __future__ import annotations
 
 import importlib
-import re
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
@@ -23,6 +22,8 @@ from typing import Any
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
+from oih_runtime import names
+from oih_runtime.clock import aware
 from oih_runtime.db import transaction
 from oih_runtime.errors import FailedPrecondition, InvalidArgument, NotFound
 from oih_runtime.principal import Principal
@@ -30,9 +31,7 @@ from oih_sdk import Message
 from oih_worker import envelope, topology
 
 from .amqp import Amqp
-from .models import ACTIVE, DeploymentRow, ExecutionStartRow, aware
-
-EXECUTION_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+from .models import ACTIVE, DeploymentRow, ExecutionStartRow
 
 
 @dataclass(frozen=True)
@@ -78,8 +77,8 @@ def start_execution(engine: Engine, amqp: Amqp, flow_id: str, *, caller: Princip
     """Publish the first message of a run (or find the run with that id). `caller` None means
     a trusted event (its tenant was checked by the emitter). Uses `session` when given (an
     event handler's transaction), else its own."""
-    if execution_id and not EXECUTION_ID.match(execution_id):
-        raise InvalidArgument.field("execution_id", "1 to 64 characters of [a-zA-Z0-9_-]")
+    if execution_id and not names.is_id(execution_id):
+        raise InvalidArgument.field("execution_id", names.ID_RULE)
     execution_id = execution_id or str(uuid.uuid4())
     if session is None:
         with transaction(engine) as own:

@@ -11,11 +11,13 @@ a column was added (e.g. `flow`) must be dropped or migrated by hand (pre-releas
 """
 
 # No `from __future__ import annotations`: SQLModel reads the annotations at runtime.
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import JSON, Column, DateTime
 from sqlmodel import Field, SQLModel
+
+from oih_runtime.clock import utcnow
 
 # Deployment states. STOPPED rows are kept (tenant and version of past runs, for the
 # executions and dead-letter views); everything else in them is gone.
@@ -26,13 +28,6 @@ RUNNING_STATES = (STARTING, ACTIVE)
 _WHEN = DateTime(timezone=True)
 
 
-def utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
-def aware(moment: datetime) -> datetime:
-    """SQLite hands datetimes back without a zone; they were stored as UTC."""
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 class DeploymentRow(SQLModel, table=True):
@@ -74,3 +69,7 @@ class ExecutionStartRow(SQLModel, table=True):
     source: str = Field(default="api", max_length=32)
     flow_version: int = 0
     create_time: datetime = Field(default_factory=utcnow, sa_type=_WHEN)
+
+
+#: The deployments' tables (the executions view has its own).
+TABLES = (DeploymentRow, ExecutionStartRow)

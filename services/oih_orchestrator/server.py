@@ -18,23 +18,28 @@ from oih.components.v1 import components_pb2_grpc
 from oih.orchestrator.v1 import orchestrator_pb2, orchestrator_pb2_grpc
 from oih_runtime import server
 from oih_runtime.bus import Consumer, Relay
+from oih_runtime.bus.models import TABLES as BUS_TABLES
 from oih_runtime.clients import authenticated_channel
 from oih_runtime.db import make_engine
 from oih_runtime.identity import platform_identity
 from oih_runtime.settings import ServiceSettings
 from oih_runtime.tokens import TokenVerifier
 
-from . import events
+from . import events, models
 from .amqp import Amqp
 from .components import ComponentDirectory, ComponentLookup, register_builtins
 from .deployments import Orchestrator
 from .drivers import Driver
 from .execute import executions_package
+from .executions import models as executions_models
 from .local import LocalDriver
 from .management import Management
 from .reconciler import Periodic, UntilDone
 from .servicer import OrchestratorServicer, ServiceContext
 from .settings import OrchestratorSettings
+
+#: The orchestrator's tables: its deployments, the executions view's, and the bus's.
+TABLES = (*models.TABLES, *executions_models.TABLES, *BUS_TABLES)
 
 log = logging.getLogger(__name__)
 
@@ -79,11 +84,10 @@ def build(settings: ServiceSettings, own: OrchestratorSettings, *,
     """Everything the service needs; `start_background()` starts its threads. Tests pass their
     own `verifier`, `components` lookup or `components_channel` (with a token of their
     issuer), a driver, or an exchange and consumer name of their own on a shared broker."""
-    # Imported before the engine is made: make_engine creates the tables of imported models.
     views = executions_package()
     exchange = exchange or settings.events_exchange
     consumer_name = consumer_name or settings.event_consumer
-    engine = make_engine(settings.database_url)
+    engine = make_engine(settings.database_url, tables=TABLES)
     identity = platform_identity(settings, exchange=exchange)
     own_verifier = verifier is None
     verifier = verifier or identity.verifier

@@ -10,7 +10,6 @@ table. Without that package they answer UNIMPLEMENTED.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,10 +21,9 @@ from sqlmodel import Session, col, select
 
 from oih.orchestrator.v1 import orchestrator_pb2 as pb
 from oih.orchestrator.v1 import orchestrator_pb2_grpc
-from oih_runtime import principal
+from oih_runtime import names, principal
 from oih_runtime.errors import (
     FailedPrecondition,
-    InvalidArgument,
     NotFound,
     Unavailable,
     Unimplemented,
@@ -37,8 +35,6 @@ from .deployments import Orchestrator
 from .models import RUNNING_STATES, STOPPING, DeploymentRow
 
 Context = grpc.ServicerContext
-FLOW = re.compile(r"^flows/([A-Za-z0-9_-]{1,63})$")
-RUNTIME = re.compile(r"^flows/([A-Za-z0-9_-]{1,63})/runtime$")
 
 
 @dataclass(frozen=True)
@@ -50,20 +46,13 @@ class ServiceContext:
     orchestrator: Orchestrator
 
 
-def _id(pattern: re.Pattern[str], value: str, field: str, shape: str) -> str:
-    match = pattern.match(value)
-    if match is None:
-        raise InvalidArgument.field(field, f"must look like {shape}")
-    return match.group(1)
-
-
 class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
     def __init__(self, context: ServiceContext) -> None:
         self.context = context
 
     def GetFlowRuntime(self, request: pb.GetFlowRuntimeRequest, context: Context
                        ) -> pb.FlowRuntime:
-        flow_id = _id(RUNTIME, request.name, "name", "flows/{flow}/runtime")
+        flow_id = names.parse("flows/{flow}/runtime", request.name, "name")[0]
         orchestrator = self.context.orchestrator
         with Session(self.context.engine) as session:
             row = execute.visible_deployment(session, principal.current(), flow_id)
@@ -77,7 +66,7 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
 
     def StartExecution(self, request: pb.StartExecutionRequest, context: Context
                        ) -> pb.Execution:
-        flow_id = _id(FLOW, request.flow, "flow", "flows/{flow}")
+        flow_id = names.resource_id(request.flow, "flows", "flow")
         try:
             started = execute.start_execution(
                 self.context.engine, self.context.amqp, flow_id, caller=principal.current(),

@@ -1,7 +1,9 @@
 """Database engine and sessions (SQLModel over SQLAlchemy).
 
 SQLite in WAL mode by default, so a laptop runs the whole mesh without a database server;
-`DATABASE_URL` points a service at PostgreSQL. Each service owns its own tables and file.
+`DATABASE_URL` points a service at PostgreSQL. Each service owns its own tables and file, and
+names them when it makes its engine: a process that imports two services' models (the test
+session, `oih up`) creates no foreign tables in either database.
 
 Statement parameters are kept out of error messages (`hide_parameters`): an unexpected database
 error is logged with its trace, and its parameters may be password hashes or secrets.
@@ -9,7 +11,7 @@ error is logged with its trace, and its parameters may be password hashes or sec
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -19,8 +21,8 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, SQLModel, create_engine
 
 
-def make_engine(url: str) -> Engine:
-    """Create an engine for `url` and create the tables of every imported SQLModel model."""
+def make_engine(url: str, *, tables: Iterable[type[SQLModel]]) -> Engine:
+    """Create an engine for `url` and the `tables` (models) that do not exist yet."""
     if url.startswith("sqlite"):
         path = url.split("///", 1)[-1]
         if path and path != ":memory:":
@@ -35,8 +37,15 @@ def make_engine(url: str) -> Engine:
     else:
         engine = create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20,
                                hide_parameters=True)
-    SQLModel.metadata.create_all(engine)
+    create_tables(engine, tables)
     return engine
+
+
+def create_tables(engine: Engine, tables: Iterable[type[SQLModel]]) -> None:
+    """Create the tables of `tables` that do not exist yet (existing ones are not altered)."""
+    metadata = SQLModel.metadata
+    metadata.create_all(engine, tables=[metadata.tables[str(model.__tablename__)]
+                                        for model in tables])
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

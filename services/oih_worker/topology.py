@@ -36,16 +36,17 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from oih_runtime import names
+
 RESERVED_STEP_IDS = frozenset({"reports", "snapshots"})
 _STEP_ID = re.compile(r"^[A-Za-z0-9_-]{1,30}$")
-_FLOW_ID = re.compile(r"^[A-Za-z0-9_-]{1,63}$")
 # Delete this many retry levels when the actual number is unknown (deleting a missing queue is
 # a no-op in RabbitMQ).
 MAX_RETRY_LEVELS = 8
 
 
 def check_ids(flow_id: str, step_id: str | None = None) -> None:
-    if not _FLOW_ID.match(flow_id):
+    if not names.is_id(flow_id):
         raise ValueError(f"flow id {flow_id!r} is not usable in queue names")
     if step_id is not None:
         if not _STEP_ID.match(step_id):

@@ -18,9 +18,10 @@ from oih.events.v1 import flows_pb2 as flow_events
 from oih.flows.v1 import flows_pb2 as pb
 from oih.flows.v1 import flows_pb2_grpc
 from oih_flows import events
-from oih_flows.models import FlowRow, utcnow
+from oih_flows.models import FlowRow
 from oih_flows.server import Built
 from oih_flows.sweeper import Sweeper, fail_stuck_flows
+from oih_runtime.clock import utcnow
 from oih_runtime.db import transaction
 from tests.oih_flows.conftest import Caller, Tenant, outbox, two_node_flow
 from tests.support.grpc_errors import field_violations, reason

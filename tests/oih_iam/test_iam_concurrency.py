@@ -16,10 +16,12 @@ import pytest
 from sqlmodel import select
 
 from oih.iam.v1 import iam_pb2, iam_pb2_grpc
+from oih_iam import models
 from oih_iam.models import UserRow
 from oih_iam.server import build
 from oih_runtime import server
 from oih_runtime import settings as runtime_settings
+from oih_runtime.bus.models import TABLES as BUS_TABLES
 from oih_runtime.db import make_engine, transaction
 from tests.oih_iam.conftest import ADMIN, ADMIN_PASSWORD, FAST_IAM, bearer
 
@@ -99,7 +101,7 @@ def test_concurrent_failed_logins_all_count_towards_the_lock(
     stub.CreateUser(iam_pb2.CreateUserRequest(user=iam_pb2.User(username=username),
                                               password=PASSWORD), metadata=bearer(admin))
     guesses = 2  # below the lock threshold (3), so every guess is checked and must be counted
-    engine = make_engine(database_url)
+    engine = make_engine(database_url, tables=(*models.TABLES, *BUS_TABLES))
     try:
         for _ in range(4):
             codes = _codes([lambda: stub.Login(iam_pb2.LoginRequest(

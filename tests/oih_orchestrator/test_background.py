@@ -18,6 +18,7 @@ from oih.flows.v1 import flows_pb2
 from oih.orchestrator.v1 import orchestrator_pb2 as pb
 from oih_orchestrator.management import Management
 from oih_orchestrator.models import STARTING, STOPPED, DeploymentRow
+from oih_orchestrator.server import TABLES
 from oih_runtime.db import make_engine
 from oih_worker import topology
 from tests.oih_orchestrator.conftest import Orchestrator, StartOrchestrator
@@ -57,7 +58,7 @@ def no_more_answers(orchestrator: Orchestrator, flow: flows_pb2.Flow, seconds: f
 
 
 def row(data_dir: Path, flow_id: str) -> DeploymentRow | None:
-    engine = make_engine(f"sqlite:///{data_dir / 'orchestrator.db'}")
+    engine = make_engine(f"sqlite:///{data_dir / 'orchestrator.db'}", tables=TABLES)
     try:
         with Session(engine) as session:
             return session.get(DeploymentRow, flow_id)
@@ -203,7 +204,7 @@ def test_a_start_that_cannot_succeed_is_failed_after_the_restart(
     flow = three_step_flow(builtins)
     flow.graph.nodes[1].component = "components/gone"
     flow_id = flow_id_of(flow)
-    engine = make_engine(f"sqlite:///{tmp_path / 'orchestrator.db'}")
+    engine = make_engine(f"sqlite:///{tmp_path / 'orchestrator.db'}", tables=TABLES)
     with Session(engine) as session:
         session.add(DeploymentRow(flow_id=flow_id, tenant=flow.tenant, state=STARTING,
                                   started_by="users/alice", flow_version=1,

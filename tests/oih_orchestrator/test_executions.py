@@ -29,6 +29,7 @@ from oih_orchestrator.executions import (
     settle,
 )
 from oih_orchestrator.executions.state import Counts, Edge, state_of
+from oih_orchestrator.server import TABLES
 from oih_runtime.db import make_engine, transaction
 from oih_runtime.errors import InvalidArgument, NotFound
 from oih_runtime.principal import Principal
@@ -50,7 +51,7 @@ SHAPE = FlowShape.from_specs(SPECS)
 
 @pytest.fixture
 def engine(tmp_path: Path) -> Iterator[Engine]:
-    engine = make_engine(f"sqlite:///{tmp_path / 'orch.db'}")
+    engine = make_engine(f"sqlite:///{tmp_path / 'orch.db'}", tables=TABLES)
     yield engine
     engine.dispose()
 

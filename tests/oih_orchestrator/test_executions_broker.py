@@ -27,6 +27,7 @@ from oih_orchestrator.executions import (
     list_dead_letters,
     replay_dead_letter,
 )
+from oih_orchestrator.server import TABLES
 from oih_runtime.broker import broker_answers
 from oih_runtime.db import make_engine
 from oih_runtime.errors import FailedPrecondition, NotFound
@@ -57,7 +58,7 @@ def wait_for(check: Callable[[], Any], timeout: float = 15.0, what: str = "") ->
 
 @pytest.fixture
 def engine(tmp_path: Path) -> Iterator[Engine]:
-    engine = make_engine(f"sqlite:///{tmp_path / 'orch.db'}")
+    engine = make_engine(f"sqlite:///{tmp_path / 'orch.db'}", tables=TABLES)
     yield engine
     engine.dispose()
 

@@ -15,6 +15,7 @@ from sqlmodel import Session
 from oih.orchestrator.v1 import orchestrator_pb2 as pb
 from oih_orchestrator.management import Management
 from oih_orchestrator.models import STOPPED, DeploymentRow
+from oih_orchestrator.server import TABLES
 from oih_runtime.db import make_engine
 from oih_worker import topology
 from tests.oih_orchestrator.conftest import StartOrchestrator
@@ -51,7 +52,7 @@ def test_restart_adopts_restarts_missing_and_removes_strays(
     os.kill(kept_before["sink"], signal.SIGKILL)
     wait_for(lambda: not alive(kept_before["sink"]), 10, "the worker to die")
     # ... and a flow is recorded as stopped although its workers were never removed.
-    engine = make_engine(f"sqlite:///{tmp_path / 'orchestrator.db'}")
+    engine = make_engine(f"sqlite:///{tmp_path / 'orchestrator.db'}", tables=TABLES)
     with Session(engine) as session:
         row = session.get(DeploymentRow, dropped_id)
         assert row is not None

@@ -21,9 +21,14 @@ class CounterRow(SQLModel, table=True):
     secret: str = ""
 
 
+@pytest.fixture
+def tables() -> list[type[SQLModel]]:
+    return [CounterRow]
+
+
 def test_sqlite_locked_read_then_write_transactions_from_many_threads_lose_no_update(
         tmp_path: Path) -> None:
-    engine = make_engine(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    engine = make_engine(f"sqlite:///{tmp_path / 'db.sqlite'}", tables=[CounterRow])
     with transaction(engine) as session:
         session.add(CounterRow(id="c"))
 

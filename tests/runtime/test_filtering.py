@@ -16,6 +16,11 @@ class NamedRow(SQLModel, table=True):
     display_name: str
 
 
+@pytest.fixture
+def tables() -> list[type[SQLModel]]:
+    return [NamedRow]
+
+
 @pytest.mark.parametrize(
     ("text", "expected"),
     [('display_name:"50%"', ["50% off"]), ("display_name:a_b", ["a_b"]),

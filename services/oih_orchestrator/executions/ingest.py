@@ -17,10 +17,11 @@ from google.protobuf import json_format
 from sqlmodel import Session, select
 
 from oih.component.v1 import message_pb2
+from oih_runtime.clock import utcnow
 from oih_worker.reports import MAX_SAMPLE_BYTES, MAX_SAMPLES, sample
 
 from . import state as rule
-from .models import ExecutionRow, ReportBatchRow, StepExecutionRow, utcnow
+from .models import ExecutionRow, ReportBatchRow, StepExecutionRow
 
 log = logging.getLogger(__name__)
 

@@ -9,24 +9,19 @@ id: callers may choose execution ids (StartExecution), so an id is unique only w
 """
 
 # No `from __future__ import annotations`: SQLModel reads the annotations at runtime.
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import JSON, Column, DateTime
 from sqlmodel import Field, SQLModel
+
+from oih_runtime.clock import utcnow
 
 RUNNING, SUCCEEDED, FAILED = "RUNNING", "SUCCEEDED", "FAILED"
 
 _WHEN = DateTime(timezone=True)
 
 
-def utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
-def aware(moment: datetime) -> datetime:
-    """SQLite hands datetimes back without a zone; they were stored as UTC."""
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 class ExecutionRow(SQLModel, table=True):
@@ -79,3 +74,7 @@ class ReportBatchRow(SQLModel, table=True):
 
     id: str = Field(primary_key=True, max_length=64)
     receive_time: datetime = Field(default_factory=utcnow, index=True, sa_type=_WHEN)
+
+
+#: The executions view's tables.
+TABLES = (ExecutionRow, StepExecutionRow, ReportBatchRow)

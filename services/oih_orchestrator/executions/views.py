@@ -7,7 +7,6 @@ execution is NOT_FOUND, never PERMISSION_DENIED, so ids of other tenants are not
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from typing import Any
 
@@ -16,15 +15,14 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
 from oih.orchestrator.v1 import orchestrator_pb2
-from oih_runtime import filtering, paging
-from oih_runtime.errors import InvalidArgument, NotFound
+from oih_runtime import filtering, names, paging
+from oih_runtime.clock import aware
+from oih_runtime.errors import NotFound
 from oih_runtime.principal import Principal
 
 from .ingest import steps_of
-from .models import ExecutionRow, StepExecutionRow, aware
+from .models import ExecutionRow, StepExecutionRow
 
-_PARENT = re.compile(r"^flows/(?P<flow>[^/]+)$")
-_NAME = re.compile(r"^flows/(?P<flow>[^/]+)/executions/(?P<execution>[^/]+)$")
 _STATES = {"RUNNING", "SUCCEEDED", "FAILED"}
 
 #: `flow id → its tenant`, or None when the flow does not exist (or is unknown here).
@@ -33,17 +31,14 @@ FlowTenant = Callable[[str], str | None]
 
 def parse_parent(parent: str) -> str:
     """`flows/{flow}` → flow id; `-` means every visible flow."""
-    match = _PARENT.match(parent)
-    if match is None:
-        raise InvalidArgument.field("parent", "must be flows/{flow} or flows/-")
-    return match["flow"]
+    if parent == "flows/-":
+        return "-"
+    return names.resource_id(parent, "flows", "parent")
 
 
 def parse_name(name: str) -> tuple[str, str]:
-    match = _NAME.match(name)
-    if match is None:
-        raise InvalidArgument.field("name", "must be flows/{flow}/executions/{execution}")
-    return match["flow"], match["execution"]
+    flow_id, execution_id = names.parse("flows/{flow}/executions/{execution}", name, "name")
+    return flow_id, execution_id
 
 
 def list_executions(engine: Engine, principal: Principal,

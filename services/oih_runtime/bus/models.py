@@ -6,15 +6,12 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 
 from sqlalchemy import Column, LargeBinary
 from sqlmodel import Field, SQLModel
 
-
-def utcnow() -> datetime:
-    # Aware UTC: SQLModel stores datetimes as UTC (timestamptz on PostgreSQL).
-    return datetime.now(UTC)
+from oih_runtime.clock import utcnow
 
 
 class OutboxEvent(SQLModel, table=True):
@@ -48,3 +45,7 @@ class ProcessedEvent(SQLModel, table=True):
     event_id: str = Field(primary_key=True, max_length=64)
     event_type: str = Field(default="", max_length=200)
     processed_at: datetime = Field(default_factory=utcnow, index=True)
+
+
+#: The bus's tables, which every service that uses the bus creates in its own database.
+TABLES = (OutboxEvent, ProcessedEvent)

@@ -17,8 +17,9 @@ from sqlalchemy import event as sa_event
 from sqlmodel import Session
 
 from oih.events.v1 import event_pb2
+from oih_runtime.clock import utcnow
 
-from .models import OutboxEvent, utcnow
+from .models import OutboxEvent
 
 _listeners: set[Callable[[], None]] = set()
 _listeners_lock = threading.Lock()

@@ -20,10 +20,11 @@ from sqlalchemy import delete, or_, select, update
 from sqlalchemy.engine import Engine
 from sqlmodel import col
 
+from oih_runtime.clock import utcnow
 from oih_runtime.db import transaction
 
 from . import outbox
-from .models import OutboxEvent, utcnow
+from .models import OutboxEvent
 from .publisher import ConfirmPublisher, Message, PublisherError
 from .topology import DEFAULT_EXCHANGE, properties_for, rabbitmq_url, redact_url
 

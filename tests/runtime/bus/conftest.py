@@ -48,7 +48,7 @@ def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
         url = f"sqlite:///{tmp_path / 'bus.db'}"
     else:
         url = request.getfixturevalue("postgres_url")
-    engine = make_engine(url)
+    engine = make_engine(url, tables=(OutboxEvent, ProcessedEvent, Widget))
     # The PostgreSQL database is shared by the session's tests: start each from empty tables.
     with engine.begin() as connection:
         for model in (OutboxEvent, ProcessedEvent, Widget):
