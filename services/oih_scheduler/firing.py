@@ -35,6 +35,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
 from oih_runtime import cron
+from oih_runtime.clock import utcnow
 from oih_runtime.db import transaction
 from oih_runtime.errors import FailedPrecondition
 
@@ -49,7 +50,6 @@ from .models import (
     ScheduleRow,
     TickRow,
     aware,
-    utcnow,
 )
 
 log = logging.getLogger(__name__)

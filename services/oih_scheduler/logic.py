@@ -19,11 +19,12 @@ from sqlmodel import Session, col, select
 
 from oih.scheduler.v1 import scheduler_pb2 as pb
 from oih_runtime import cron, filtering, paging
+from oih_runtime.clock import utcnow
 from oih_runtime.db import transaction
 from oih_runtime.errors import Aborted, InvalidArgument, NotFound
 from oih_runtime.principal import Principal
 
-from .models import ACTIVE, ALLOW, PAUSED, SKIP, ScheduleRow, TickRow, utcnow
+from .models import ACTIVE, ALLOW, PAUSED, SKIP, ScheduleRow, TickRow
 
 NAME = re.compile(r"^schedules/([A-Za-z0-9_-]{1,63})$")
 FLOW = re.compile(r"^flows/([A-Za-z0-9_-]{1,63})$")

@@ -6,10 +6,13 @@ second firing of the same tick impossible even if two claims ever overlapped: th
 second one fails and its transaction rolls back.
 """
 
-from datetime import UTC, datetime
+from datetime import datetime
 
 from sqlalchemy import DateTime
 from sqlmodel import Field, SQLModel
+
+from oih_runtime import clock
+from oih_runtime.clock import utcnow
 
 # Schedule states as stored (the oih.scheduler.v1.State names without the prefix).
 ACTIVE, PAUSED = "ACTIVE", "PAUSED"
@@ -22,15 +25,9 @@ FIRED, SKIPPED, MISSED = "FIRED", "SKIPPED", "MISSED"
 _WHEN = DateTime(timezone=True)
 
 
-def utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
 def aware(moment: datetime | None) -> datetime | None:
-    """SQLite hands datetimes back without a zone; they were stored as UTC."""
-    if moment is None or moment.tzinfo is not None:
-        return moment
-    return moment.replace(tzinfo=UTC)
+    """A stored time with its zone (SQLite forgets it), or None."""
+    return None if moment is None else clock.aware(moment)
 
 
 class ScheduleRow(SQLModel, table=True):
@@ -69,3 +66,4 @@ class TickRow(SQLModel, table=True):
     #: Which scheduler replica fired it (host:pid), for operators and the HA test.
     fired_by: str = Field(default="", max_length=200)
     fire_time: datetime = Field(default_factory=utcnow, sa_type=_WHEN)
+TABLES = (ScheduleRow, TickRow)
