@@ -9,9 +9,8 @@ from typing import Any
 
 from sqlalchemy.engine import Engine
 
-from oih.events.v1 import event_pb2
+from oih.events.v1 import event_pb2, orchestrator_pb2
 from oih.events.v1 import flows_pb2 as flow_events
-from oih.events.v1 import orchestrator_pb2
 from oih.flows.v1 import flows_pb2
 from oih_runtime.db import transaction
 from oih_scheduler import events
