@@ -132,7 +132,7 @@ def execution_finished(session: Session, event: Event,
 
 
 def _delete(session: Session, row: ScheduleRow) -> None:
-    session.exec(delete(TickRow).where(  # type: ignore[call-overload]
+    session.exec(delete(TickRow).where(
         col(TickRow.flow_id) == row.flow_id))
     session.delete(row)
 

@@ -222,7 +222,7 @@ class Firing:
 
     def purge_ticks(self, keep: timedelta) -> int:
         with transaction(self.engine) as session:
-            result = session.exec(delete(TickRow).where(  # type: ignore[call-overload]
+            result = session.exec(delete(TickRow).where(
                 col(TickRow.fire_time) < self.clock() - keep))
             return int(result.rowcount or 0)
 

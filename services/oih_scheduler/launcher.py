@@ -29,9 +29,9 @@ class OrchestratorLauncher:
         try:
             execution = self.stub.StartExecution(request, timeout=self.timeout)
         except grpc.RpcError as error:
-            code = error.code()  # type: ignore[attr-defined]
+            code = error.code()
             if code in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.NOT_FOUND):
-                raise FlowNotRunning(error.details()) from None  # type: ignore[attr-defined]
+                raise FlowNotRunning(error.details()) from None
             raise
         return str(execution.name)
 

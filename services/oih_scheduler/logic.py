@@ -24,7 +24,7 @@ from oih_runtime.db import transaction
 from oih_runtime.errors import Aborted, InvalidArgument, NotFound
 from oih_runtime.principal import Principal
 
-from .models import ACTIVE, ALLOW, PAUSED, SKIP, ScheduleRow, TickRow
+from .models import ACTIVE, ALLOW, PAUSED, SKIP, ScheduleRow
 
 NAME = re.compile(r"^schedules/([A-Za-z0-9_-]{1,63})$")
 FLOW = re.compile(r"^flows/([A-Za-z0-9_-]{1,63})$")
@@ -132,11 +132,6 @@ class Schedules:
             touch(row)
             session.add(row)
             return row
-
-    def recent_ticks(self, flow_id: str, limit: int = 100) -> list[TickRow]:
-        with Session(self.engine) as session:
-            return list(session.exec(select(TickRow).where(col(TickRow.flow_id) == flow_id)
-                                     .order_by(col(TickRow.tick).desc()).limit(limit)).all())
 
 
 def _is_set(schedule: pb.Schedule, field: str) -> bool:

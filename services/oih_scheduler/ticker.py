@@ -59,7 +59,7 @@ class Ticker:
             next_due = self.firing.next_due()
         except Exception:
             self._failures += 1
-            delay = min(0.5 * 2 ** self._failures, 30.0)
+            delay: float = min(0.5 * 2.0 ** self._failures, 30.0)
             log.warning("scheduler round failed; retrying in %.1f s", delay, exc_info=True)
             return delay
         self._failures = 0
