@@ -24,6 +24,7 @@ from oih_runtime.db import make_engine
 from oih_runtime.identity import platform_identity
 from oih_runtime.settings import ServiceSettings
 from oih_runtime.tokens import TokenVerifier
+from oih_worker import topology
 
 from . import events, models
 from .amqp import Amqp
@@ -96,7 +97,8 @@ def build(settings: ServiceSettings, own: OrchestratorSettings, *,
             own.components_address, identity.token.get)
     lookup = components or ComponentDirectory(components_channel)  # type: ignore[arg-type]
     driver = driver or make_driver(settings, own)
-    amqp = Amqp(settings.rabbitmq_url)
+    amqp = Amqp(settings.rabbitmq_url,
+                snapshots_queue=topology.snapshots_queue(settings.bus_namespace))
     management = Management.for_broker(own.management_url, settings.rabbitmq_url)
     orchestrator = Orchestrator(engine, driver, amqp, management, lookup,
                                 worker_amqp_url=own.worker_amqp_url or settings.rabbitmq_url,

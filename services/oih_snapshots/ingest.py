@@ -1,0 +1,154 @@
+"""Consuming workers' snapshot writes from the platform's snapshots queue.
+
+A write is the JSON form of `oih.snapshots.v1.Snapshot` (`name`, `executionId`, `data`,
+`sequence`) published by a worker on its flow's exchange with the `snapshot` key. Which flow
+wrote it comes from the exchange it was routed through (a worker's broker user may publish
+only to its own flow's exchange), never from the body; a body naming another flow is refused.
+The flow's tenant comes from the flow events (`FlowRow`).
+
+Each write is applied in a transaction (`logic.apply_write`, which drops writes older than the
+stored one) and acked after the commit: a crash redelivers it, and the sequence makes the second
+delivery a no-op. A write for a flow whose tenant is not known yet (its `oih.flow.starting`
+event is still on its way) or a database failure is requeued after a pause; a malformed write
+is logged and dropped (retrying cannot repair it).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from typing import Any
+
+import pika
+import pika.exceptions
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import SQLAlchemyError
+
+from oih_runtime.bus.topology import connection_parameters, redact_url
+from oih_runtime.db import transaction
+from oih_worker import topology
+
+from . import logic
+
+log = logging.getLogger(__name__)
+
+PREFETCH = 50
+RETRY_PAUSE = 1.0
+
+
+class Malformed(ValueError):
+    """A write that cannot be applied, ever."""
+
+
+class NotYet(Exception):
+    """A write that may be applied later (the flow's tenant is not known yet)."""
+
+
+def parse_write(exchange: str, body: bytes) -> tuple[logic.Key, dict[str, Any], int]:
+    flow_id = topology.flow_of_exchange(exchange)
+    if flow_id is None:
+        raise Malformed(f"snapshot from exchange {exchange!r}, not a flow's")
+    try:
+        raw = json.loads(body)
+    except ValueError:
+        raise Malformed("body is not JSON") from None
+    if not isinstance(raw, dict) or not isinstance(raw.get("data"), dict):
+        raise Malformed("body is not a snapshot with an object `data`")
+    sequence = raw.get("sequence")
+    if isinstance(sequence, str) and sequence.isdigit():
+        sequence = int(sequence)  # proto3 JSON writes int64 as a string
+    if not isinstance(sequence, int) or isinstance(sequence, bool) or sequence <= 0:
+        raise Malformed("`sequence` must be a positive integer")
+    try:
+        key = logic.key_of(str(raw.get("name", "")), str(raw.get("executionId", "")), "name")
+    except Exception as error:
+        raise Malformed(f"bad snapshot name: {error}") from None
+    if key.flow_id != flow_id:
+        raise Malformed(f"a worker of flows/{flow_id} wrote {key.name}")
+    if len(body) > logic.MAX_BYTES + 4096:
+        raise Malformed("snapshot larger than 1 MiB")
+    return key, raw["data"], sequence
+
+
+def apply(engine: Engine, exchange: str, body: bytes) -> bool:
+    """Apply one delivered write; True when it changed the stored snapshot."""
+    key, data, sequence = parse_write(exchange, body)
+    with transaction(engine, lock=True) as session:
+        tenant = logic.flow_tenant(session, key.flow_id)
+        if tenant is None:
+            raise NotYet(f"flows/{key.flow_id} is not known yet")
+        return logic.apply_write(session, key, tenant, data, sequence)
+
+
+class SnapshotConsumer:
+    """A daemon thread consuming the snapshots queue, reconnecting with back-off."""
+
+    def __init__(self, engine: Engine, url: str, queue: str) -> None:
+        self.engine = engine
+        self.url = url
+        self.queue = queue
+        self.ready = threading.Event()
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._connection: pika.BlockingConnection | None = None
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="oih-snapshots-ingest",
+                                            daemon=True)
+            self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stopping.set()
+        connection = self._connection
+        if connection is not None:
+            try:
+                connection.add_callback_threadsafe(connection.close)
+            except Exception:  # already closed
+                log.debug("snapshot consumer connection already closed")
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    def _run(self) -> None:
+        delay = 0.5
+        while not self._stopping.is_set():
+            try:
+                self._consume()
+                delay = 0.5
+            except (pika.exceptions.AMQPError, OSError) as error:
+                if self._stopping.is_set():
+                    return
+                log.warning("snapshots queue at %s unavailable (%r); retrying in %.1f s",
+                            redact_url(self.url), error, delay)
+                self._stopping.wait(delay)
+                delay = min(delay * 2, 30.0)
+
+    def _consume(self) -> None:
+        connection = pika.BlockingConnection(connection_parameters(self.url))
+        self._connection = connection
+        try:
+            channel = connection.channel()
+            channel.queue_declare(self.queue, durable=True)
+            channel.basic_qos(prefetch_count=PREFETCH)
+            channel.basic_consume(self.queue, self._on_message)
+            self.ready.set()
+            while not self._stopping.is_set() and connection.is_open:
+                connection.process_data_events(time_limit=0.5)
+        finally:
+            self._connection = None
+            if connection.is_open:
+                connection.close()
+
+    def _on_message(self, channel: Any, method: Any, properties: Any, body: bytes) -> None:
+        try:
+            apply(self.engine, method.exchange, body)
+        except Malformed as error:
+            log.error("dropped a snapshot write: %s", error)
+        except (NotYet, SQLAlchemyError) as error:
+            log.warning("snapshot write postponed: %r", error)
+            self._stopping.wait(RETRY_PAUSE)
+            channel.basic_nack(method.delivery_tag, requeue=True)
+            return
+        channel.basic_ack(method.delivery_tag)
