@@ -71,6 +71,7 @@ from .models import (
     DeploymentRow,
 )
 from .models import STARTING as DEPLOYING
+from .snapshots import SnapshotReader, SnapshotsUnavailable
 from .tasks import FlowTasks
 
 log = logging.getLogger(__name__)
@@ -134,6 +135,8 @@ class Orchestrator:
         self.stop_timeout = stop_timeout
         #: Told which flows run (follow/drain), e.g. the executions' ReportsConsumer.
         self.reports: Any = None
+        #: Where the steps' last snapshots come from at deployment (None: workers start empty).
+        self.snapshots: SnapshotReader | None = None
         #: Starts, stops and teardowns, off the event consumer's thread, ordered per flow.
         self.tasks = FlowTasks(task_threads)
         #: Rows last changed before this moment were not changed by this process: a STARTING
@@ -252,6 +255,13 @@ class Orchestrator:
                 raise StartFailed(str(error)) from None
         found = {node.id: self._component(node) for node in flow.graph.nodes}
         specs = [self._spec(flow, node, found[node.id]) for node in flow.graph.nodes]
+        if self.snapshots is not None:
+            try:
+                stored = self.snapshots.persistent(flow_id)
+            except SnapshotsUnavailable as error:
+                raise StartFailed(str(error)) from None
+            for spec in specs:
+                spec.snapshot, spec.snapshot_sequence = stored.get(spec.step_id, ({}, 0))
         # Recorded before anything is created: after a crash the row names what to clean up.
         with transaction(self.engine) as session:
             row = session.get(DeploymentRow, flow_id)

@@ -38,6 +38,7 @@ from .management import Management
 from .reconciler import Periodic, UntilDone
 from .servicer import OrchestratorServicer, ServiceContext
 from .settings import OrchestratorSettings
+from .snapshots import SnapshotReader
 
 #: The orchestrator's tables: its deployments, the executions view's, and the bus's.
 TABLES = (*models.TABLES, *executions_models.TABLES, *BUS_TABLES)
@@ -103,6 +104,9 @@ def build(settings: ServiceSettings, own: OrchestratorSettings, *,
     orchestrator = Orchestrator(engine, driver, amqp, management, lookup,
                                 worker_amqp_url=own.worker_amqp_url or settings.rabbitmq_url,
                                 start_timeout=own.start_timeout)
+    if own.snapshots_address:
+        orchestrator.snapshots = SnapshotReader(
+            authenticated_channel(own.snapshots_address, identity.token.get))
     servicer = OrchestratorServicer(ServiceContext(engine, amqp, orchestrator))
     service = server.Service(
         name="orchestrator",

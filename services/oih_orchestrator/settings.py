@@ -45,6 +45,9 @@ class OrchestratorSettings:
     #: kubernetes driver runs components that are Python entry points, such as the built-ins.
     #: Empty: the kubernetes driver refuses them (the local driver ignores it).
     python_image: str = ""
+    #: The Snapshots service, asked for the steps' last snapshots at every deployment (see
+    #: oih_orchestrator.snapshots). Empty: workers start with empty snapshots.
+    snapshots_address: str = ""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None,
@@ -63,4 +66,5 @@ class OrchestratorSettings:
             register_builtins=env.get("OIH_ORCHESTRATOR_REGISTER_BUILTINS", "true").lower()
             not in ("0", "false", "no"),
             python_image=env.get("OIH_ORCHESTRATOR_PYTHON_IMAGE", ""),
+            snapshots_address=env.get("OIH_ORCHESTRATOR_SNAPSHOTS_ADDRESS", ""),
         )

@@ -13,7 +13,8 @@ A function emits by returning (or yielding) any mix of:
 - a `dict`: the `data` of one output (metadata and attachments are inherited from the input);
 - a `Message`: one output as given (its id is ignored; the runtime assigns a deterministic one);
 - a list, tuple or generator of the above;
-- a `Snapshot({...})`: the step's new snapshot (the last one emitted wins).
+- a `Snapshot({...})`: the step's new snapshot (the last one emitted wins); kept across runs,
+  or only for this execution with `Snapshot({...}, execution=True)`.
 
 It signals an error by raising. Errors are retried by the step's RetryPolicy unless the
 exception is non-retryable: a subclass of `NonRetryableError`, a class decorated with
