@@ -4,7 +4,8 @@ Config: `url` (required), `method` (default POST; GET/HEAD/DELETE send no body),
 `timeout` (seconds, default 30). Output: `{"status", "headers", "body"}` (body parsed as JSON
 when the response says so). A non-2xx answer is an error: 4xx are non-retryable (the request
 itself is wrong) except 408 and 429; 5xx and network errors are retried by the step's policy.
-Uses the standard library (urllib), so the runtime needs no HTTP client dependency.
+Uses the standard library (urllib), so the runtime needs no HTTP client dependency, through
+`oih_sdk.egress`: a URL (or a redirect) leading to an internal address is refused, not retried.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import urllib.error
 import urllib.request
 from typing import Any
 
-from oih_sdk import Message, NonRetryableError
+from oih_sdk import Message, NonRetryableError, egress
 
 from ._meta import builtin
 
@@ -60,7 +61,7 @@ def request(message: Message, config: dict[str, Any],
         headers.setdefault("content-type", "application/json")
     req = urllib.request.Request(url, data=body, method=method, headers=headers)  # noqa: S310
     try:
-        with urllib.request.urlopen(req, timeout=float(config.get("timeout", 30))) as response:  # noqa: S310
+        with egress.urlopen(req, timeout=float(config.get("timeout", 30))) as response:
             status, raw, answer_headers = response.status, response.read(), response.headers
     except urllib.error.HTTPError as exc:
         exc.close()

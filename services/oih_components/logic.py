@@ -88,7 +88,7 @@ class Components:
             # The contract: a tenant component is owned by its tenant, so every principal of
             # the tenant (with components.update) may maintain it.
             _add_owner(component, pb.Owner(id=caller.tenant, type=pb.OWNER_TYPE_TENANT))
-        rules.check(component)
+        rules.check(component, caller.tenant)
         row = ComponentRow(id=uuid.uuid4().hex, tenant=caller.tenant,
                            display_name=component.display_name, etag=uuid.uuid4().hex)
         convert.fill(row, component)
@@ -127,7 +127,7 @@ class Components:
                 requested, merged, replace_message_field=True, replace_repeated_field=True)
             if merged.access == pb.ACCESS_UNSPECIFIED:
                 merged.access = pb.ACCESS_PRIVATE
-            rules.check(merged)
+            rules.check(merged, row.tenant)
             convert.fill(row, merged)
             touch(row)
             session.add(row)

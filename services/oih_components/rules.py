@@ -42,12 +42,12 @@ PULL_POLICIES = set(pb.ContainerImage.PullPolicy.values())
 Violations = list[tuple[str, str]]
 
 
-def check(component: pb.Component, prefix: str = "component") -> None:
-    """Raise INVALID_ARGUMENT naming every rule `component` breaks."""
+def check(component: pb.Component, tenant: str, prefix: str = "component") -> None:
+    """Raise INVALID_ARGUMENT naming every rule `component` (of `tenant`) breaks."""
     found: Violations = []
     found += _texts(component, prefix)
     found += _distribution(component, prefix)
-    found += _owners(component.owners, f"{prefix}.owners")
+    found += _owners(component.owners, tenant, f"{prefix}.owners")
     found += _functions(component.triggers, f"{prefix}.triggers")
     found += _functions(component.actions, f"{prefix}.actions")
     found += _resources(component, f"{prefix}.resources")
@@ -89,7 +89,7 @@ def _distribution(c: pb.Component, prefix: str) -> Violations:
     return []
 
 
-def _owners(owners: Iterable[pb.Owner], prefix: str) -> Violations:
+def _owners(owners: Iterable[pb.Owner], tenant: str, prefix: str) -> Violations:
     found, seen = [], set()
     for i, owner in enumerate(owners):
         where = f"{prefix}[{i}]"
@@ -99,6 +99,11 @@ def _owners(owners: Iterable[pb.Owner], prefix: str) -> Violations:
         elif not owner.id.startswith(expected) or len(owner.id) == len(expected) \
                 or "/" in owner.id[len(expected):]:
             found.append((f"{where}.id", f"must look like {expected}{{id}} for this type"))
+        elif owner.type == pb.OWNER_TYPE_TENANT and owner.id != tenant:
+            # Owning makes a principal see and change the component: another tenant must never
+            # be handed that (flows refuse it the same way).
+            found.append((f"{where}.id", f"a component can only be owned by its own tenant "
+                                         f"({tenant or 'none'})"))
         elif len(owner.id) > MAX_OWNER_ID:
             found.append((f"{where}.id", f"at most {MAX_OWNER_ID} characters"))
         elif owner.id in seen:

@@ -92,14 +92,15 @@ def flow_failed(session: Session, event: Event, payload: orchestrator_pb2.FlowFa
     session.add(row)
 
 
-def user_deleted(session: Session, event: Event, payload: iam_pb2.UserChanged) -> None:
-    """Remove the user from every owner list; stop flows left without any owner."""
+def _owner_deleted(session: Session, owner: str, tenant: str) -> None:
+    """Remove `owner` (a user or a service account) from every owner list; stop the flows left
+    without any owner."""
     query = (select(FlowRow).join(FlowOwnerRow)
-             .where(col(FlowOwnerRow.owner) == payload.user))
-    if payload.tenant:
-        query = query.where(col(FlowRow.tenant) == payload.tenant)
+             .where(col(FlowOwnerRow.owner) == owner))
+    if tenant:
+        query = query.where(col(FlowRow.tenant) == tenant)
     for row in session.exec(query).unique().all():
-        row.owners = [o for o in row.owners if o.owner != payload.user]
+        row.owners = [o for o in row.owners if o.owner != owner]
         row.update_time = utcnow()
         session.add(row)
         session.flush()
@@ -108,6 +109,15 @@ def user_deleted(session: Session, event: Event, payload: iam_pb2.UserChanged) -
         # must not keep running. It stays in the tenant, where a colleague can take it over.
         if not row.owners and row.state not in (INACTIVE, STOPPING):
             lifecycle.stop(session, row, stopped_by="")
+
+
+def user_deleted(session: Session, event: Event, payload: iam_pb2.UserChanged) -> None:
+    _owner_deleted(session, payload.user, payload.tenant)
+
+
+def service_account_deleted(session: Session, event: Event,
+                            payload: iam_pb2.ServiceAccountChanged) -> None:
+    _owner_deleted(session, payload.service_account, payload.tenant)
 
 
 def tenant_deleted(session: Session, event: Event, payload: iam_pb2.TenantChanged) -> None:
@@ -130,5 +140,6 @@ HANDLERS: dict[str, tuple[Handler, type[Any]]] = {
     "oih.flow.stopped": (flow_stopped, orchestrator_pb2.FlowStateChanged),
     "oih.flow.failed": (flow_failed, orchestrator_pb2.FlowFailed),
     "oih.iam.user.deleted": (user_deleted, iam_pb2.UserChanged),
+    "oih.iam.service_account.deleted": (service_account_deleted, iam_pb2.ServiceAccountChanged),
     "oih.iam.tenant.deleted": (tenant_deleted, iam_pb2.TenantChanged),
 }

@@ -9,7 +9,6 @@ Every replica runs a sweeper; the etag guard on each row means only one of them 
 from __future__ import annotations
 
 import logging
-import threading
 from datetime import datetime, timedelta
 
 from sqlalchemy.engine import Engine
@@ -19,6 +18,7 @@ from sqlmodel import Session, col, select
 from oih_flows import lifecycle
 from oih_flows.lifecycle import STARTING, TRANSITIONS
 from oih_flows.models import FlowRow
+from oih_runtime.background import Periodic
 from oih_runtime.clock import aware, utcnow
 
 log = logging.getLogger(__name__)
@@ -60,38 +60,12 @@ def fail_stuck_flows(engine: Engine, now: datetime,
     return failed
 
 
-class Sweeper:
-    """Runs `fail_stuck_flows` every `interval` seconds on a daemon thread."""
+class Sweeper(Periodic):
+    """Runs `fail_stuck_flows` every `interval` seconds (the first time after one interval);
+    a database outage is logged and the next round sweeps again."""
 
     def __init__(self, engine: Engine, timeout: timedelta, interval: float) -> None:
+        super().__init__(lambda: fail_stuck_flows(engine, utcnow(), timeout), interval,
+                         "oih-flows-sweeper", at_once=False, stop_timeout=10.0)
         self.engine = engine
         self.timeout = timeout
-        self.interval = interval
-        self._stopping = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def start(self) -> None:
-        if self._thread is not None:
-            return
-        self._stopping.clear()
-        self._thread = threading.Thread(target=self._run, name="oih-flows-sweeper",
-                                        daemon=True)
-        self._thread.start()
-
-    def stop(self, timeout: float = 10.0) -> None:
-        self._stopping.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
-
-    @property
-    def running(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
-
-    def _run(self) -> None:
-        while not self._stopping.wait(self.interval):
-            try:
-                fail_stuck_flows(self.engine, utcnow(), self.timeout)
-            except Exception:
-                # A database outage: keep sweeping once it is back.
-                log.exception("sweeping stuck flows failed; trying again")

@@ -321,7 +321,9 @@ def render_envoy_config(
     descriptor_path: str,
     issuer: str,
     audience: str,
-    jwks_cache_seconds: int = 30,
+    # IAM publishes a rotated-in key OIH_IAM_KEY_ANNOUNCE_SECONDS (60) before signing with it;
+    # refetching every 10 s leaves room for IAM replicas' 30 s key reload.
+    jwks_cache_seconds: int = 10,
     clock_skew_seconds: int = 5,
     max_request_bytes: int = MIB,
     raw_body_max_request_bytes: int = 10 * MIB,

@@ -1,8 +1,15 @@
 """Signing keys: RS256, identified by `kid`, rotatable.
 
 RS256 rather than ES256 because tokens are verified far more often than they are signed (at
-Envoy and in every service), and RSA verification is the cheaper of the two. The newest key
-signs; retired keys stay in the JWKS until every token they signed has expired.
+Envoy and in every service), and RSA verification is the cheaper of the two.
+
+Rotation pre-announces: a new key is published in the JWKS at once but signs only
+`announce` later (`OIH_IAM_KEY_ANNOUNCE_SECONDS`), when every verifier has fetched it — Envoy
+refetches the JWKS every 10 s, other IAM replicas reload keys every 30 s. Signing with a key
+nobody has fetched yet would make every new token fail at the gateway until its next fetch.
+A key's `retire_time` is when it stops signing (set by the rotation to the new key's start, so
+possibly in the future); the oldest key not yet retired signs. Retired keys stay in the JWKS
+until every token they signed has expired.
 """
 
 from __future__ import annotations
@@ -11,7 +18,8 @@ import json
 import threading
 import time
 import uuid
-from datetime import timedelta
+from collections.abc import Callable
+from datetime import datetime, timedelta
 from typing import Any
 
 import jwt
@@ -21,7 +29,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
 from oih_iam.models import SigningKeyRow
-from oih_runtime.clock import utcnow
+from oih_runtime.clock import aware, utcnow
 from oih_runtime.db import transaction
 
 
@@ -39,46 +47,51 @@ class KeyStore:
     """The signing keys of this IAM, cached in memory and persisted in its database."""
 
     def __init__(self, engine: Engine, token_lifetime: timedelta,
-                 reload_seconds: float = 30.0) -> None:
+                 reload_seconds: float = 30.0, announce: timedelta = timedelta(seconds=60),
+                 clock: Callable[[], datetime] = utcnow) -> None:
         self._engine = engine
         self._token_lifetime = token_lifetime
         # Several IAM replicas share the database: each re-reads the keys this often, so a
         # rotation made by one is signed with and published by all of them soon after.
         self._reload_seconds = reload_seconds
+        self._announce = announce
+        self._clock = clock
         self._loaded_at = 0.0
         self._reloading = threading.Lock()
         self._lock = threading.Lock()
-        self._current: tuple[str, Any] | None = None
+        #: (kid, private key, retire time or None), oldest first.
+        self._keys: list[tuple[str, Any, datetime | None]] = []
         self._jwks: dict[str, Any] = {}
         with transaction(engine) as session:
-            if self._active(session) is None:
+            if not self._unretired(session):
                 session.add(_new_key())
         self._load()
 
-    @staticmethod
-    def _active(session: Session) -> SigningKeyRow | None:
-        query = select(SigningKeyRow).where(col(SigningKeyRow.retire_time).is_(None))
-        return session.exec(query.order_by(col(SigningKeyRow.create_time).desc())).first()
+    def _unretired(self, session: Session) -> list[SigningKeyRow]:
+        """Keys that sign now or will: oldest first."""
+        now = self._clock()
+        rows = session.exec(select(SigningKeyRow).order_by(col(SigningKeyRow.create_time)))
+        return [row for row in rows
+                if row.retire_time is None or aware(row.retire_time) > now]
 
     def _load(self) -> None:
         # Keys retired longer ago than a token lives (plus margin) can no longer verify anything.
-        horizon = utcnow() - self._token_lifetime - timedelta(minutes=5)
+        horizon = self._clock() - self._token_lifetime - timedelta(minutes=5)
         with Session(self._engine) as session:
-            rows = session.exec(select(SigningKeyRow)).all()
-            active = self._active(session)
-        assert active is not None
-        published = []
+            rows = session.exec(select(SigningKeyRow)
+                                .order_by(col(SigningKeyRow.create_time))).all()
+        published, keys = [], []
         for row in rows:
-            retired = row.retire_time
-            if retired is not None and retired.replace(tzinfo=horizon.tzinfo) < horizon:
+            retired = aware(row.retire_time) if row.retire_time is not None else None
+            if retired is not None and retired < horizon:
                 continue
             private = serialization.load_pem_private_key(row.private_pem.encode(), None)
             assert isinstance(private, rsa.RSAPrivateKey)
             jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(private.public_key()))
             published.append({**jwk, "kid": row.kid, "use": "sig", "alg": "RS256"})
-        active_key = serialization.load_pem_private_key(active.private_pem.encode(), None)
+            keys.append((row.kid, private, retired))
         with self._lock:
-            self._current = (active.kid, active_key)
+            self._keys = keys
             self._jwks = {"keys": published}
             self._loaded_at = time.monotonic()
 
@@ -92,24 +105,33 @@ class KeyStore:
                 self._reloading.release()
 
     def signing_key(self) -> tuple[str, Any]:
+        """The key that signs now: the oldest one not yet retired."""
         self._fresh()
+        now = self._clock()
         with self._lock:
-            assert self._current is not None
-            return self._current
+            for kid, key, retired in self._keys:
+                if retired is None or retired > now:
+                    return kid, key
+            # Every loaded key retired (a rotation's successor not loaded yet): the newest.
+            kid, key, _ = self._keys[-1]
+            return kid, key
 
     def jwks(self) -> dict[str, Any]:
         self._fresh()
         with self._lock:
             return self._jwks
 
-    def rotate(self) -> SigningKeyRow:
+    def rotate(self) -> tuple[SigningKeyRow, datetime]:
+        """Publish a new key now; it signs from the returned time on (`announce` later)."""
+        start = self._clock() + self._announce
         with transaction(self._engine) as session:
-            for row in session.exec(
-                select(SigningKeyRow).where(col(SigningKeyRow.retire_time).is_(None))
-            ):
-                row.retire_time = utcnow()
-                session.add(row)
+            for row in self._unretired(session):
+                # The current key signs until the new one starts (an earlier rotation's
+                # pending key keeps its own, earlier, turn).
+                if row.retire_time is None or aware(row.retire_time) > start:
+                    row.retire_time = start
+                    session.add(row)
             fresh = _new_key()
             session.add(fresh)
         self._load()
-        return fresh
+        return fresh, start

@@ -17,6 +17,7 @@ from datetime import datetime, timedelta
 from typing import TypeVar
 
 from google.protobuf.message import Message
+from sqlalchemy import delete
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, SQLModel, col, or_, select
@@ -34,6 +35,7 @@ from oih_iam.models import (
     RoleRow,
     ServiceAccountRow,
     TenantRow,
+    UnknownLoginRow,
     UserRow,
 )
 from oih_iam.settings import IamSettings
@@ -152,19 +154,31 @@ class Iam:
         username = username.strip().lower()
         with Session(self.engine) as session:
             user = session.exec(select(UserRow).where(UserRow.username == username)).first()
-        self._refuse_if_locked(user, utcnow())
+            self._refuse_if_locked(user or session.get(UnknownLoginRow, username), utcnow())
         # The memory-hard check runs outside the write transaction (on SQLite that holds the
         # database's write lock); the outcome is then recorded against the row as it is now.
         verified = self.passwords.verify(user.password_hash if user else None, password)
         now = utcnow()
+        try:
+            return self._record_login(user, username, verified, now)
+        except IntegrityError:
+            # (PostgreSQL) a concurrent failure created the same unknown username's counter
+            # first: that username has no user, so this is a failure too.
+            raise Unauthenticated("wrong username or password", reason="BAD_CREDENTIALS") from None
+
+    def _record_login(self, user: UserRow | None, username: str, verified: bool,
+                      now: datetime) -> Issued:
         with transaction(self.engine, lock=True) as session:
             current = None
             if user is not None:
                 current = session.exec(
                     select(UserRow).where(UserRow.id == user.id).with_for_update()
                 ).first()
-                # Concurrent failures may have locked the account while we were checking.
-                self._refuse_if_locked(current, now)
+            # A username without a user is counted and locked like one, so the answers (401s,
+            # then 429) do not tell an attacker which usernames exist.
+            counter = current or self._unknown_login(session, username, now)
+            # Concurrent failures may have locked the account while we were checking.
+            self._refuse_if_locked(counter, now)
             # A password changed (or the user deleted) meanwhile voids the check.
             if (verified and user is not None and current is not None
                     and current.password_hash == user.password_hash):
@@ -174,9 +188,8 @@ class Iam:
                     session.add(current)
                 failure = None
             else:
-                if current is not None:
-                    self._count_failure(current, now)
-                    session.add(current)
+                self._count_failure(counter, now)
+                session.add(counter)
                 self._emit(session, "oih.iam.login.failed", events.LoginFailed(username=username),
                            tenant_id=current.tenant_id if current else "")
                 failure = Unauthenticated("wrong username or password", reason="BAD_CREDENTIALS")
@@ -189,8 +202,22 @@ class Iam:
             return self._issue(session, f"users/{current.id}", current.tenant_id, "user",
                                current.roles, current.permissions)
 
+    def _unknown_login(self, session: Session, username: str, now: datetime) -> UnknownLoginRow:
+        """The failure counter of a username no user has (created at its first failure)."""
+        row = session.exec(select(UnknownLoginRow).where(UnknownLoginRow.username == username)
+                           .with_for_update()).first()
+        if row is None:
+            # Forget usernames whose last lock ran out long ago: the table stays small however
+            # many names are tried.
+            horizon = now - timedelta(seconds=2 * self.settings.lock_max_seconds)
+            session.execute(delete(UnknownLoginRow)
+                            .where(col(UnknownLoginRow.update_time) < horizon))
+            row = UnknownLoginRow(username=username)
+        row.update_time = now
+        return row
+
     @staticmethod
-    def _refuse_if_locked(user: UserRow | None, now: datetime) -> None:
+    def _refuse_if_locked(user: UserRow | UnknownLoginRow | None, now: datetime) -> None:
         locked_until = aware(user.locked_until) if user and user.locked_until else None
         if locked_until is not None and locked_until > now:
             raise ResourceExhausted(
@@ -198,7 +225,7 @@ class Iam:
                 retry_after=(locked_until - now).total_seconds(), reason="ACCOUNT_LOCKED",
             )
 
-    def _count_failure(self, user: UserRow, now: datetime) -> None:
+    def _count_failure(self, user: UserRow | UnknownLoginRow, now: datetime) -> None:
         user.failed_logins += 1
         beyond = user.failed_logins - self.settings.lock_after_failures
         if beyond >= 0:
@@ -464,6 +491,26 @@ class Iam:
             if role in account.roles:
                 self._revoke_subject(session, f"service-accounts/{account.id}")
 
+    def _remove_from_holders(self, session: Session, role: str, tenant_id: str) -> None:
+        """A deleted role leaves its holders (else every later change of their grants would
+        name a role that does not exist), and their tokens, which carry its permissions, are
+        revoked."""
+        for user in session.exec(select(UserRow).where(UserRow.tenant_id == tenant_id)):
+            if role in user.roles:
+                user.roles = [r for r in user.roles if r != role]
+                user.update_time = utcnow()
+                session.add(user)
+                self._revoke_subject(session, f"users/{user.id}")
+                self._emit_user(session, "oih.iam.user.updated", user)
+        accounts = select(ServiceAccountRow).where(ServiceAccountRow.tenant_id == tenant_id)
+        for account in session.exec(accounts):
+            if role in account.roles:
+                account.roles = [r for r in account.roles if r != role]
+                account.update_time = utcnow()
+                session.add(account)
+                self._revoke_subject(session, f"service-accounts/{account.id}")
+                self._emit_account(session, "oih.iam.service_account.updated", account)
+
     def _check_password(self, password: str, field: str) -> None:
         if len(password) < MIN_PASSWORD_LENGTH:
             raise InvalidArgument.field(field, f"must be at least {MIN_PASSWORD_LENGTH} characters")
@@ -627,7 +674,7 @@ class Iam:
         with transaction(self.engine) as session:
             row = self._mutable_role(session, caller, name, "name")
             session.delete(row)
-            self._revoke_holders(session, name, row.tenant_id)
+            self._remove_from_holders(session, name, row.tenant_id)
 
     # ----------------------------------------------------------------- service accounts
 

@@ -35,6 +35,18 @@ class UserRow(SQLModel, table=True):
     update_time: datetime = Field(default_factory=utcnow)
 
 
+class UnknownLoginRow(SQLModel, table=True):
+    """Failed logins of a username no user has: counted and locked exactly like a user's
+    (`UserRow.failed_logins`, `locked_until`), so the answers do not tell which usernames exist.
+    Rows whose lock ran out longer ago than the longest lock are deleted as new ones come."""
+
+    __tablename__ = "iam_unknown_login"
+    username: str = Field(primary_key=True)
+    failed_logins: int = 0
+    locked_until: datetime | None = None
+    update_time: datetime = Field(default_factory=utcnow, index=True)
+
+
 class RoleRow(SQLModel, table=True):
     __tablename__ = "iam_role"
     id: str = Field(primary_key=True)
@@ -64,7 +76,8 @@ class SigningKeyRow(SQLModel, table=True):
     kid: str = Field(primary_key=True)
     private_pem: str
     create_time: datetime = Field(default_factory=utcnow)
-    #: Set when a newer key took over; the key stays published until its tokens have expired.
+    #: When a newer key takes over (set by a rotation, which pre-announces the newer key, so it
+    #: may lie in the future); the key stays published until its tokens have expired.
     retire_time: datetime | None = None
 
 
@@ -80,4 +93,5 @@ class RevocationRow(SQLModel, table=True):
 
 
 #: IAM's own tables.
-TABLES = (TenantRow, UserRow, RoleRow, ServiceAccountRow, SigningKeyRow, RevocationRow)
+TABLES = (TenantRow, UserRow, UnknownLoginRow, RoleRow, ServiceAccountRow, SigningKeyRow,
+          RevocationRow)

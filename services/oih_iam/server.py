@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 from dataclasses import dataclass
+from datetime import timedelta
 
 from oih.iam.v1 import iam_pb2, iam_pb2_grpc
 from oih_iam import models
@@ -43,7 +44,8 @@ class Built:
 
 def build(settings: ServiceSettings, iam_settings: IamSettings) -> Built:
     engine = make_engine(settings.database_url, tables=(*models.TABLES, *BUS_TABLES))
-    keys = KeyStore(engine, iam_settings.token_lifetime)
+    keys = KeyStore(engine, iam_settings.token_lifetime,
+                    announce=timedelta(seconds=iam_settings.key_announce_seconds))
     revocations = RevocationList()
     # IAM verifies tokens against its own keys, without a network hop.
     verifier = TokenVerifier(KeyCache(keys.jwks, max_age=60.0, min_refresh=0.0), issuer=settings.jwt_issuer,

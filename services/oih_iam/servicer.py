@@ -81,9 +81,10 @@ class IamServicer(iam_pb2_grpc.IamServiceServicer):
 
     def RotateSigningKey(self, request: iam_pb2.RotateSigningKeyRequest,
                          context: Context) -> iam_pb2.SigningKey:
-        row = self.keys.rotate()
+        row, start = self.keys.rotate()
         return iam_pb2.SigningKey(key_id=row.kid, algorithm="RS256",
-                                  create_time=clock.timestamp(row.create_time))
+                                  create_time=clock.timestamp(row.create_time),
+                                  start_time=clock.timestamp(start))
 
     def GetCurrentPrincipal(self, request: iam_pb2.GetCurrentPrincipalRequest,
                             context: Context) -> iam_pb2.Principal:

@@ -19,6 +19,9 @@ class IamSettings:
     lock_after_failures: int
     lock_base_seconds: float
     lock_max_seconds: float
+    #: How long a rotated-in signing key is published before it signs: longer than the
+    #: gateway's JWKS refetch interval plus the other replicas' key reload (10 s + 30 s).
+    key_announce_seconds: float = 60.0
 
     @classmethod
     def from_env(cls) -> IamSettings:
@@ -32,4 +35,5 @@ class IamSettings:
             lock_after_failures=int(env.get("OIH_IAM_LOCK_AFTER_FAILURES", "5")),
             lock_base_seconds=float(env.get("OIH_IAM_LOCK_BASE_SECONDS", "30")),
             lock_max_seconds=float(env.get("OIH_IAM_LOCK_MAX_SECONDS", "900")),
+            key_announce_seconds=float(env.get("OIH_IAM_KEY_ANNOUNCE_SECONDS", "60")),
         )

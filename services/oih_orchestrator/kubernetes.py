@@ -138,12 +138,15 @@ def _image(component: components_pb2.Component, python_image: str) -> tuple[str,
 
 def manifests(spec: StepSpec, component: components_pb2.Component, *,
               namespace: str = DEFAULT_NAMESPACE, replicas: int = 1,
-              python_image: str = "") -> list[dict[str, Any]]:
+              python_image: str = "",
+              egress_allowed_networks: str = "") -> list[dict[str, Any]]:
     """The Secret and the Deployment of one step (in that order: the Secret must exist first).
 
     The Secret holds `OIH_WORKER_SPEC`, the step's StepSpec as JSON including its broker
     credentials, which is why it is a Secret and not a ConfigMap or a plain env var.
     `python_image` runs a component that is a Python entry point (see the module docstring).
+    `egress_allowed_networks` is the administrator's allow-list of internal networks flows may
+    call (`OIH_EGRESS_ALLOWED_NETWORKS`, see oih_sdk.egress).
     """
     image, pull_policy = _image(component, python_image)
     name = deployment_name(spec.flow_id, spec.step_id)
@@ -179,6 +182,8 @@ def manifests(spec: StepSpec, component: components_pb2.Component, *,
             {"name": "TMPDIR", "value": "/tmp"},  # noqa: S108 - an emptyDir, not shared
             # Files components write (the sink built-in) go to the emptyDir too.
             {"name": "OIH_DATA_DIR", "value": DATA_DIR},
+            *([{"name": "OIH_EGRESS_ALLOWED_NETWORKS", "value": egress_allowed_networks}]
+              if egress_allowed_networks else []),
         ],
         "resources": _resources(component),
         "securityContext": {
@@ -281,10 +286,11 @@ class KubernetesDriver:
     name = "kubernetes"
 
     def __init__(self, namespace: str = DEFAULT_NAMESPACE, api_client: Any = None, *,
-                 python_image: str = "") -> None:
+                 python_image: str = "", egress_allowed_networks: str = "") -> None:
         self.namespace = namespace
         #: The platform image, which runs Python entry-point components ("" refuses them).
         self.python_image = python_image
+        self.egress_allowed_networks = egress_allowed_networks
         self._api_client = api_client
 
     def refusal(self, component: components_pb2.Component) -> str:
@@ -308,7 +314,8 @@ class KubernetesDriver:
         for spec in specs:
             secret, deployment = manifests(spec, components[spec.step_id],
                                            namespace=self.namespace,
-                                           python_image=self.python_image)
+                                           python_image=self.python_image,
+                                           egress_allowed_networks=self.egress_allowed_networks)
             self._apply(core.create_namespaced_secret, core.replace_namespaced_secret, secret)
             self._apply(apps.create_namespaced_deployment, apps.replace_namespaced_deployment,
                         deployment)

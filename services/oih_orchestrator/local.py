@@ -33,6 +33,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from oih.components.v1 import components_pb2
+from oih_runtime.background import Periodic
 from oih_worker.spec import StepSpec
 
 from .drivers import FAILED, RESTARTING, RUNNING, STARTING, STOPPING, WorkerInfo
@@ -97,8 +98,8 @@ class LocalDriver:
         self.poll_interval = poll_interval
         self._workers: dict[tuple[str, str], _Worker] = {}
         self._lock = threading.Lock()
-        self._stopping = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._supervisor = Periodic(self.check, poll_interval, "oih-local-driver",
+                                    at_once=False, stop_timeout=10.0)
         self._adopt()
 
     # --- Driver ----------------------------------------------------------------------------
@@ -155,25 +156,11 @@ class LocalDriver:
     # --- supervisor ------------------------------------------------------------------------
 
     def start(self) -> None:
-        if self._thread is None:
-            self._stopping.clear()
-            self._thread = threading.Thread(target=self._supervise, name="oih-local-driver",
-                                            daemon=True)
-            self._thread.start()
+        self._supervisor.start()
 
     def close(self) -> None:
         """Stop supervising; the workers keep running (a new orchestrator adopts them)."""
-        self._stopping.set()
-        if self._thread is not None:
-            self._thread.join(10)
-            self._thread = None
-
-    def _supervise(self) -> None:
-        while not self._stopping.wait(self.poll_interval):
-            try:
-                self.check()
-            except Exception:
-                log.exception("local driver: supervisor error")
+        self._supervisor.stop()
 
     def check(self) -> None:
         """One supervisor round: notice deaths, restart those whose back-off has passed."""

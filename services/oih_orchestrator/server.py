@@ -17,6 +17,7 @@ from sqlalchemy.engine import Engine
 from oih.components.v1 import components_pb2_grpc
 from oih.orchestrator.v1 import orchestrator_pb2, orchestrator_pb2_grpc
 from oih_runtime import server
+from oih_runtime.background import Periodic, UntilDone
 from oih_runtime.bus import Consumer, Relay
 from oih_runtime.bus.models import TABLES as BUS_TABLES
 from oih_runtime.clients import authenticated_channel
@@ -35,7 +36,6 @@ from .execute import executions_package
 from .executions import models as executions_models
 from .local import LocalDriver
 from .management import Management
-from .reconciler import Periodic, UntilDone
 from .servicer import OrchestratorServicer, ServiceContext
 from .settings import OrchestratorSettings
 from .snapshots import SnapshotReader
@@ -74,7 +74,8 @@ def make_driver(settings: ServiceSettings, own: OrchestratorSettings) -> Driver:
         kubernetes: Any = importlib.import_module("oih_orchestrator.kubernetes")
         return kubernetes.KubernetesDriver(  # type: ignore[no-any-return]
             namespace=own.kubernetes_namespace or kubernetes.DEFAULT_NAMESPACE,
-            python_image=own.python_image)
+            python_image=own.python_image,
+            egress_allowed_networks=own.egress_allowed_networks)
     raise ValueError(f"unknown driver {own.driver!r}: use local or kubernetes")
 
 

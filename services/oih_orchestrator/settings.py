@@ -48,6 +48,9 @@ class OrchestratorSettings:
     #: The Snapshots service, asked for the steps' last snapshots at every deployment (see
     #: oih_orchestrator.snapshots). Empty: workers start with empty snapshots.
     snapshots_address: str = ""
+    #: `OIH_EGRESS_ALLOWED_NETWORKS` (see oih_sdk.egress), handed on to the kubernetes driver's
+    #: workers (local workers inherit the orchestrator's environment).
+    egress_allowed_networks: str = ""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None,
@@ -67,4 +70,5 @@ class OrchestratorSettings:
             not in ("0", "false", "no"),
             python_image=env.get("OIH_ORCHESTRATOR_PYTHON_IMAGE", ""),
             snapshots_address=env.get("OIH_ORCHESTRATOR_SNAPSHOTS_ADDRESS", ""),
+            egress_allowed_networks=env.get("OIH_EGRESS_ALLOWED_NETWORKS", ""),
         )

@@ -16,8 +16,8 @@ from typing import Any
 
 import grpc
 
-from oih_runtime import access, logs, metrics, principal
-from oih_runtime.errors import DomainError, PermissionDenied, Unauthenticated
+from oih_runtime import access, depth, logs, metrics, principal
+from oih_runtime.errors import DomainError, InvalidArgument, PermissionDenied, Unauthenticated
 from oih_runtime.tokens import TokenVerifier
 from oih_runtime.validation import check_no_nul, check_required
 
@@ -41,6 +41,10 @@ class _WrappingInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
     ) -> Any:
         raise NotImplementedError
 
+    def deserializer(self, deserializer: Any) -> Any:
+        """The request deserializer to use (the handler's, unless an interceptor wraps it)."""
+        return deserializer
+
     def intercept_service(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], Any],
@@ -57,24 +61,24 @@ class _WrappingInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(
                 wrap(handler.unary_unary),
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=self.deserializer(handler.request_deserializer),
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream:
             return grpc.unary_stream_rpc_method_handler(
                 wrap(handler.unary_stream),
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=self.deserializer(handler.request_deserializer),
                 response_serializer=handler.response_serializer,
             )
         if handler.stream_unary:
             return grpc.stream_unary_rpc_method_handler(
                 wrap(handler.stream_unary),
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=self.deserializer(handler.request_deserializer),
                 response_serializer=handler.response_serializer,
             )
         return grpc.stream_stream_rpc_method_handler(
             wrap(handler.stream_stream),
-            request_deserializer=handler.request_deserializer,
+            request_deserializer=self.deserializer(handler.request_deserializer),
             response_serializer=handler.response_serializer,
         )
 
@@ -192,14 +196,26 @@ class AuthorizationInterceptor(_WrappingInterceptor):
 
 
 class ValidationInterceptor(_WrappingInterceptor):
-    """Answers INVALID_ARGUMENT for REQUIRED fields left unset and strings holding NUL."""
+    """Answers INVALID_ARGUMENT for requests that do not decode (JSON nested too deep), REQUIRED
+    fields left unset, strings holding NUL and JSON nested too deep."""
+
+    def deserializer(self, deserializer: Any) -> Any:
+        # gRPC answers a request its deserializer refuses with INTERNAL before any interceptor
+        # runs; handed on as `Undecodable`, it is refused here as bad input, after the token.
+        return depth.lenient(deserializer)
 
     def around(
         self, method: str, behavior: Behavior, request: Any, context: grpc.ServicerContext
     ) -> Any:
-        if access.method_descriptor(method) is not None:
+        descriptor = access.method_descriptor(method)
+        if isinstance(request, depth.Undecodable):
+            if descriptor is None:
+                raise InvalidArgument.field("(request)", "the request does not decode")
+            raise depth.refuse_undecodable(request, descriptor.input_type)
+        if descriptor is not None:
             check_required(request, method.rsplit("/", 1)[-1])
             check_no_nul(request)
+            depth.check_json_depth(request)
         return behavior(request, context)
 
 

@@ -18,6 +18,7 @@ import pika
 import pika.exceptions
 
 from oih.events.v1 import event_pb2, iam_pb2
+from oih_runtime.background import Reconnecting
 from oih_runtime.bus.topology import DEFAULT_EXCHANGE, connection_parameters, declare_exchange
 from oih_runtime.revocation import RevocationList
 
@@ -45,31 +46,20 @@ class RevocationFeed:
         self.name = name
         #: Set once the list is loaded and the queue is followed.
         self.ready = threading.Event()
-        self._stopping = threading.Event()
-        self._thread: threading.Thread | None = None
+        # The broker or IAM away: keep the list, and try again (any error is expected).
+        self._background = Reconnecting(name, self._follow, expected=(Exception,),
+                                        stop_timeout=10.0)
+        self._stopping = self._background.stopping
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
-        self._thread.start()
+        self._background.start()
 
     def stop(self, timeout: float = 10.0) -> None:
-        self._stopping.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-
-    def _run(self) -> None:
-        delay = 0.5
-        while not self._stopping.is_set():
-            try:
-                self._follow()
-                delay = 0.5
-            except Exception as error:  # broker or IAM away: keep the list, try again
-                log.warning("revocation feed interrupted (%s); retrying in %.1fs", error, delay)
-                self._stopping.wait(delay)
-                delay = min(delay * 2, 30.0)
+        self._background.stop(timeout)
 
     def _follow(self) -> None:
         connection = pika.BlockingConnection(connection_parameters(self.url))
+        self._background.connected()
         try:
             channel = connection.channel()
             declare_exchange(channel, self.exchange)

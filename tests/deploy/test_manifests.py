@@ -623,3 +623,33 @@ def test_the_dockerfile_runs_every_service_as_uid_10001() -> None:
     assert 'ENTRYPOINT ["python", "-m"]' in final
     assert any(line.startswith("CMD [") for line in final)
     assert any('pip install ".[kubernetes]"' in line for line in lines)
+
+
+def test_workers_reach_only_dns_the_broker_and_public_addresses(
+        overlay: tuple[str, list[Doc]]) -> None:
+    """A tenant's flow must not reach the platform's internals from a worker pod: the gateway
+    (and Envoy's admin interface, which listens on loopback anyway), the services, the
+    Kubernetes API, the metadata service."""
+    import ipaddress
+
+    _, docs = overlay
+    policy = one(docs, "NetworkPolicy", "worker-egress", WORKER_NAMESPACE)
+    assert policy["spec"]["podSelector"] == {} and policy["spec"]["policyTypes"] == ["Egress"]
+    rules = policy["spec"]["egress"]
+    ((broker, ports),) = [(peer, rule.get("ports", [])) for rule in rules for peer in rule["to"]
+                          if peer.get("namespaceSelector", {}).get("matchLabels") == {
+                              "kubernetes.io/metadata.name": NAMESPACE}]
+    assert [p["port"] for p in ports] == [5672]
+    rabbit = one(docs, "StatefulSet", "oih-rabbitmq")
+    labels = rabbit["spec"]["template"]["metadata"]["labels"]
+    assert broker["podSelector"]["matchLabels"].items() <= labels.items()
+    blocks = [peer["ipBlock"] for rule in rules for peer in rule["to"] if "ipBlock" in peer]
+    for internal in ("10.1.2.3", "172.16.0.1", "192.168.0.1", "169.254.169.254",
+                     "100.100.100.200", "127.0.0.1", "fd00:ec2::254", "fe80::1", "::1"):
+        address = ipaddress.ip_address(internal)
+        assert not any(address in ipaddress.ip_network(block["cidr"])
+                       and not any(address in ipaddress.ip_network(e)
+                                   for e in block.get("except", []))
+                       for block in blocks), internal
+    assert any(ipaddress.ip_address("93.184.215.14") in ipaddress.ip_network(b["cidr"])
+               for b in blocks)

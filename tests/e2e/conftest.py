@@ -60,6 +60,9 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
             "OIH_IAM_ARGON2_MEMORY_KIB": "1024",
             "OIH_IAM_ARGON2_TIME_COST": "1",
             "OIH_LOG_LEVEL": "WARNING",
+            # A rotated-in signing key signs after 15 s (Envoy refetches the JWKS every 10 s),
+            # so the rotation test sees the switch without waiting the default 60 s.
+            "OIH_IAM_KEY_ANNOUNCE_SECONDS": "15",
             # Each e2e run uses its own event exchange, so it never sees another run's events.
             "OIH_BUS_NAMESPACE": NAMESPACE,
             **{f"OIH_{name.upper()}_METRICS_PORT": str(port)
@@ -136,3 +139,17 @@ def wait_state(rest: httpx.Client, token: str, flow: str, state: str,
             assert current["state"] == state, current
             return dict(current)
         time.sleep(0.1)
+
+
+@pytest.fixture(scope="session")
+def builtins(rest: httpx.Client, admin_token: str) -> dict[str, str]:
+    """The built-in components the orchestrator registers at start: display name → name."""
+    deadline = time.monotonic() + 30
+    while True:
+        found = rest.get("/v1/components", headers=auth(admin_token),
+                         params={"filter": "access=PUBLIC", "page_size": 100}).json()
+        names = {c["display_name"]: c["name"] for c in found.get("components", [])}
+        if {"trigger", "transform", "sink"} <= names.keys() or time.monotonic() > deadline:
+            assert {"trigger", "transform", "sink"} <= names.keys(), names
+            return names
+        time.sleep(0.2)

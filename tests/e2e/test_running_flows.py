@@ -11,26 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 
 from oih_cli.platform import Platform
 from tests.e2e.conftest import auth, create_tenant_with_admin, unique, wait_state
 
 MESSAGES = 1000
-
-
-@pytest.fixture(scope="module")
-def builtins(rest: httpx.Client, admin_token: str) -> dict[str, str]:
-    """The built-in components the orchestrator registers at start: display name → name."""
-    deadline = time.monotonic() + 30
-    while True:
-        found = rest.get("/v1/components", headers=auth(admin_token),
-                         params={"filter": "access=PUBLIC", "page_size": 100}).json()
-        names = {c["display_name"]: c["name"] for c in found.get("components", [])}
-        if {"trigger", "transform", "sink"} <= names.keys() or time.monotonic() > deadline:
-            assert {"trigger", "transform", "sink"} <= names.keys(), names
-            return names
-        time.sleep(0.2)
 
 
 def pipeline(builtins: dict[str, str]) -> dict[str, Any]:

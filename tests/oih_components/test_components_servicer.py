@@ -402,6 +402,8 @@ CREATE_CASES = {
                            ["component.owners[0].type"]),
     "owner id of another kind": (entry_point_component(owners=[pb.Owner(
         id="tenants/x", type=pb.OWNER_TYPE_USER)]), ["component.owners[0].id"]),
+    "another tenant as owner": (entry_point_component(owners=[pb.Owner(
+        id="tenants/someone-else", type=pb.OWNER_TYPE_TENANT)]), ["component.owners[0].id"]),
     "owner listed twice": (entry_point_component(owners=[
         pb.Owner(id="users/x", type=pb.OWNER_TYPE_USER),
         pb.Owner(id="users/x", type=pb.OWNER_TYPE_USER)]), ["component.owners[1].id"]),

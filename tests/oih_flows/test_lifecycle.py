@@ -5,6 +5,7 @@ payload); and the sweeper that fails flows stuck in a transition."""
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Callable
 from datetime import timedelta
 
@@ -271,20 +272,32 @@ def test_events_for_unknown_or_foreign_flows_are_ignored(grpc_stub: Stub, tenant
     assert get(grpc_stub, tenant.user, created.name).state == pb.STATE_STARTING
 
 
-def test_user_deleted_removes_the_owner_and_stops_ownerless_flows(
+@pytest.mark.parametrize("kind", ["user", "service"])
+def test_deleted_owner_is_removed_and_ownerless_flows_stop(
         grpc_stub: Stub, tenant: Tenant, flows_service: Built,
-        make_caller: Callable[..., Caller]) -> None:
+        make_caller: Callable[..., Caller], kind: str) -> None:
+    """Deleting a user or a service account: it owns nothing any more, and the flows it alone
+    owned stop."""
     engine = flows_service.engine
     user = tenant.user
+    if kind == "service":
+        user = make_caller(user.tenant, subject=f"service-accounts/{uuid.uuid4().hex}",
+                           typ="service")
+        tenant = Tenant(user, tenant.component)
     colleague = make_caller(user.tenant)
     alone = create(grpc_stub, tenant)
     shared = create(grpc_stub, tenant, owners=[
         pb.Owner(id=colleague.subject, type=pb.OWNER_TYPE_USER)])
+    assert alone.owners[0].id == user.subject
     for flow in (alone, shared):
         start(grpc_stub, user, flow.name)
         started(engine, flow)
-    handle(engine, "oih.iam.user.deleted",
-           iam_pb2.UserChanged(user=user.subject, tenant=user.tenant))
+    if kind == "user":
+        handle(engine, "oih.iam.user.deleted",
+               iam_pb2.UserChanged(user=user.subject, tenant=user.tenant))
+    else:
+        handle(engine, "oih.iam.service_account.deleted",
+               iam_pb2.ServiceAccountChanged(service_account=user.subject, tenant=user.tenant))
 
     orphan = get(grpc_stub, colleague, alone.name)  # still in the tenant, for colleagues
     assert list(orphan.owners) == []

@@ -90,6 +90,27 @@ def test_unknown_user_and_wrong_password_answer_the_same(grpc_stub: Stub) -> Non
     assert failed.value.details() == "wrong username or password"
 
 
+def test_lockout_answers_alike_for_existing_and_unknown_usernames(
+        grpc_stub: Stub, admin_token: str) -> None:
+    """The lockout must not tell which usernames exist: the same codes, in the same order,
+    with the same messages, whether the user exists or not."""
+    _, existing, _ = make_user(grpc_stub, admin_token)
+    unknown = f"nobody-{uuid.uuid4().hex[:8]}@example.com"
+
+    def answers(username: str) -> list[tuple[str, str]]:
+        seen = []
+        for _ in range(6):
+            with pytest.raises(grpc.RpcError) as failed:
+                grpc_stub.Login(iam_pb2.LoginRequest(username=username, password="wrong guess!"))
+            seen.append((failed.value.code().name, str(failed.value.details())))
+        return seen
+
+    from_existing = answers(existing)
+    assert from_existing == answers(unknown)
+    assert [code for code, _ in from_existing] == ["UNAUTHENTICATED"] * 3 + [
+        "RESOURCE_EXHAUSTED"] * 3
+
+
 def test_example_b_tenant_admin_creates_a_service_account_that_calls_users_me(
         grpc_stub: Stub, tenant_admin: tuple[str, str, str]) -> None:
     tenant, _, token = tenant_admin
@@ -299,8 +320,10 @@ def test_key_rotation_keeps_old_tokens_valid_and_publishes_both_keys(
     assert {old_kid, rotated.key_id} <= kids
     grpc_stub.GetCurrentPrincipal(iam_pb2.GetCurrentPrincipalRequest(),
                                   metadata=bearer(admin_token))
+    # Pre-announced: the new key signs only after verifiers had time to fetch it.
+    assert rotated.start_time.ToSeconds() - rotated.create_time.ToSeconds() >= 59
     fresh = grpc_stub.Login(iam_pb2.LoginRequest(username=ADMIN, password=ADMIN_PASSWORD))
-    assert jwt.get_unverified_header(fresh.access_token)["kid"] == rotated.key_id
+    assert jwt.get_unverified_header(fresh.access_token)["kid"] == old_kid
 
 
 def test_expired_token_is_refused(grpc_stub: Stub, iam_service: object) -> None:
@@ -463,3 +486,31 @@ def test_taking_a_permission_away_refuses_tokens_that_still_carry_it(
         assert reason(refused.value) == "TOKEN_REVOKED"
     assert grpc_stub.GetCurrentPrincipal(me, metadata=bearer(untouched_token)).name == untouched
     assert role_holder != untouched
+
+
+def test_deleted_role_leaves_its_holders_whose_grants_can_still_change(
+        grpc_stub: Stub, tenant_admin: tuple[str, str, str]) -> None:
+    _, _, admin = tenant_admin
+    role = grpc_stub.CreateRole(iam_pb2.CreateRoleRequest(role=iam_pb2.Role(
+        display_name=unique("doomed"), permissions=["flows.read"])), metadata=bearer(admin))
+    holder, _, holder_token = make_user(grpc_stub, admin, roles=(role.name, "roles/integrator"))
+    account = grpc_stub.CreateServiceAccount(iam_pb2.CreateServiceAccountRequest(
+        service_account=iam_pb2.ServiceAccount(display_name="doomed holder",
+                                               roles=[role.name])), metadata=bearer(admin))
+
+    grpc_stub.DeleteRole(iam_pb2.DeleteRoleRequest(name=role.name), metadata=bearer(admin))
+
+    user = grpc_stub.GetUser(iam_pb2.GetUserRequest(name=holder), metadata=bearer(admin))
+    assert list(user.roles) == ["roles/integrator"]
+    kept = grpc_stub.GetServiceAccount(iam_pb2.GetServiceAccountRequest(
+        name=account.name), metadata=bearer(admin))
+    assert list(kept.roles) == []
+    # The holders' grants can be changed again (a dangling role made this ROLE_NOT_FOUND).
+    changed = grpc_stub.UpdateUser(iam_pb2.UpdateUserRequest(
+        user=iam_pb2.User(name=holder, permissions=["flows.read"]),
+        update_mask=field_mask_pb2.FieldMask(paths=["permissions"])), metadata=bearer(admin))
+    assert list(changed.permissions) == ["flows.read"]
+    with pytest.raises(grpc.RpcError) as refused:  # it carried the deleted role's permissions
+        grpc_stub.GetCurrentPrincipal(iam_pb2.GetCurrentPrincipalRequest(),
+                                      metadata=bearer(holder_token))
+    assert reason(refused.value) == "TOKEN_REVOKED"

@@ -159,6 +159,17 @@ def test_default_pull_policy_is_always_and_resources_default() -> None:
                                       "limits": {"cpu": "250m", "memory": "256Mi"}}
 
 
+def test_workers_get_the_egress_allow_list_only_when_one_is_set() -> None:
+    def env(**kwargs: str) -> dict[str, str]:
+        container = manifests(spec(), component(), **kwargs)[1]["spec"]["template"]["spec"][
+            "containers"][0]
+        return {e["name"]: e["value"] for e in container["env"]}
+
+    assert "OIH_EGRESS_ALLOWED_NETWORKS" not in env()
+    assert env(egress_allowed_networks="10.9.0.0/16")["OIH_EGRESS_ALLOWED_NETWORKS"] == \
+        "10.9.0.0/16"
+
+
 def test_the_secret_holds_the_spec_with_its_broker_credentials() -> None:
     secret = manifests(spec(), component())[0]
     assert secret["kind"] == "Secret" and secret["type"] == "Opaque"

@@ -203,7 +203,7 @@ def test_builtin_functions() -> None:
     assert call("trigger", "manual", {"a": 1}, {}).data == {"a": 1}
 
 
-def test_http_request_statuses() -> None:
+def test_http_request_statuses(monkeypatch: pytest.MonkeyPatch) -> None:
     import threading
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -225,6 +225,8 @@ def test_http_request_statuses() -> None:
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
+    # The test server is on loopback, which flows may only reach when the admin allows it.
+    monkeypatch.setenv("OIH_EGRESS_ALLOWED_NETWORKS", "127.0.0.1/32")
     try:
         fn = load_function("oih_builtins.http_request:component", "request")
         config = {"url": f"http://127.0.0.1:{server.server_port}/x"}

@@ -34,7 +34,8 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlmodel import Session
 
 from oih.component.v1 import message_pb2
-from oih_runtime.bus.topology import connection_parameters, rabbitmq_url, redact_url
+from oih_runtime.background import Reconnecting
+from oih_runtime.bus.topology import connection_parameters, rabbitmq_url
 from oih_runtime.db import transaction
 from oih_worker import topology
 from oih_worker.spec import StepSpec
@@ -73,8 +74,9 @@ class ReportsConsumer:
         self._followed: dict[str, _Followed] = {}
         self._subscriptions: dict[str, _Subscription] = {}
         self._next_try: dict[str, float] = {}
-        self._stopping = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._background = Reconnecting("oih-orchestrator-reports", self._session,
+                                        initial=reconnect_initial, maximum=reconnect_max)
+        self._stopping = self._background.stopping
 
     # --- what to follow (any thread) --------------------------------------------------------
 
@@ -148,45 +150,28 @@ class ReportsConsumer:
     # --- lifecycle --------------------------------------------------------------------------
 
     def start(self) -> None:
-        if self._thread is not None:
-            return
-        self._stopping.clear()
-        self._thread = threading.Thread(target=self.run, name="oih-orchestrator-reports",
-                                        daemon=True)
-        self._thread.start()
+        self._background.start()
 
     def stop(self, timeout: float = 30.0) -> None:
         """Finish the batch in hand; unacked prefetched batches go back to their queues."""
-        self._stopping.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
+        self._background.stop(timeout)
 
-    def run(self) -> None:
-        delay = self.reconnect_initial
-        while not self._stopping.is_set():
-            connection: pika.BlockingConnection | None = None
-            try:
-                connection = pika.BlockingConnection(connection_parameters(self.url))
-                delay = self.reconnect_initial
-                while not self._stopping.is_set():
-                    self._reconcile(connection)
-                    connection.process_data_events(time_limit=self.poll_seconds)
-            except (pika.exceptions.AMQPError, OSError) as exc:
-                log.warning("reports consumer: RabbitMQ unavailable at %s (%s); reconnecting "
-                            "in %.1fs", redact_url(self.url), type(exc).__name__, delay)
-            except Exception:
-                log.exception("reports consumer: unexpected error; reconnecting in %.1fs", delay)
-            finally:
-                with self._lock:
-                    self._subscriptions.clear()
-                    self._next_try.clear()
-                if connection is not None and connection.is_open:
-                    with contextlib.suppress(pika.exceptions.AMQPError, OSError):
-                        connection.close()
-            if self._stopping.wait(delay):
-                break
-            delay = min(delay * 2, self.reconnect_max)
+    def _session(self) -> None:
+        """One connection: follow the wanted flows' queues until stopped or disconnected."""
+        connection: pika.BlockingConnection | None = None
+        try:
+            connection = pika.BlockingConnection(connection_parameters(self.url))
+            self._background.connected()
+            while not self._stopping.is_set():
+                self._reconcile(connection)
+                connection.process_data_events(time_limit=self.poll_seconds)
+        finally:
+            with self._lock:
+                self._subscriptions.clear()
+                self._next_try.clear()
+            if connection is not None and connection.is_open:
+                with contextlib.suppress(pika.exceptions.AMQPError, OSError):
+                    connection.close()
 
     # --- subscriptions (consumer thread only) -----------------------------------------------
 

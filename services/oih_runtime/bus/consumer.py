@@ -29,6 +29,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 
 from oih.events.v1 import event_pb2
+from oih_runtime.background import Reconnecting
 from oih_runtime.db import transaction
 
 from .models import ProcessedEvent
@@ -42,7 +43,6 @@ from .topology import (
     connection_parameters,
     declare_service_queues,
     rabbitmq_url,
-    redact_url,
 )
 
 log = logging.getLogger(__name__)
@@ -103,8 +103,9 @@ class Consumer:
         self.queues = ServiceQueues(service)
         self.ready = threading.Event()  # set while consuming (topology declared)
         self._routes: list[_Route] = []
-        self._stopping = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._background = Reconnecting(f"oih-consumer-{service}", self._session,
+                                        initial=reconnect_initial, maximum=reconnect_max)
+        self._stopping = self._background.stopping
 
     # --- registration -----------------------------------------------------------------------
 
@@ -126,44 +127,22 @@ class Consumer:
     # --- lifecycle --------------------------------------------------------------------------
 
     def start(self) -> None:
-        if self._thread is not None:
-            return
-        self._stopping.clear()
-        self._thread = threading.Thread(target=self.run, name=f"oih-consumer-{self.service}",
-                                        daemon=True)
-        self._thread.start()
+        self._background.start()
 
     def stop(self, timeout: float = 30.0) -> None:
         """Finish (and ack) the current message, return prefetched ones, close."""
-        self._stopping.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            if self._thread.is_alive():
-                log.warning("consumer %s did not stop within %.0fs", self.service, timeout)
-            self._thread = None
+        self._background.stop(timeout)
 
-    def run(self) -> None:
-        """Consume until `stop()`, reconnecting with back-off (blocks the calling thread)."""
-        delay = self.reconnect_initial
-        while not self._stopping.is_set():
-            connection: pika.BlockingConnection | None = None
-            try:
-                connection = pika.BlockingConnection(connection_parameters(self.url))
-                delay = self.reconnect_initial
-                self._consume(connection.channel())
-            except (pika.exceptions.AMQPError, OSError) as exc:
-                log.warning("consumer %s: RabbitMQ unavailable at %s (%s: %s); reconnecting in "
-                            "%.1fs", self.service, redact_url(self.url), type(exc).__name__, exc,
-                            delay)
-            except Exception:
-                log.exception("consumer %s: unexpected error; reconnecting in %.1fs",
-                              self.service, delay)
-            finally:
-                self.ready.clear()
-                _close_quietly(connection)
-            if self._stopping.wait(delay):
-                break
-            delay = min(delay * 2, self.reconnect_max)
+    def _session(self) -> None:
+        """One connection: consume until stopped or disconnected."""
+        connection: pika.BlockingConnection | None = None
+        try:
+            connection = pika.BlockingConnection(connection_parameters(self.url))
+            self._background.connected()
+            self._consume(connection.channel())
+        finally:
+            self.ready.clear()
+            _close_quietly(connection)
 
     def _consume(self, channel: BlockingChannel) -> None:
         # Confirms make the retry/dead-letter copy safe before the original is acked (they cost

@@ -20,6 +20,7 @@ from sqlalchemy import delete, or_, select, update
 from sqlalchemy.engine import Engine
 from sqlmodel import col
 
+from oih_runtime.background import Reconnecting
 from oih_runtime.clock import utcnow
 from oih_runtime.db import transaction
 
@@ -57,8 +58,10 @@ class Relay:
         self.keep_sent = keep_sent
         self.name = name
         self._wake = threading.Event()
-        self._stopping = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._background = Reconnecting(name, self._session, initial=reconnect_initial,
+                                        maximum=reconnect_max, expected=(PublisherError,),
+                                        stop_timeout=15.0)
+        self._stopping = self._background.stopping
         self._publisher: ConfirmPublisher | None = None
         self._last_purge = utcnow()
         self.connected = threading.Event()  # set while a broker connection is up (for tests)
@@ -66,23 +69,17 @@ class Relay:
     # --- lifecycle --------------------------------------------------------------------------
 
     def start(self) -> None:
-        if self._thread is not None:
+        if self._background.running:
             return
-        self._stopping.clear()
         outbox.subscribe(self.wake)
-        self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
-        self._thread.start()
+        self._background.start()
 
     def stop(self, timeout: float = 15.0) -> None:
         """Finish the current batch, close the connection and end the thread."""
         outbox.unsubscribe(self.wake)
         self._stopping.set()
         self.wake()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            if self._thread.is_alive():
-                log.warning("%s did not stop within %.0fs", self.name, timeout)
-            self._thread = None
+        self._background.stop(timeout)
 
     def wake(self) -> None:
         """Publish soon (thread-safe; called after a commit that added outbox rows)."""
@@ -100,32 +97,23 @@ class Relay:
 
     # --- the loop ---------------------------------------------------------------------------
 
-    def _run(self) -> None:
-        delay = self.reconnect_initial
-        while not self._stopping.is_set():
-            publisher = ConfirmPublisher(self.url, self.exchange)
-            try:
-                publisher.connect()
-                self._publisher = publisher
-                self.connected.set()
-                log.info("%s: connected to RabbitMQ at %s; relaying the outbox to %r",
-                         self.name, redact_url(self.url), self.exchange)
-                delay = self.reconnect_initial
-                self._serve(publisher)
-            except PublisherError as exc:
-                log.warning("%s: RabbitMQ unavailable at %s (%s); outbox events wait in the "
-                            "database; retrying in %.1fs", self.name, redact_url(self.url), exc,
-                            delay)
-            except Exception:
-                # A database outage or a bug: keep the thread alive and try again later.
-                log.exception("%s: relaying failed; retrying in %.1fs", self.name, delay)
-            finally:
-                self.connected.clear()
-                self._publisher = None
-                publisher.close()
-            if self._stopping.wait(delay):
-                break
-            delay = min(delay * 2, self.reconnect_max)
+    def _session(self) -> None:
+        """One connection: relay until stopped or disconnected. While RabbitMQ is away the
+        outbox events wait in the database; a database outage or a bug ends the session
+        too, and the next one tries again later."""
+        publisher = ConfirmPublisher(self.url, self.exchange)
+        try:
+            publisher.connect()
+            self._publisher = publisher
+            self.connected.set()
+            log.info("%s: connected to RabbitMQ at %s; relaying the outbox to %r",
+                     self.name, redact_url(self.url), self.exchange)
+            self._background.connected()
+            self._serve(publisher)
+        finally:
+            self.connected.clear()
+            self._publisher = None
+            publisher.close()
 
     def _serve(self, publisher: ConfirmPublisher) -> None:
         while not self._stopping.is_set():

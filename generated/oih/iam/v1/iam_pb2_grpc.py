@@ -270,8 +270,11 @@ class IamServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def RotateSigningKey(self, request, context):
-        """Starts signing with a new key. The previous key stays in the JWKS until the tokens it signed
-        have expired, so rotation invalidates nothing.
+        """Rotates the signing key: the new key is published in the JWKS at once and signs from its
+        `start_time` on (`OIH_IAM_KEY_ANNOUNCE_SECONDS` later, default 60 s), when every verifier,
+        Envoy's JWKS cache included, has fetched it. The previous key signs until then and stays in
+        the JWKS until the tokens it signed have expired, so rotation invalidates nothing and new
+        logins never carry a key the gateway does not know yet.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

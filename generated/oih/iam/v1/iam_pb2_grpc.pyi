@@ -76,8 +76,11 @@ class IamServiceStub:
     so a revocation takes effect everywhere at once, not only when the token expires.
     """
     RotateSigningKey: _grpc.UnaryUnaryMultiCallable[_iam_pb2.RotateSigningKeyRequest, _iam_pb2.SigningKey]
-    """Starts signing with a new key. The previous key stays in the JWKS until the tokens it signed
-    have expired, so rotation invalidates nothing.
+    """Rotates the signing key: the new key is published in the JWKS at once and signs from its
+    `start_time` on (`OIH_IAM_KEY_ANNOUNCE_SECONDS` later, default 60 s), when every verifier,
+    Envoy's JWKS cache included, has fetched it. The previous key signs until then and stays in
+    the JWKS until the tokens it signed have expired, so rotation invalidates nothing and new
+    logins never carry a key the gateway does not know yet.
     """
     GetCurrentPrincipal: _grpc.UnaryUnaryMultiCallable[_iam_pb2.GetCurrentPrincipalRequest, _iam_pb2.Principal]
     """Returns the calling principal (a user or a service account), with its tenant and the
@@ -190,8 +193,11 @@ class IamServiceAsyncStub(IamServiceStub):
     so a revocation takes effect everywhere at once, not only when the token expires.
     """
     RotateSigningKey: _aio.UnaryUnaryMultiCallable[_iam_pb2.RotateSigningKeyRequest, _iam_pb2.SigningKey]  # type: ignore[assignment]
-    """Starts signing with a new key. The previous key stays in the JWKS until the tokens it signed
-    have expired, so rotation invalidates nothing.
+    """Rotates the signing key: the new key is published in the JWKS at once and signs from its
+    `start_time` on (`OIH_IAM_KEY_ANNOUNCE_SECONDS` later, default 60 s), when every verifier,
+    Envoy's JWKS cache included, has fetched it. The previous key signs until then and stays in
+    the JWKS until the tokens it signed have expired, so rotation invalidates nothing and new
+    logins never carry a key the gateway does not know yet.
     """
     GetCurrentPrincipal: _aio.UnaryUnaryMultiCallable[_iam_pb2.GetCurrentPrincipalRequest, _iam_pb2.Principal]  # type: ignore[assignment]
     """Returns the calling principal (a user or a service account), with its tenant and the
@@ -343,8 +349,11 @@ class IamServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _iam_pb2.RotateSigningKeyRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_iam_pb2.SigningKey, _abc.Awaitable[_iam_pb2.SigningKey]]:
-        """Starts signing with a new key. The previous key stays in the JWKS until the tokens it signed
-        have expired, so rotation invalidates nothing.
+        """Rotates the signing key: the new key is published in the JWKS at once and signs from its
+        `start_time` on (`OIH_IAM_KEY_ANNOUNCE_SECONDS` later, default 60 s), when every verifier,
+        Envoy's JWKS cache included, has fetched it. The previous key signs until then and stays in
+        the JWKS until the tokens it signed have expired, so rotation invalidates nothing and new
+        logins never carry a key the gateway does not know yet.
         """
 
     @_abc_1.abstractmethod
