@@ -9,10 +9,10 @@ fatal: the tick stays due.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from datetime import timedelta
 
+from oih_runtime.background import Background
 from oih_runtime.clock import utcnow
 
 from .firing import Firing
@@ -22,34 +22,19 @@ log = logging.getLogger(__name__)
 PURGE_EVERY = 600.0
 
 
-class Ticker:
+class Ticker(Background):
     def __init__(self, firing: Firing, max_sleep: float = 1.0,
                  tick_retention: timedelta = timedelta(hours=24)) -> None:
+        super().__init__("oih-scheduler-ticker", self._run)
         self.firing = firing
         self.max_sleep = max_sleep
         self.tick_retention = tick_retention
-        self._stopping = threading.Event()
-        self._thread: threading.Thread | None = None
         self._failures = 0
         self._purged_at = 0.0
 
-    def start(self) -> None:
-        if self._thread is not None:
-            return
-        self._stopping.clear()
-        self._thread = threading.Thread(target=self._run, name="oih-scheduler-ticker",
-                                        daemon=True)
-        self._thread.start()
-
-    def stop(self, timeout: float = 10.0) -> None:
-        self._stopping.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
-
     def _run(self) -> None:
-        while not self._stopping.is_set():
-            self._stopping.wait(self.round())
+        while not self.stopping.wait(self.round()):
+            pass
 
     def round(self) -> float:
         """One round; returns how long to sleep before the next."""

@@ -21,11 +21,11 @@ import threading
 from typing import Any
 
 import pika
-import pika.exceptions
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from oih_runtime.bus.topology import connection_parameters, redact_url
+from oih_runtime.background import Reconnecting
+from oih_runtime.bus.topology import connection_parameters
 from oih_runtime.db import transaction
 from oih_worker import topology
 
@@ -81,63 +81,28 @@ def apply(engine: Engine, exchange: str, body: bytes) -> bool:
         return logic.apply_write(session, key, tenant, data, sequence)
 
 
-class SnapshotConsumer:
+class SnapshotConsumer(Reconnecting):
     """A daemon thread consuming the snapshots queue, reconnecting with back-off."""
 
     def __init__(self, engine: Engine, url: str, queue: str) -> None:
+        super().__init__("oih-snapshots-ingest", self._consume)
         self.engine = engine
         self.url = url
         self.queue = queue
         self.ready = threading.Event()
-        self._stopping = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._connection: pika.BlockingConnection | None = None
-
-    def start(self) -> None:
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="oih-snapshots-ingest",
-                                            daemon=True)
-            self._thread.start()
-
-    def stop(self, timeout: float = 10.0) -> None:
-        self._stopping.set()
-        connection = self._connection
-        if connection is not None:
-            try:
-                connection.add_callback_threadsafe(connection.close)
-            except Exception:  # already closed
-                log.debug("snapshot consumer connection already closed")
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
-
-    def _run(self) -> None:
-        delay = 0.5
-        while not self._stopping.is_set():
-            try:
-                self._consume()
-                delay = 0.5
-            except (pika.exceptions.AMQPError, OSError) as error:
-                if self._stopping.is_set():
-                    return
-                log.warning("snapshots queue at %s unavailable (%r); retrying in %.1f s",
-                            redact_url(self.url), error, delay)
-                self._stopping.wait(delay)
-                delay = min(delay * 2, 30.0)
 
     def _consume(self) -> None:
         connection = pika.BlockingConnection(connection_parameters(self.url))
-        self._connection = connection
         try:
             channel = connection.channel()
             channel.queue_declare(self.queue, durable=True)
             channel.basic_qos(prefetch_count=PREFETCH)
             channel.basic_consume(self.queue, self._on_message)
+            self.connected()
             self.ready.set()
-            while not self._stopping.is_set() and connection.is_open:
+            while not self.stopping.is_set() and connection.is_open:
                 connection.process_data_events(time_limit=0.5)
         finally:
-            self._connection = None
             if connection.is_open:
                 connection.close()
 
@@ -148,7 +113,7 @@ class SnapshotConsumer:
             log.error("dropped a snapshot write: %s", error)
         except (NotYet, SQLAlchemyError) as error:
             log.warning("snapshot write postponed: %r", error)
-            self._stopping.wait(RETRY_PAUSE)
+            self.stopping.wait(RETRY_PAUSE)
             channel.basic_nack(method.delivery_tag, requeue=True)
             return
         channel.basic_ack(method.delivery_tag)
