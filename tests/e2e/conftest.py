@@ -15,6 +15,7 @@ import pytest
 from oih_cli.platform import Platform
 from oih_runtime.bus import RetryPolicy, ServiceQueues
 from oih_runtime.settings import DEFAULT_PORTS
+from oih_worker import topology
 from tests.gateway.conftest import free_port
 
 ADMIN = "admin@e2e.test"
@@ -22,7 +23,10 @@ ADMIN_PASSWORD = "e2e-admin-password"
 PASSWORD = "correct horse battery staple"
 
 #: The services the end-to-end suite runs (all implemented ones as they land).
-E2E_SERVICES = ["iam", "components", "flows", "orchestrator"]
+E2E_SERVICES = ["iam", "components", "flows", "orchestrator", "scheduler", "snapshots"]
+#: Where the end-to-end tests' own HTTP servers (polled feeds) listen: a loopback address the
+#: platform's egress allow-list admits, apart from 127.0.0.1, which stays refused.
+TEST_SERVER_HOST = "127.0.0.2"
 
 
 NAMESPACE = f"e2e{uuid.uuid4().hex[:8]}"
@@ -41,6 +45,7 @@ def remove_bus_namespace(url: str) -> None:
                      *(queues.retry(d) for d in RetryPolicy().delays_ms())]
             for name in names:
                 channel.queue_delete(name)
+        channel.queue_delete(topology.snapshots_queue(NAMESPACE))
         channel.exchange_delete(EXCHANGE)
 
 
@@ -65,6 +70,7 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
             "OIH_IAM_KEY_ANNOUNCE_SECONDS": "15",
             # Each e2e run uses its own event exchange, so it never sees another run's events.
             "OIH_BUS_NAMESPACE": NAMESPACE,
+            "OIH_EGRESS_ALLOWED_NETWORKS": f"{TEST_SERVER_HOST}/32",
             **{f"OIH_{name.upper()}_METRICS_PORT": str(port)
                for name, port in METRICS_PORTS.items()},
         },
