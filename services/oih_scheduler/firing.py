@@ -173,7 +173,8 @@ class Firing:
               now: datetime, following: datetime | None = None) -> str:
         execution_id = tick_execution_id(tick, kind)
         self._record(session, row, tick, FIRED, f"flows/{row.flow_id}/executions/{execution_id}")
-        data = {"scheduled_time": _iso(tick), "fire_time": _iso(now)}
+        # `fired_at` is what the built-in `timer` trigger passes on.
+        data = {"scheduled_time": _iso(tick), "fired_at": _iso(tick), "fire_time": _iso(now)}
         if following is not None:
             data["next_scheduled_time"] = _iso(following)
         try:
