@@ -159,8 +159,8 @@ class Platform:
         for service, port in self.ports.items():
             env[f"OIH_{service.upper()}_PORT"] = str(port)
             env[f"OIH_{service.upper()}_ADDRESS"] = self.address(service)
-        if "snapshots" in self.services:  # workers start from their step's last snapshot
-            env["OIH_ORCHESTRATOR_SNAPSHOTS_ADDRESS"] = self.address("snapshots")
+        if "snapshots" not in self.services:  # else workers start from their last snapshot
+            env.pop("OIH_SNAPSHOTS_ADDRESS", None)
         env.update(self.extra_env)
         return env
 

@@ -46,7 +46,8 @@ class OrchestratorSettings:
     #: Empty: the kubernetes driver refuses them (the local driver ignores it).
     python_image: str = ""
     #: The Snapshots service, asked for the steps' last snapshots at every deployment (see
-    #: oih_orchestrator.snapshots). Empty: workers start with empty snapshots.
+    #: oih_orchestrator.snapshots). Empty (the default, unlike the other addresses): workers
+    #: start with empty snapshots.
     snapshots_address: str = ""
     #: `OIH_EGRESS_ALLOWED_NETWORKS` (see oih_sdk.egress), handed on to the kubernetes driver's
     #: workers (local workers inherit the orchestrator's environment).
@@ -69,6 +70,6 @@ class OrchestratorSettings:
             register_builtins=env.get("OIH_ORCHESTRATOR_REGISTER_BUILTINS", "true").lower()
             not in ("0", "false", "no"),
             python_image=env.get("OIH_ORCHESTRATOR_PYTHON_IMAGE", ""),
-            snapshots_address=env.get("OIH_ORCHESTRATOR_SNAPSHOTS_ADDRESS", ""),
+            snapshots_address=env.get("OIH_SNAPSHOTS_ADDRESS", ""),
             egress_allowed_networks=env.get("OIH_EGRESS_ALLOWED_NETWORKS", ""),
         )

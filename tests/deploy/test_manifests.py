@@ -39,7 +39,7 @@ KUSTOMIZE = DEPLOY / "kubernetes"
 OVERLAYS = ["dev", "prod"]
 NAMESPACE, WORKER_NAMESPACE = "oih", "oih-flows"
 #: The platform services that run (a package with `__main__`), each a Deployment `oih-<key>`.
-SERVICES = ["iam", "components", "flows", "orchestrator"]
+SERVICES = ["iam", "components", "flows", "orchestrator", "scheduler", "snapshots"]
 #: Secrets the prod overlay expects to exist (created out of band, see deploy/README.md).
 EXTERNAL_SECRETS = {"oih-secrets", "oih-postgres", "oih-rabbitmq"}
 WORKLOADS = ("Deployment", "StatefulSet")

@@ -4,3 +4,5 @@ CREATE DATABASE oih_iam;
 CREATE DATABASE oih_components;
 CREATE DATABASE oih_flows;
 CREATE DATABASE oih_orchestrator;
+CREATE DATABASE oih_scheduler;
+CREATE DATABASE oih_snapshots;
