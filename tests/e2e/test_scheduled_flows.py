@@ -138,3 +138,38 @@ def test_cron_flow_with_a_polling_trigger_advances_its_snapshot_run_by_run(
         "snapshots", []) == []
     assert rest.get(snapshot_url, headers=auth(token)).json()["data"] == {"position": 5}
     rest.post(f"/v1/{name}:stop", headers=auth(token), json={})
+
+
+def test_schedule_settings_run_now_and_pause_through_rest(
+        rest: httpx.Client, platform: Platform, integrator: dict[str, str],
+        builtins: dict[str, str]) -> None:
+    """The README's calls: PATCH a schedule's time zone and policies, run it now, pause it."""
+    token = integrator["token"]
+    flow = rest.post("/v1/flows", headers=auth(token), json={
+        "display_name": unique("yearly"), "cron": "0 9 1 1 *",
+        "graph": {"nodes": [{"id": "tick", "component": builtins["timer"], "function": "timer"},
+                            {"id": "sink", "component": builtins["sink"], "function": "sink"}],
+                  "edges": [{"source": "tick", "target": "sink"}]}}).json()
+    name = flow["name"]
+    schedule = f"/v1/schedules/{name.removeprefix('flows/')}"
+    assert rest.get(schedule, headers=auth(token)).status_code == 404  # never started
+    rest.post(f"/v1/{name}:start", headers=auth(token), json={})
+    wait_state(rest, token, name, "STATE_ACTIVE", timeout=60)
+    eventually(lambda: rest.get(schedule, headers=auth(token)).json().get("next_run_time")
+               is not None, "an armed schedule")
+    changed = rest.patch(schedule, headers=auth(token), json={
+        "time_zone": "Europe/Berlin", "overlap_policy": "OVERLAP_POLICY_BUFFER_ONE",
+        "misfire_policy": "MISFIRE_POLICY_FIRE_ALL", "catch_up_window": "3600s"})
+    assert changed.status_code == 200, changed.text
+    body = changed.json()
+    assert body["time_zone"] == "Europe/Berlin" and body["catch_up_window"] == "3600s"
+    assert body["next_run_time"].endswith("T08:00:00Z")  # 09:00 in Berlin, in winter
+    bad = rest.patch(schedule, headers=auth(token), json={"time_zone": "Mars/Olympus"})
+    assert bad.status_code == 400 and "time_zone" in bad.text
+    ran = rest.post(f"{schedule}:runNow", headers=auth(token), json={})
+    assert ran.status_code == 200, ran.text
+    eventually(lambda: len(sink_lines(platform, name, "sink")) == 1, "the run at the sink")
+    assert sink_lines(platform, name, "sink")[0]["data"]["fired_at"]
+    paused = rest.patch(schedule, headers=auth(token), json={"state": "STATE_PAUSED"}).json()
+    assert paused["state"] == "STATE_PAUSED" and "next_run_time" not in paused
+    rest.post(f"/v1/{name}:stop", headers=auth(token), json={})
