@@ -92,11 +92,13 @@ class Firing:
     # --- the ticker's round ----------------------------------------------------------------
 
     def fire_due(self, now: datetime | None = None, limit: int = 1000) -> int:
-        """Fire every due tick (and every buffered run that may go); returns how many
-        schedules were handled. One transaction per schedule and tick."""
+        """Fire every tick due at `now` (default: the start of this round; ticks that fall due
+        during the round are the next round's), and every buffered run that may go; returns
+        how many were handled. One transaction per schedule and tick. One instant per round
+        makes a round's decisions (which ticks were missed) agree with each other."""
         handled = 0
+        current = now or self.clock()
         while handled < limit:
-            current = now or self.clock()
             with transaction(self.engine, lock=True) as session:
                 row = self._claim(session, current)
                 if row is None:

@@ -60,7 +60,8 @@ def main() -> None:
     with engine.begin() as connection:
         connection.execute(text(CREATE))
     starts = RecordingStarts(engine, folder, int(os.environ.get("OIH_TEST_HANG_AFTER", "0")))
-    firing = Firing(engine, starts, misfire_grace=timedelta(seconds=15))
+    grace = float(os.environ.get("OIH_SCHEDULER_MISFIRE_GRACE_SECONDS", "15"))
+    firing = Firing(engine, starts, misfire_grace=timedelta(seconds=grace))
     ticker = Ticker(firing, max_sleep=0.2)
     ticker.start()
     (folder / f"ready-{os.getpid()}").write_text("")

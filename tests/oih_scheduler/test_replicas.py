@@ -5,13 +5,14 @@ SIGKILLed at a random moment and replaced."""
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -39,9 +40,11 @@ def shared_database() -> Iterator[tuple[str, Engine]]:
         engine.dispose()
 
 
-def replica(url: str, folder: Path, hang_after: int = 0) -> subprocess.Popen[bytes]:
+def replica(url: str, folder: Path, hang_after: int = 0, grace: float = 15.0
+            ) -> subprocess.Popen[bytes]:
     folder.mkdir(exist_ok=True)
-    env = {**os.environ, "OIH_TEST_HANG_AFTER": str(hang_after)}
+    env = {**os.environ, "OIH_TEST_HANG_AFTER": str(hang_after),
+           "OIH_SCHEDULER_MISFIRE_GRACE_SECONDS": str(grace)}
     root = Path(__file__).resolve().parents[2]
     env["PYTHONPATH"] = os.pathsep.join(str(root / p) for p in ("generated", "services", "."))
     process = subprocess.Popen([sys.executable, "-m", "tests.oih_scheduler.replica", url,
@@ -129,3 +132,50 @@ def test_three_replicas_fire_every_tick_exactly_once(shared_database: tuple[str,
     now = utcnow()
     assert all(aware(r.next_run_time) > now - timedelta(seconds=20)  # type: ignore[operator]
                for r in schedules.values())
+
+
+@pytest.mark.postgres
+def test_ticks_missed_while_the_scheduler_was_stopped_follow_each_policy(
+        shared_database: tuple[str, Engine], tmp_path: Path) -> None:
+    """One replica runs, is stopped (SIGTERM) for six seconds, and starts again: of the ticks
+    missed meanwhile, FIRE_ONCE fires one, SKIP none, FIRE_ALL those within its 3 s window."""
+    url, engine = shared_database
+    policies = {"once": "FIRE_ONCE", "skip": "SKIP", "all": "FIRE_ALL"}
+    for flow_id, policy in policies.items():
+        start_flow(engine, flow_id, CRON)
+        with Session(engine) as session:
+            row = session.get(ScheduleRow, flow_id)
+            assert row is not None
+            row.misfire_policy, row.catch_up_seconds = policy, 3
+            session.add(row)
+            session.commit()
+    first = replica(url, tmp_path / "first", grace=1.0)
+    time.sleep(3)
+    first.send_signal(signal.SIGTERM)
+    first.wait(30)
+    time.sleep(6)
+    second = replica(url, tmp_path / "second", grace=1.0)
+    time.sleep(3)
+    second.send_signal(signal.SIGTERM)
+    second.wait(30)
+
+    with Session(engine) as session:
+        ticks = session.exec(select(TickRow).where(col(TickRow.outcome) == FIRED)).all()
+    resumed = [t for t in ticks if t.fired_by.endswith(f":{second.pid}")]
+    first: dict[str, datetime] = {}
+    for flow_id in policies:
+        before = sorted(t.tick for t in ticks
+                        if t.flow_id == flow_id and not t.fired_by.endswith(f":{second.pid}"))
+        after = sorted(t.tick for t in resumed if t.flow_id == flow_id)
+        assert len(before) >= 2 and len(after) >= 2, (flow_id, before, after)
+        # Contiguous on both sides of the downtime: one hole, where the policy acted.
+        for side in (before, after):
+            assert all(b - a == timedelta(seconds=1)
+                       for a, b in itertools.pairwise(side)), (flow_id, side)
+        assert after[0] - before[-1] > timedelta(seconds=3), flow_id
+        first[flow_id] = after[0]
+    # The restarted replica decided all three in one round, at one instant `now`:
+    # FIRE_ONCE fired the latest missed tick (the last one due at `now`), SKIP none of them
+    # (its first is the next tick after `now`), FIRE_ALL the three of its 3 s window.
+    assert first["skip"] - first["once"] == timedelta(seconds=1), first
+    assert first["once"] - first["all"] == timedelta(seconds=2), first
