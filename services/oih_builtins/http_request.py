@@ -6,10 +6,15 @@ when the response says so). A non-2xx answer is an error: 4xx are non-retryable 
 itself is wrong) except 408 and 429; 5xx and network errors are retried by the step's policy.
 Uses the standard library (urllib), so the runtime needs no HTTP client dependency, through
 `oih_sdk.egress`: a URL (or a redirect) leading to an internal address is refused, not retried.
+
+Credentials (the node's `credentials` secret) authenticate the request, never logged or
+emitted: a bearer token → `Authorization: Bearer …`; basic auth → `Authorization: Basic …`; an
+API key → the header `api_key_header` (default `X-API-Key`). Other secret shapes are refused.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import urllib.error
@@ -29,6 +34,7 @@ SCHEMA = {
         "method": {"type": "string", "enum": ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD"]},
         "headers": {"type": "object", "additionalProperties": {"type": "string"}},
         "timeout": {"type": "number", "minimum": 0},
+        "api_key_header": {"type": "string"},
     },
 }
 NO_BODY = {"GET", "HEAD", "DELETE"}
@@ -48,13 +54,15 @@ class HttpClientError(HttpError, NonRetryableError):
 
 @component.action("request", description="Sends data as JSON; emits status, headers, body.",
                   config_schema=SCHEMA)
-def request(message: Message, config: dict[str, Any],
-            snapshot: dict[str, Any]) -> dict[str, Any]:
+def request(message: Message, config: dict[str, Any], snapshot: dict[str, Any], *,
+            credentials: dict[str, Any] | None = None) -> dict[str, Any]:
     url = str(config["url"])
     if not url.startswith(("http://", "https://")):
         raise NonRetryableError(f"unsupported URL scheme in {url!r}")
     method = str(config.get("method", "POST")).upper()
     headers = {"accept": "application/json", **(config.get("headers") or {})}
+    if credentials is not None:
+        headers.update(_authentication(credentials, config))
     body = None
     if method not in NO_BODY:
         body = json.dumps(message.data).encode()
@@ -74,3 +82,16 @@ def request(message: Message, config: dict[str, Any],
         with contextlib.suppress(ValueError):
             parsed = json.loads(raw)
     return {"status": status, "headers": dict(answer_headers.items()), "body": parsed}
+
+
+def _authentication(credentials: dict[str, Any], config: dict[str, Any]) -> dict[str, str]:
+    """The header that carries the step's credentials (the error never quotes them)."""
+    if set(credentials) == {"token"}:
+        return {"authorization": f"Bearer {credentials['token']}"}
+    if set(credentials) == {"username", "password"}:
+        pair = f"{credentials['username']}:{credentials['password']}".encode()
+        return {"authorization": f"Basic {base64.b64encode(pair).decode()}"}
+    if set(credentials) == {"api_key"}:
+        return {str(config.get("api_key_header") or "X-API-Key"): str(credentials["api_key"])}
+    raise NonRetryableError("http-request authenticates with a bearer token, basic auth or an "
+                            "API key secret; the step's credentials are none of these")

@@ -27,14 +27,16 @@ from oih_gateway import layout
 from oih_gateway.envoy import EnvoyProcess
 from oih_gateway.render import read_rpcs, write_envoy_config
 from oih_orchestrator.local import stop_all_workers
-from oih_runtime import broker
+from oih_runtime import broker, crypto
 from oih_runtime.settings import DEFAULT_PORTS, DEFAULT_RABBITMQ_URL
 
 log = logging.getLogger(__name__)
 
 #: Every service of the platform, in start order (IAM first: the others need its keys).
-ALL_SERVICES = ["iam", "components", "flows", "orchestrator", "scheduler", "webhooks",
-                "snapshots"]
+ALL_SERVICES = ["iam", "components", "secrets", "flows", "orchestrator", "scheduler",
+                "webhooks", "snapshots"]
+#: Services that store something sealed by a master key of their own (`oih_runtime.crypto`).
+MASTER_KEY_SERVICES = ("iam", "secrets")
 #: Services that use RabbitMQ (all but IAM need it for events; IAM emits revocations too).
 INTERNAL_CLIENT_ID = "oih-platform"
 
@@ -145,8 +147,21 @@ class Platform:
             write_private(path, secrets.token_urlsafe(32))
         return path.read_text().strip()
 
+    def _master_key_file(self, service: str) -> Path:
+        """The service's master keyring, made once per data directory (mode 0600). Losing it
+        loses what it sealed: back it up apart from the databases."""
+        path = self.data_dir / f"{service}-master-key"
+        if not path.exists():
+            write_private(path, crypto.new_master_key_line() + "\n")
+        return path
+
     def _environment(self) -> dict[str, str]:
         env = dict(os.environ)
+        for service in MASTER_KEY_SERVICES:
+            variable = f"OIH_{service.upper()}_MASTER_KEY"
+            if service in self.services and not (env.get(variable + "_FILE")
+                                                 or env.get(variable)):
+                env[variable + "_FILE"] = str(self._master_key_file(service))
         env.update({
             "OIH_DATA_DIR": str(self.data_dir),
             "OIH_RABBITMQ_URL": self.rabbitmq_url,

@@ -13,7 +13,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from oih_cli import demo
-from oih_cli.platform import Platform, PlatformError, implemented_services, write_private
+from oih_cli.platform import (
+    MASTER_KEY_SERVICES,
+    Platform,
+    PlatformError,
+    implemented_services,
+    write_private,
+)
 from oih_runtime import logs
 
 
@@ -65,6 +71,10 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"{' (private node)' if platform.private_broker else ''}")
     print(f"  platform admin          {username} (password in {data_dir / 'admin-password'}"
           f"{', or $OIH_IAM_ADMIN_PASSWORD' if os.environ.get('OIH_IAM_ADMIN_PASSWORD') else ''})")
+    keys = [platform.data_dir / f"{s}-master-key" for s in MASTER_KEY_SERVICES
+            if s in platform.services and (platform.data_dir / f"{s}-master-key").exists()]
+    if keys:
+        print(f"  master keys             {', '.join(str(k) for k in keys)} (back them up)")
     not_yet = sorted(set(implemented_services()) ^ set(platform.services))
     if not_yet:
         print(f"  not started: {', '.join(not_yet)}")

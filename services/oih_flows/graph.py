@@ -19,6 +19,7 @@ from referencing.exceptions import Unresolvable
 
 from oih.components.v1 import components_pb2
 from oih.flows.v1 import flows_pb2
+from oih.secrets.v1 import secrets_pb2
 from oih_runtime import cron
 from oih_runtime.names import is_name
 
@@ -26,6 +27,8 @@ Violations = list[tuple[str, str]]
 #: Returns the component as the caller sees it, or None when it does not exist or is not
 #: visible to the caller.
 ComponentLookup = Callable[[str], components_pb2.Component | None]
+#: Returns a secret's metadata as the caller sees it, or None when it is not visible.
+SecretLookup = Callable[[str], secrets_pb2.Secret | None]
 
 NODE_ID = re.compile(r"[A-Za-z0-9_-]{1,30}")
 EDGE_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
@@ -330,6 +333,29 @@ def check_components(graph: flows_pb2.Graph, lookup: ComponentLookup) -> Violati
                                                f"{', '.join(offered) or 'nothing'}"))
         elif function.HasField("config_schema"):
             found += _fields(node, function.config_schema, f"{field}.fields")
+    return found
+
+
+def check_secrets(flow: flows_pb2.Flow, lookup: SecretLookup, *, tenant: str) -> Violations:
+    """Each secret the flow names (a node's `credentials`, the webhook's `hmac_secret`) exists
+    in the flow's tenant; an HMAC key is of type TYPE_HMAC_KEY. A secret of another tenant is
+    reported exactly like a missing one (even to platform administrators, who could see it:
+    the flow runs in its own tenant and could never resolve it)."""
+    wanted = [(f"flow.graph.nodes[{index}].credentials", node.credentials)
+              for index, node in enumerate(flow.graph.nodes)]
+    wanted.append(("flow.webhook_settings.hmac_secret", flow.webhook_settings.hmac_secret))
+    found: Violations = []
+    seen: dict[str, secrets_pb2.Secret | None] = {}
+    for field, name in wanted:
+        if not is_name(name, "secrets"):
+            continue  # unset, or already reported by check_definition
+        if name not in seen:
+            seen[name] = lookup(name)
+        secret = seen[name]
+        if secret is None or secret.tenant != tenant:
+            found.append((field, f"{name} does not exist in the flow's tenant"))
+        elif field.endswith("hmac_secret") and secret.type != secrets_pb2.Secret.TYPE_HMAC_KEY:
+            found.append((field, f"{name} is not an HMAC key (type TYPE_HMAC_KEY)"))
     return found
 
 

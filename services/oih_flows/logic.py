@@ -30,7 +30,7 @@ from sqlmodel import Session, col, select
 from oih.events.v1 import flows_pb2 as flow_events
 from oih.flows.v1 import flows_pb2
 from oih_flows import convert, graph, lifecycle
-from oih_flows.graph import ComponentLookup
+from oih_flows.graph import ComponentLookup, SecretLookup
 from oih_flows.lifecycle import ACTIVE, AT_REST, INACTIVE, STARTING, STOPPING
 from oih_flows.models import FlowComponentRow, FlowOwnerRow, FlowRow
 from oih_runtime import filtering, names, paging
@@ -68,9 +68,11 @@ class Definition:
 
 
 class Flows:
-    def __init__(self, engine: Engine, components: ComponentLookup) -> None:
+    def __init__(self, engine: Engine, components: ComponentLookup,
+                 secrets: SecretLookup) -> None:
         self.engine = engine
         self.components = components
+        self.secrets = secrets
 
     # ----------------------------------------------------------------- reading
 
@@ -106,6 +108,7 @@ class Flows:
         graph.assign_edge_ids(flow.graph)
         violations = graph.check_definition(flow, tenant=tenant)
         violations += graph.check_components(flow.graph, self.components)
+        violations += graph.check_secrets(flow, self.secrets, tenant=tenant)
         if violations:
             raise InvalidArgument(violations)
         owners = [(o.id, int(o.type)) for o in flow.owners]

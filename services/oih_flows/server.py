@@ -13,8 +13,9 @@ from oih.flows.v1 import flows_pb2, flows_pb2_grpc
 from oih_flows import models
 from oih_flows.components import ComponentDirectory
 from oih_flows.events import HANDLERS
-from oih_flows.graph import ComponentLookup
+from oih_flows.graph import ComponentLookup, SecretLookup
 from oih_flows.logic import Flows
+from oih_flows.secrets import SecretDirectory
 from oih_flows.servicer import FlowServicer
 from oih_flows.settings import FlowsSettings
 from oih_flows.sweeper import Sweeper
@@ -50,9 +51,14 @@ def _components(identity: PlatformIdentity, flows_settings: FlowsSettings) -> Co
     return ComponentDirectory(channel)
 
 
+def _secrets(identity: PlatformIdentity, flows_settings: FlowsSettings) -> SecretLookup:
+    channel = authenticated_channel(flows_settings.secrets_address, identity.token.get)
+    return SecretDirectory(channel)
+
+
 def build(settings: ServiceSettings, flows_settings: FlowsSettings, *,
           verifier: TokenVerifier | None = None, components: ComponentLookup | None = None,
-          bus: bool = True, exchange: str | None = None, consumer_name: str | None = None
+          secrets: SecretLookup | None = None, bus: bool = True, exchange: str | None = None, consumer_name: str | None = None
           ) -> Built:
     """Everything the service needs; `start_background()` starts its threads. Tests pass their
     own `verifier` and `components`, `bus=False` to run without RabbitMQ (the outbox still
@@ -61,7 +67,8 @@ def build(settings: ServiceSettings, flows_settings: FlowsSettings, *,
     exchange = exchange or settings.events_exchange
     consumer_name = consumer_name or settings.event_consumer
     identity = platform_identity(settings, exchange=exchange)
-    flows = Flows(engine, components or _components(identity, flows_settings))
+    flows = Flows(engine, components or _components(identity, flows_settings),
+                  secrets or _secrets(identity, flows_settings))
     servicer = FlowServicer(flows)
     sweeper = Sweeper(engine, flows_settings.transition_timeout, flows_settings.sweep_interval)
     service = server.Service(

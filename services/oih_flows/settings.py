@@ -20,6 +20,8 @@ class FlowsSettings:
     sweep_interval: float
     #: The Component Repository, asked whether a node's component and function exist.
     components_address: str
+    #: The Secrets service, asked whether the secrets a flow names exist in its tenant.
+    secrets_address: str
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> FlowsSettings:
@@ -30,4 +32,6 @@ class FlowsSettings:
             sweep_interval=float(env.get("OIH_FLOWS_SWEEP_INTERVAL_SECONDS", "10")),
             components_address=env.get(
                 "OIH_COMPONENTS_ADDRESS", f"127.0.0.1:{DEFAULT_PORTS['components']}"),
+            secrets_address=env.get(
+                "OIH_SECRETS_ADDRESS", f"127.0.0.1:{DEFAULT_PORTS['secrets']}"),
         )

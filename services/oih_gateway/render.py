@@ -50,6 +50,24 @@ HEADER_COMMENT = (
 
 _TYPE = "@type"
 _T = "type.googleapis.com/"
+
+#: HTTP allows header names gRPC metadata does not (`+`, `!`, `|`, `~`…: gRPC takes only
+#: `[0-9a-z_.-]`); forwarded, such a header makes the service's gRPC server fail the call as
+#: INTERNAL before any of our code runs. They are dropped on the way in, like the headers with
+#: underscores (`headers_with_underscores_action`); no header of ours is named like that.
+DROP_NON_GRPC_HEADERS_LUA = """
+function envoy_on_request(handle)
+  local drop = {}
+  for name, _ in pairs(handle:headers()) do
+    if name:sub(1, 1) ~= ":" and name:find("[^0-9a-z_.%-]") then
+      drop[#drop + 1] = name
+    end
+  end
+  for _, name in ipairs(drop) do
+    handle:headers():remove(name)
+  end
+end
+"""
 _REGEX_SPECIAL = set("\\.^$|?*+()[]{}")
 
 
@@ -508,6 +526,11 @@ def render_envoy_config(
                 "body": {"inline_string": "malformed or disallowed request path"},
             },
             {
+                # HTTP QUERY (a method with a body) without a content-type: no text of its own.
+                "filter": _cel_filter("response.code_details == 'query_missing_content_type'"),
+                "body": {"inline_string": "a QUERY request needs a content-type"},
+            },
+            {
                 # The router's "no route" reply has no text of its own.
                 "filter": {"response_flag_filter": {"flags": ["NR"]}},
                 "body": {"inline_string": "no route matches this path and method"},
@@ -555,6 +578,13 @@ def render_envoy_config(
             "virtual_hosts": [{"name": "oih", "domains": ["*"], "routes": routes}],
         },
         "http_filters": [
+            {
+                "name": "envoy.filters.http.lua",
+                "typed_config": {
+                    _TYPE: _T + "envoy.extensions.filters.http.lua.v3.Lua",
+                    "default_source_code": {"inline_string": DROP_NON_GRPC_HEADERS_LUA},
+                },
+            },
             {"name": "envoy.filters.http.jwt_authn", "typed_config": jwt_authn},
             {"name": "envoy.filters.http.buffer", "typed_config": buffer},
             {"name": "envoy.filters.http.grpc_json_transcoder", "typed_config": transcoder},

@@ -10,6 +10,10 @@ nobody has fetched yet would make every new token fail at the gateway until its 
 A key's `retire_time` is when it stops signing (set by the rotation to the new key's start, so
 possibly in the future); the oldest key not yet retired signs. Retired keys stay in the JWKS
 until every token they signed has expired.
+
+Private keys are stored sealed (`oih_runtime.crypto`, AES-256-GCM under a data key wrapped by
+IAM's master key, `OIH_IAM_MASTER_KEY_FILE`), bound to their `kid`. Rows an older IAM wrote in
+clear are sealed when IAM starts, and every key is re-wrapped under the newest master key then.
 """
 
 from __future__ import annotations
@@ -29,27 +33,42 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
 from oih_iam.models import SigningKeyRow
+from oih_runtime import crypto
 from oih_runtime.clock import aware, utcnow
 from oih_runtime.db import transaction
 
 
-def _new_key() -> SigningKeyRow:
+def _context(kid: str) -> bytes:
+    return f"iam_signing_key|{kid}".encode()
+
+
+def _new_key(keyring: crypto.Keyring) -> SigningKeyRow:
     private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     pem = private.private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
-    ).decode()
-    return SigningKeyRow(kid=uuid.uuid4().hex[:16], private_pem=pem)
+    )
+    kid = uuid.uuid4().hex[:16]
+    return SigningKeyRow(kid=kid, private_pem=crypto.seal(keyring, pem, _context(kid)))
+
+
+def private_key(keyring: crypto.Keyring, row: SigningKeyRow) -> rsa.RSAPrivateKey:
+    """The private key of a stored row (opened with the master keyring)."""
+    pem = crypto.unseal(keyring, row.private_pem, _context(row.kid))
+    private = serialization.load_pem_private_key(pem, None)
+    assert isinstance(private, rsa.RSAPrivateKey)
+    return private
 
 
 class KeyStore:
     """The signing keys of this IAM, cached in memory and persisted in its database."""
 
-    def __init__(self, engine: Engine, token_lifetime: timedelta,
+    def __init__(self, engine: Engine, token_lifetime: timedelta, keyring: crypto.Keyring,
                  reload_seconds: float = 30.0, announce: timedelta = timedelta(seconds=60),
                  clock: Callable[[], datetime] = utcnow) -> None:
         self._engine = engine
+        self._keyring = keyring
         self._token_lifetime = token_lifetime
         # Several IAM replicas share the database: each re-reads the keys this often, so a
         # rotation made by one is signed with and published by all of them soon after.
@@ -62,9 +81,17 @@ class KeyStore:
         #: (kid, private key, retire time or None), oldest first.
         self._keys: list[tuple[str, Any, datetime | None]] = []
         self._jwks: dict[str, Any] = {}
-        with transaction(engine) as session:
+        with transaction(engine, lock=True) as session:
+            for row in session.exec(select(SigningKeyRow)):
+                if not crypto.is_sealed(row.private_pem):  # written in clear by an older IAM
+                    row.private_pem = crypto.seal(keyring, row.private_pem.encode(),
+                                                  _context(row.kid))
+                    session.add(row)
             if not self._unretired(session):
-                session.add(_new_key())
+                session.add(_new_key(keyring))
+        # A new master key put first in the file takes over the old keys' wrapping at start
+        # (replicas restarted one by one: no downtime; the old master key opens until then).
+        self.rewrap()
         self._load()
 
     def _unretired(self, session: Session) -> list[SigningKeyRow]:
@@ -85,7 +112,7 @@ class KeyStore:
             retired = aware(row.retire_time) if row.retire_time is not None else None
             if retired is not None and retired < horizon:
                 continue
-            private = serialization.load_pem_private_key(row.private_pem.encode(), None)
+            private = private_key(self._keyring, row)
             assert isinstance(private, rsa.RSAPrivateKey)
             jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(private.public_key()))
             published.append({**jwk, "kid": row.kid, "use": "sig", "alg": "RS256"})
@@ -131,7 +158,20 @@ class KeyStore:
                 if row.retire_time is None or aware(row.retire_time) > start:
                     row.retire_time = start
                     session.add(row)
-            fresh = _new_key()
+            fresh = _new_key(self._keyring)
             session.add(fresh)
         self._load()
         return fresh, start
+
+    def rewrap(self) -> int:
+        """Re-wrap every signing key's data key under the newest master key (after a new key
+        was put first in the master key file); returns how many were re-wrapped."""
+        done = 0
+        with transaction(self._engine, lock=True) as session:
+            for row in session.exec(select(SigningKeyRow)):
+                rewrapped = crypto.rewrap(self._keyring, row.private_pem, _context(row.kid))
+                if rewrapped != row.private_pem:
+                    row.private_pem = rewrapped
+                    session.add(row)
+                    done += 1
+        return done

@@ -144,6 +144,9 @@ class Iam:
             tenant_id=PLATFORM_TENANT, secret_hash="",
         )
         row.roles = ["roles/platform-admin"]
+        # "secrets.resolve" is held by name, not only through "all": the Secrets service hands
+        # values to service tokens that carry it explicitly, never to administrators as such.
+        row.permissions = ["secrets.resolve"]
         row.secret_hash = hash_client_secret(secret)
         row.state = ACTIVE
         session.add(row)

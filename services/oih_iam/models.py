@@ -74,6 +74,7 @@ class ServiceAccountRow(SQLModel, table=True):
 class SigningKeyRow(SQLModel, table=True):
     __tablename__ = "iam_signing_key"
     kid: str = Field(primary_key=True)
+    #: The PKCS#8 PEM, sealed by `oih_runtime.crypto` with IAM's master key (never in clear).
     private_pem: str
     create_time: datetime = Field(default_factory=utcnow)
     #: When a newer key takes over (set by a rotation, which pre-announces the newer key, so it

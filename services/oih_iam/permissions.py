@@ -28,6 +28,10 @@ CATALOGUE = [
     PermissionInfo("iam.key.create", "Rotate the token signing key", True),
     PermissionInfo("iam.token.introspect", "Introspect any access token", True),
     PermissionInfo("iam.token.delete", "Revoke other principals' tokens", True),
+    PermissionInfo("secrets.resolve",
+                   "Read secret values (platform services only; no REST method returns one)",
+                   True),
+    PermissionInfo("secrets.admin", "Rotate the Secrets service's master key", True),
     PermissionInfo("tenant.profile.read", "Read the own tenant"),
     PermissionInfo("tenant.account.read", "Read users and service accounts of the tenant"),
     PermissionInfo("tenant.account.create", "Create users and service accounts in the tenant"),
@@ -50,6 +54,8 @@ CATALOGUE = [
     PermissionInfo("snapshots.read", "Read step snapshots"),
     PermissionInfo("snapshots.write", "Change and delete step snapshots"),
     PermissionInfo("webhooks.execute", "Call webhooks of flows that require authentication"),
+    PermissionInfo("secrets.read", "Read secrets' metadata (never their values)"),
+    PermissionInfo("secrets.write", "Create, change, rotate and delete secrets"),
 ]
 BY_NAME = {p.name: p for p in CATALOGUE}
 RESTRICTED = frozenset(p.name for p in CATALOGUE if p.restricted)
@@ -60,7 +66,7 @@ _WORK = [
     "components.read", "components.create", "components.update", "components.delete",
     "flows.read", "flows.write", "flows.control", "flows.execute",
     "schedules.read", "schedules.write", "snapshots.read", "snapshots.write",
-    "webhooks.execute",
+    "webhooks.execute", "secrets.read", "secrets.write",
 ]  # fmt: skip
 
 

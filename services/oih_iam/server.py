@@ -14,7 +14,7 @@ from oih_iam.logic import Iam
 from oih_iam.servicer import IamServicer
 from oih_iam.settings import IamSettings
 from oih_iam.tokens import TokenIssuer
-from oih_runtime import server
+from oih_runtime import crypto, server
 from oih_runtime.bus import Relay
 from oih_runtime.bus.models import TABLES as BUS_TABLES
 from oih_runtime.db import make_engine
@@ -42,9 +42,13 @@ class Built:
         self.feed.start()
 
 
-def build(settings: ServiceSettings, iam_settings: IamSettings) -> Built:
+def build(settings: ServiceSettings, iam_settings: IamSettings,
+          keyring: crypto.Keyring | None = None) -> Built:
+    """Without a master key (`OIH_IAM_MASTER_KEY_FILE` / `OIH_IAM_MASTER_KEY`) it refuses to
+    build: the signing keys are stored sealed by it."""
+    keyring = keyring or crypto.Keyring.from_env("iam")
     engine = make_engine(settings.database_url, tables=(*models.TABLES, *BUS_TABLES))
-    keys = KeyStore(engine, iam_settings.token_lifetime,
+    keys = KeyStore(engine, iam_settings.token_lifetime, keyring,
                     announce=timedelta(seconds=iam_settings.key_announce_seconds))
     revocations = RevocationList()
     # IAM verifies tokens against its own keys, without a network hop.

@@ -19,7 +19,7 @@ from oih_iam.keys import KeyStore
 from oih_iam.logic import Iam
 from oih_iam.tokens import Issued
 from oih_runtime import clock, principal
-from oih_runtime.errors import PermissionDenied
+from oih_runtime.errors import PermissionDenied, Unauthenticated
 from oih_runtime.tokens import TokenVerifier
 
 Context = grpc.ServicerContext
@@ -69,7 +69,12 @@ class IamServicer(iam_pb2_grpc.IamServiceServicer):
     def RevokeToken(self, request: iam_pb2.RevokeTokenRequest,
                     context: Context) -> empty_pb2.Empty:
         caller = principal.current()
-        target = self.verifier.verify(request.token) if request.token else caller
+        try:
+            target = self.verifier.verify(request.token) if request.token else caller
+        except Unauthenticated:
+            # RFC 7009: a token that is invalid already (malformed, expired, revoked, forged)
+            # needs no revoking; answering 401 would tell the caller its own token is bad.
+            return empty_pb2.Empty()
         if target.subject != caller.subject and not caller.has("iam.token.delete"):
             raise PermissionDenied("revoking another principal's token needs iam.token.delete")
         self.iam.revoke(token_id=target.token_id, expires=target.expires_at)

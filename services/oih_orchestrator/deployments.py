@@ -59,6 +59,7 @@ from oih_worker.spec import StepSpec, flow_id_of, spec_from_flow
 from . import components as component_info
 from .amqp import Amqp
 from .components import ComponentLookup
+from .credentials import CredentialsFailed, Resolve, step_credentials
 from .drivers import FAILED as WORKER_FAILED
 from .drivers import RESTARTING, RUNNING, STARTING, Driver, WorkerInfo
 from .management import USER_PREFIX, Management, new_password, user_name, vhost_of
@@ -121,6 +122,7 @@ class Cancelled(Exception):
 class Orchestrator:
     def __init__(self, engine: Engine, driver: Driver, amqp: Amqp, management: Management,
                  components: ComponentLookup, *, worker_amqp_url: str,
+                 resolve: Resolve | None = None,
                  start_timeout: float = 60.0, stop_timeout: float = 60.0,
                  task_threads: int = 8) -> None:
         self.engine = engine
@@ -128,6 +130,8 @@ class Orchestrator:
         self.amqp = amqp
         self.management = management
         self.components = components
+        #: Resolves a step's credentials (None: a flow naming credentials cannot start).
+        self.resolve = resolve
         self.worker_url = without_credentials(worker_amqp_url)
         self.vhost = vhost_of(worker_amqp_url)
         self.start_timeout = start_timeout
@@ -255,6 +259,7 @@ class Orchestrator:
                 raise StartFailed(str(error)) from None
         found = {node.id: self._component(node) for node in flow.graph.nodes}
         specs = [self._spec(flow, node, found[node.id]) for node in flow.graph.nodes]
+        secrets = self._credentials(flow)
         if self.snapshots is not None:
             try:
                 stored = self.snapshots.persistent(flow_id)
@@ -276,8 +281,22 @@ class Orchestrator:
         if cancel.is_set():
             raise Cancelled()
         with_passwords = [self._with_new_password(spec) for spec in specs]
-        self.driver.deploy(flow_id, with_passwords, found)
+        self.driver.deploy(flow_id, with_passwords, found, secrets)
         self._await_consumers(flow_id, steps, cancel)
+
+    def _credentials(self, flow: flows_pb2.Flow,
+                     steps: Iterable[str] | None = None) -> dict[str, bytes]:
+        """The resolved credentials of the flow's steps (of `steps`) that name a secret."""
+        wanted = None if steps is None else set(steps)
+        if self.resolve is None:
+            if any(n.credentials for n in flow.graph.nodes if wanted is None or n.id in wanted):
+                raise StartFailed("this orchestrator has no Secrets service to resolve "
+                                  "credentials with")
+            return {}
+        try:
+            return step_credentials(flow, self.resolve, wanted)
+        except CredentialsFailed as error:
+            raise StartFailed(str(error)) from None
 
     def _component(self, node: flows_pb2.Node) -> components_pb2.Component:
         component = self.components(node.component)
@@ -490,8 +509,16 @@ class Orchestrator:
                     log.warning("deploying missing workers",
                                 extra={"flow_id": flow_id, "steps": [s.step_id for s in missing]})
                     found = {s.step_id: self._component_of(row, s.step_id) for s in missing}
+                    flow = json_format.ParseDict(row.flow or {}, flows_pb2.Flow(),
+                                                 ignore_unknown_fields=True)
+                    try:
+                        secrets = self._credentials(flow, [s.step_id for s in missing])
+                    except StartFailed as error:
+                        log.warning("cannot deploy missing workers",
+                                    extra={"flow_id": flow_id, "reason": str(error)})
+                        return  # the next round tries again (the Secrets service may be back)
                     self.driver.deploy(flow_id, [self._with_new_password(s) for s in missing],
-                                       found)
+                                       found, secrets)
 
     def _follow(self, row: DeploymentRow) -> None:
         if self.reports is not None:

@@ -43,12 +43,16 @@ class Driver(Protocol):
     name: str
 
     def deploy(self, flow_id: str, specs: Sequence[StepSpec],
-               components: Mapping[str, components_pb2.Component]) -> None:
+               components: Mapping[str, components_pb2.Component],
+               credentials: Mapping[str, bytes] | None = None) -> None:
         """Run one worker per spec (each spec carries its step's broker credentials in
         `amqp_url`). `components` maps each spec's step id to its component (image, pull
-        policy, resources). A step that already has a worker gets it replaced by one with the
-        new spec; the flow's other steps are left alone. Returns once the workers are
-        created; whether they consume is checked by the caller (queue consumers)."""
+        policy, resources). `credentials` maps a step id to its resolved secret (a UTF-8 JSON
+        object), handed to the worker without writing it to disk, a log, its command line or
+        the workload's spec (see `oih_worker.credentials`). A step that already has a worker
+        gets it replaced by one with the new spec; the flow's other steps are left alone.
+        Returns once the workers are created; whether they consume is checked by the caller
+        (queue consumers)."""
 
     def remove(self, flow_id: str) -> None:
         """Stop the flow's workers gracefully (SIGTERM: they finish and ack what they hold)

@@ -31,6 +31,7 @@ on the read-only root filesystem.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import re
@@ -58,6 +59,9 @@ RUN_AS = 10001
 GRACE_SECONDS = int(STOP_TIMEOUT) + 15
 #: Where components may write (in the /tmp emptyDir; the root filesystem is read-only).
 DATA_DIR = "/tmp/oih"  # noqa: S108 - an emptyDir of this pod, not shared
+#: Where the step's credentials Secret is mounted (read-only, tmpfs), and its one key.
+CREDENTIALS_DIR = "/var/run/oih/credentials"
+CREDENTIALS_FILE = "credentials.json"
 
 _PULL = {
     components_pb2.ContainerImage.PULL_POLICY_UNSPECIFIED: "Always",  # as in the original OIH
@@ -94,6 +98,10 @@ def deployment_name(flow_id: str, step_id: str) -> str:
 
 def secret_name(flow_id: str, step_id: str) -> str:
     return f"{deployment_name(flow_id, step_id)}-env"
+
+
+def credentials_name(flow_id: str, step_id: str) -> str:
+    return f"{deployment_name(flow_id, step_id)}-cred"
 
 
 def flow_selector(flow_id: str) -> str:
@@ -138,12 +146,14 @@ def _image(component: components_pb2.Component, python_image: str) -> tuple[str,
 
 def manifests(spec: StepSpec, component: components_pb2.Component, *,
               namespace: str = DEFAULT_NAMESPACE, replicas: int = 1,
-              python_image: str = "",
+              python_image: str = "", credentials: bytes | None = None,
               egress_allowed_networks: str = "") -> list[dict[str, Any]]:
-    """The Secret and the Deployment of one step (in that order: the Secret must exist first).
+    """The Secrets and the Deployment of one step (Secrets first: they must exist first).
 
-    The Secret holds `OIH_WORKER_SPEC`, the step's StepSpec as JSON including its broker
+    The first Secret holds `OIH_WORKER_SPEC`, the step's StepSpec as JSON including its broker
     credentials, which is why it is a Secret and not a ConfigMap or a plain env var.
+    `credentials` (the step's resolved secret, JSON) go into a second Secret that the pod
+    mounts as a file (tmpfs), so they are in no env var and not in the Deployment's spec.
     `python_image` runs a component that is a Python entry point (see the module docstring).
     `egress_allowed_networks` is the administrator's allow-list of internal networks flows may
     call (`OIH_EGRESS_ALLOWED_NETWORKS`, see oih_sdk.egress).
@@ -169,7 +179,7 @@ def manifests(spec: StepSpec, component: components_pb2.Component, *,
         "metadata": {**metadata, "name": secret_name(spec.flow_id, spec.step_id)},
         "stringData": {"OIH_WORKER_SPEC": spec_json},
     }
-    container = {
+    container: dict[str, Any] = {
         "name": CONTAINER,
         "image": image,
         "imagePullPolicy": pull_policy,
@@ -198,6 +208,22 @@ def manifests(spec: StepSpec, component: components_pb2.Component, *,
         },
         "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],  # noqa: S108
     }
+    volumes: list[dict[str, Any]] = [{"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}}]
+    documents: list[dict[str, Any]] = [secret]
+    if credentials is not None:
+        mounted: dict[str, Any] = {
+            "apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+            "metadata": {**metadata, "name": credentials_name(spec.flow_id, spec.step_id)},
+            "data": {CREDENTIALS_FILE: base64.b64encode(credentials).decode()},
+        }
+        documents.append(mounted)
+        volumes.append({"name": "credentials", "secret": {
+            "secretName": mounted["metadata"]["name"], "defaultMode": 0o400}})
+        container["volumeMounts"].append(
+            {"name": "credentials", "mountPath": CREDENTIALS_DIR, "readOnly": True})
+        container["env"].append(
+            {"name": "OIH_WORKER_CREDENTIALS_FILE",
+             "value": f"{CREDENTIALS_DIR}/{CREDENTIALS_FILE}"})
     deployment = {
         "apiVersion": "apps/v1", "kind": "Deployment", "metadata": metadata,
         "spec": {
@@ -222,12 +248,12 @@ def manifests(spec: StepSpec, component: components_pb2.Component, *,
                         "seccompProfile": {"type": "RuntimeDefault"},
                     },
                     "containers": [container],
-                    "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}}],
+                    "volumes": volumes,
                 },
             },
         },
     }
-    return [secret, deployment]
+    return [*documents, deployment]
 
 
 # --- pods → WorkerInfo ----------------------------------------------------------------------
@@ -309,14 +335,18 @@ class KubernetesDriver:
         return client.CoreV1Api(self._api_client), client.AppsV1Api(self._api_client)
 
     def deploy(self, flow_id: str, specs: Sequence[StepSpec],
-               components: Mapping[str, components_pb2.Component]) -> None:
+               components: Mapping[str, components_pb2.Component],
+               credentials: Mapping[str, bytes] | None = None) -> None:
         core, apps = self._apis()
         for spec in specs:
-            secret, deployment = manifests(spec, components[spec.step_id],
-                                           namespace=self.namespace,
-                                           python_image=self.python_image,
-                                           egress_allowed_networks=self.egress_allowed_networks)
-            self._apply(core.create_namespaced_secret, core.replace_namespaced_secret, secret)
+            *secrets, deployment = manifests(
+                spec, components[spec.step_id], namespace=self.namespace,
+                python_image=self.python_image,
+                credentials=(credentials or {}).get(spec.step_id),
+                egress_allowed_networks=self.egress_allowed_networks)
+            for secret in secrets:
+                self._apply(core.create_namespaced_secret, core.replace_namespaced_secret,
+                            secret)
             self._apply(apps.create_namespaced_deployment, apps.replace_namespaced_deployment,
                         deployment)
 

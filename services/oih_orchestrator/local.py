@@ -7,6 +7,12 @@ Files, per flow `F` and step `S`, under `<data_dir>/workers/F/`:
             running instead of starting a second consumer next to it;
 - `S.log`   the worker's stdout and stderr, appended across restarts (kept after removal).
 
+A step's resolved credentials are never written there: the driver keeps them in memory and
+writes them to each worker process's standard input, which the worker reads once and closes
+(`oih_worker.credentials`). A worker adopted after an orchestrator restart keeps the
+credentials it read; if it dies, the driver forgets it instead of restarting it without them,
+and the reconciler deploys the step again with freshly resolved credentials.
+
 Workers run in their own session (process group): a signal to the orchestrator's group (Ctrl-C)
 does not reach them, and they survive an orchestrator crash, to be adopted when it comes back.
 Adoption checks the pid's command line and environment, so a recycled pid is never mistaken for
@@ -28,12 +34,13 @@ import sys
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
 from oih.components.v1 import components_pb2
 from oih_runtime.background import Periodic
+from oih_worker.credentials import STDIN
 from oih_worker.spec import StepSpec
 
 from .drivers import FAILED, RESTARTING, RUNNING, STARTING, STOPPING, WorkerInfo
@@ -53,6 +60,10 @@ class _Worker:
     log_path: Path
     pid: int = 0
     process: subprocess.Popen[bytes] | None = None  # None when adopted
+    #: The step's resolved credentials (JSON), for each (re)start; None when it has none, or
+    #: when the worker was adopted and this process never had them (`needs_credentials`).
+    credentials: bytes | None = field(default=None, repr=False)
+    needs_credentials: bool = False
     state: str = STARTING
     restarts: int = 0
     crashes: int = 0  # consecutive short runs
@@ -105,7 +116,8 @@ class LocalDriver:
     # --- Driver ----------------------------------------------------------------------------
 
     def deploy(self, flow_id: str, specs: Sequence[StepSpec],
-               components: Mapping[str, components_pb2.Component]) -> None:
+               components: Mapping[str, components_pb2.Component],
+               credentials: Mapping[str, bytes] | None = None) -> None:
         for spec in specs:
             if not spec.entry_point:
                 raise ValueError(f"step {spec.step_id}: the local driver needs a Python entry "
@@ -116,6 +128,7 @@ class LocalDriver:
             if old is not None:
                 self._terminate([old])
             worker = self._files(flow_id, spec.step_id)
+            worker.credentials = (credentials or {}).get(spec.step_id)
             _write_private(worker.spec_path, spec.to_json())
             self._spawn(worker)
             with self._lock:
@@ -184,6 +197,13 @@ class LocalDriver:
     def _crashed(self, worker: _Worker, now: float) -> None:
         if worker.process is not None:
             worker.process.wait()  # reap it
+        if worker.needs_credentials and worker.credentials is None:
+            # Adopted, and its credentials died with it: the reconciler deploys it again.
+            del self._workers[(worker.flow_id, worker.step_id)]
+            worker.pid_path.unlink(missing_ok=True)
+            log.warning("adopted worker died; leaving it to the reconciler",
+                        extra={"flow_id": worker.flow_id, "step_id": worker.step_id})
+            return
         worker.crashes = 1 if now - worker.started >= self.stable_after else worker.crashes + 1
         worker.reason = worker.exit_text()
         if worker.crashes > self.max_crashes:
@@ -211,12 +231,20 @@ class LocalDriver:
         env = {**os.environ, "OIH_DATA_DIR": str(self.data_dir), **self.env,
                "OIH_WORKER_SPEC_FILE": str(worker.spec_path)}
         env.pop("OIH_WORKER_SPEC", None)  # it would win over the file
+        env.pop("OIH_WORKER_CREDENTIALS_FILE", None)
+        if worker.credentials is not None:
+            env["OIH_WORKER_CREDENTIALS"] = STDIN
+        else:
+            env.pop("OIH_WORKER_CREDENTIALS", None)
         with worker.log_path.open("ab") as log_file:
             log_file.write(f"--- starting worker at {datetime.now(UTC).isoformat()}\n".encode())
             log_file.flush()
             worker.process = subprocess.Popen(
-                [self.python, "-m", "oih_worker"], env=env, stdin=subprocess.DEVNULL,
+                [self.python, "-m", "oih_worker"], env=env,
+                stdin=subprocess.DEVNULL if worker.credentials is None else subprocess.PIPE,
                 stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
+        if worker.credentials is not None:
+            _hand_over(worker.process, worker.credentials)
         worker.pid = worker.process.pid
         worker.pid_path.write_text(str(worker.pid))
         worker.state = STARTING
@@ -253,6 +281,7 @@ class LocalDriver:
             pid = _read_pid(pid_path)
             if pid and _is_worker(pid, worker.spec_path):
                 worker.pid, worker.state, worker.started = pid, RUNNING, time.monotonic()
+                worker.needs_credentials = _reads_credentials(pid)
                 worker.start_time = datetime.fromtimestamp(pid_path.stat().st_mtime, UTC)
                 self._workers[(flow_id, step_id)] = worker
                 log.info("adopted a running worker",
@@ -291,6 +320,25 @@ def _write_private(path: Path, text: str) -> None:
         handle.write(text)
     os.chmod(temporary, 0o600)  # O_CREAT's mode does not apply to an existing file
     os.replace(temporary, path)
+
+
+def _hand_over(process: subprocess.Popen[bytes], credentials: bytes) -> None:
+    """Write the credentials to the worker's standard input and close it (the worker reads to
+    the end first thing; a pipe buffer holds a secret of up to 64 KiB without blocking)."""
+    assert process.stdin is not None
+    try:
+        process.stdin.write(credentials)
+        process.stdin.close()
+    except BrokenPipeError:
+        pass  # the worker died at once; the supervisor sees it
+
+
+def _reads_credentials(pid: int) -> bool:
+    try:
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return f"OIH_WORKER_CREDENTIALS={STDIN}".encode() in environ
 
 
 def _read_pid(path: Path) -> int:

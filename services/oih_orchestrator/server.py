@@ -23,6 +23,7 @@ from oih_runtime.bus.models import TABLES as BUS_TABLES
 from oih_runtime.clients import authenticated_channel
 from oih_runtime.db import make_engine
 from oih_runtime.identity import platform_identity
+from oih_runtime.secrets_client import SecretsClient
 from oih_runtime.settings import ServiceSettings
 from oih_runtime.tokens import TokenVerifier
 from oih_worker import topology
@@ -30,6 +31,7 @@ from oih_worker import topology
 from . import events, models
 from .amqp import Amqp
 from .components import ComponentDirectory, ComponentLookup, register_builtins
+from .credentials import Resolve
 from .deployments import Orchestrator
 from .drivers import Driver
 from .execute import executions_package
@@ -82,7 +84,7 @@ def make_driver(settings: ServiceSettings, own: OrchestratorSettings) -> Driver:
 def build(settings: ServiceSettings, own: OrchestratorSettings, *,
           verifier: TokenVerifier | None = None, components: ComponentLookup | None = None,
           components_channel: grpc.Channel | None = None, driver: Driver | None = None,
-          bus: bool = True, exchange: str | None = None,
+          resolve: Resolve | None = None, bus: bool = True, exchange: str | None = None,
           consumer_name: str | None = None) -> Built:
     """Everything the service needs; `start_background()` starts its threads. Tests pass their
     own `verifier`, `components` lookup or `components_channel` (with a token of their
@@ -102,9 +104,13 @@ def build(settings: ServiceSettings, own: OrchestratorSettings, *,
     amqp = Amqp(settings.rabbitmq_url,
                 snapshots_queue=topology.snapshots_queue(settings.bus_namespace))
     management = Management.for_broker(own.management_url, settings.rabbitmq_url)
+    if resolve is None:
+        # Resolving needs "secrets.resolve" on the platform's own service token.
+        resolve = SecretsClient(authenticated_channel(own.secrets_address,
+                                                      identity.token.get)).resolve
     orchestrator = Orchestrator(engine, driver, amqp, management, lookup,
                                 worker_amqp_url=own.worker_amqp_url or settings.rabbitmq_url,
-                                start_timeout=own.start_timeout)
+                                resolve=resolve, start_timeout=own.start_timeout)
     if own.snapshots_address:
         orchestrator.snapshots = SnapshotReader(
             authenticated_channel(own.snapshots_address, identity.token.get))

@@ -49,6 +49,8 @@ class OrchestratorSettings:
     #: oih_orchestrator.snapshots). Empty (the default, unlike the other addresses): workers
     #: start with empty snapshots.
     snapshots_address: str = ""
+    #: The Secrets service, which resolves each step's credentials at deploy (service token).
+    secrets_address: str = f"127.0.0.1:{DEFAULT_PORTS['secrets']}"
     #: `OIH_EGRESS_ALLOWED_NETWORKS` (see oih_sdk.egress), handed on to the kubernetes driver's
     #: workers (local workers inherit the orchestrator's environment).
     egress_allowed_networks: str = ""
@@ -71,5 +73,7 @@ class OrchestratorSettings:
             not in ("0", "false", "no"),
             python_image=env.get("OIH_ORCHESTRATOR_PYTHON_IMAGE", ""),
             snapshots_address=env.get("OIH_SNAPSHOTS_ADDRESS", ""),
+            secrets_address=env.get(
+                "OIH_SECRETS_ADDRESS", f"127.0.0.1:{DEFAULT_PORTS['secrets']}"),
             egress_allowed_networks=env.get("OIH_EGRESS_ALLOWED_NETWORKS", ""),
         )

@@ -130,6 +130,13 @@ class Unavailable(DomainError):
     default_reason = "UNAVAILABLE"
 
 
+class DataLoss(DomainError):
+    """Stored data cannot be read back (for example a sealed record that does not decrypt)."""
+
+    code = grpc.StatusCode.DATA_LOSS
+    default_reason = "DATA_LOSS"
+
+
 class Unimplemented(DomainError):
     code = grpc.StatusCode.UNIMPLEMENTED
     default_reason = "UNIMPLEMENTED"

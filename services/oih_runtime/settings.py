@@ -20,6 +20,7 @@ DEFAULT_PORTS = {
     "scheduler": 50055,
     "webhooks": 50056,
     "snapshots": 50057,
+    "secrets": 50058,
 }
 DEFAULT_ISSUER = "oih-iam"
 DEFAULT_AUDIENCE = "oih-platform"

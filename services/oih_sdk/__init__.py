@@ -8,6 +8,12 @@ functions are plain callables `fn(message, config, snapshot)`:
 - `config` is the step's configuration (the node's `fields`, a dict);
 - `snapshot` is the step's last snapshot (a dict, empty at first).
 
+A function that also declares a `credentials` parameter (`fn(message, config, snapshot, *,
+credentials)`) receives the step's resolved secret as that argument: the JSON object of the
+node's `credentials` secret (`{"api_key": …}`, `{"username", "password"}`, `{"token"}`,
+`{"key"}` or free JSON), or None when the node names none. It is never merged into `config`, so
+a component that logs its configuration does not leak it; do not log or emit it.
+
 A function emits by returning (or yielding) any mix of:
 - nothing (`None`): no output;
 - a `dict`: the `data` of one output (metadata and attachments are inherited from the input);
@@ -23,7 +29,14 @@ exception is non-retryable: a subclass of `NonRetryableError`, a class decorated
 
 from __future__ import annotations
 
-from .component import Component, ComponentFunction, load_component, load_function
+from .component import (
+    Component,
+    ComponentFunction,
+    call,
+    load_component,
+    load_function,
+    takes_credentials,
+)
 from .errors import NonRetryableError, is_retryable, non_retryable
 from .message import Message, Snapshot
 
@@ -33,8 +46,10 @@ __all__ = [
     "Message",
     "NonRetryableError",
     "Snapshot",
+    "call",
     "is_retryable",
     "load_component",
     "load_function",
     "non_retryable",
+    "takes_credentials",
 ]

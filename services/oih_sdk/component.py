@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, cast
@@ -89,3 +90,24 @@ def load_function(object_reference: str, function: str) -> Function:
     if not callable(fn):
         raise LookupError(f"{object_reference} has no function {function!r}")
     return cast(Function, fn)
+
+
+def takes_credentials(fn: Function) -> bool:
+    """Whether `fn` declares a `credentials` parameter (or takes `**kwargs`)."""
+    try:
+        parameters = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):  # some builtins have no signature
+        return False
+    return any(p.name == "credentials" or p.kind is inspect.Parameter.VAR_KEYWORD
+               for p in parameters)
+
+
+def call(fn: Function, message: Any, config: dict[str, Any], snapshot: dict[str, Any],
+         credentials: dict[str, Any] | None, *, with_credentials: bool | None = None) -> Any:
+    """Call a component function, handing `credentials` only to one that asks for them (so
+    functions written as `fn(message, config, snapshot)` keep working)."""
+    if with_credentials is None:
+        with_credentials = takes_credentials(fn)
+    if with_credentials:
+        return fn(message, config, snapshot, credentials=credentials)
+    return fn(message, config, snapshot)

@@ -22,7 +22,7 @@ import pika
 from google.protobuf import json_format
 
 from oih.component.v1 import message_pb2
-from oih_sdk import Message, Snapshot, load_function, non_retryable
+from oih_sdk import Message, Snapshot, call, load_function, non_retryable, takes_credentials
 from oih_sdk.errors import error_type, is_retryable
 
 from . import envelope, topology
@@ -104,9 +104,14 @@ def collect(result: Any) -> tuple[list[Message | dict[str, Any]], Snapshot | Non
 
 
 class StepProcessor:
-    def __init__(self, spec: StepSpec, fn: Any = None) -> None:
+    def __init__(self, spec: StepSpec, fn: Any = None,
+                 credentials: dict[str, Any] | None = None) -> None:
         self.spec = spec
         self.fn = fn or load_function(spec.entry_point, spec.function)
+        #: The step's resolved secret: held in memory only, handed to the function apart from
+        #: its config (see oih_sdk), never put in a report, a log line or an output.
+        self._credentials = credentials
+        self._with_credentials = takes_credentials(self.fn)
         self.edges = [CompiledEdge(edge) for edge in spec.edges]
         self.snapshot: dict[str, Any] = dict(spec.snapshot)
         self.sequence = spec.snapshot_sequence
@@ -118,7 +123,8 @@ class StepProcessor:
         except envelope.MalformedMessage as exc:
             return self._malformed(body, properties, exc)
         try:
-            result = self.fn(message, self.spec.config, self.snapshot)
+            result = call(self.fn, message, self.spec.config, self.snapshot,
+                          self._credentials, with_credentials=self._with_credentials)
             emitted, snapshot = collect(result)
             outcome = Outcome(message)
             outcome.outputs = [self._output(message, item) for item in emitted]

@@ -54,9 +54,10 @@ class _InFlight:
 
 
 class Worker:
-    def __init__(self, spec: StepSpec, processor: StepProcessor | None = None) -> None:
+    def __init__(self, spec: StepSpec, processor: StepProcessor | None = None,
+                 credentials: dict[str, Any] | None = None) -> None:
         self.spec = spec
-        self.processor = processor or StepProcessor(spec)
+        self.processor = processor or StepProcessor(spec, credentials=credentials)
         self.reporter = Reporter(spec.flow_id, spec.step_id, spec.worker_name)
         self.exchange = topology.exchange_name(spec.flow_id)
         self.queue = topology.step_queue(spec.flow_id, spec.step_id)
@@ -304,6 +305,6 @@ class Worker:
                 content_type="application/json", delivery_mode=2)), None)
 
 
-def run(spec: StepSpec) -> int:
+def run(spec: StepSpec, credentials: dict[str, Any] | None = None) -> int:
     """Run the worker of one step until SIGTERM/SIGINT; returns the process exit code."""
-    return Worker(spec).run()
+    return Worker(spec, credentials=credentials).run()

@@ -39,13 +39,21 @@ def test_generated_code_is_fresh() -> None:
     assert result.returncode == 0, result.stderr
 
 
+#: RPCs deliberately unreachable through REST: only platform services call them, over gRPC.
+INTERNAL = ["oih.secrets.v1.SecretService.ResolveSecret"]
+
+
 def test_every_rpc_has_a_rest_mapping_and_an_access_rule() -> None:
     methods = oih_methods()
     assert len(methods) > 50
     missing_http = [m for m, o in methods.items() if not o.HasExtension(annotations_pb2.http)]
     missing_rule = [m for m, o in methods.items() if not o.HasExtension(auth_pb2.rule)]
-    assert missing_http == []
+    assert missing_http == INTERNAL
     assert missing_rule == []
+    # An internal RPC is never public and always needs a permission.
+    for method in INTERNAL:
+        rule = methods[method].Extensions[auth_pb2.rule]
+        assert not rule.public and rule.permission
 
 
 def test_only_the_intended_rpcs_are_public() -> None:

@@ -39,9 +39,9 @@ KUSTOMIZE = DEPLOY / "kubernetes"
 OVERLAYS = ["dev", "prod"]
 NAMESPACE, WORKER_NAMESPACE = "oih", "oih-flows"
 #: The platform services that run (a package with `__main__`), each a Deployment `oih-<key>`.
-SERVICES = ["iam", "components", "flows", "orchestrator", "scheduler", "snapshots"]
+SERVICES = ["iam", "components", "secrets", "flows", "orchestrator", "scheduler", "snapshots"]
 #: Secrets the prod overlay expects to exist (created out of band, see deploy/README.md).
-EXTERNAL_SECRETS = {"oih-secrets", "oih-postgres", "oih-rabbitmq"}
+EXTERNAL_SECRETS = {"oih-secrets", "oih-master-keys", "oih-postgres", "oih-rabbitmq"}
 WORKLOADS = ("Deployment", "StatefulSet")
 Doc = dict[str, Any]
 
@@ -338,6 +338,9 @@ def test_every_referenced_configmap_and_secret_key_exists(
         for volume in pod.get("volumes", []):
             if "configMap" in volume:
                 refs.append(("ConfigMap", volume["configMap"]["name"], None))
+            if "secret" in volume:
+                refs += [("Secret", volume["secret"]["secretName"], item["key"])
+                         for item in volume["secret"].get("items", [{"key": None}])]
         for container in containers(pod):
             for source in container.get("envFrom", []):
                 if "configMapRef" in source:

@@ -18,15 +18,16 @@ from oih_runtime.settings import DEFAULT_PORTS
 from oih_worker import topology
 from tests.gateway.conftest import free_port
 
+#: A loopback address flows of the e2e platform may call (and only this one: the rest of
+#: loopback stays refused by the egress guard), for test servers that a flow step calls.
+RECEIVER_HOST = "127.0.0.2"
 ADMIN = "admin@e2e.test"
 ADMIN_PASSWORD = "e2e-admin-password"
 PASSWORD = "correct horse battery staple"
 
 #: The services the end-to-end suite runs (all implemented ones as they land).
-E2E_SERVICES = ["iam", "components", "flows", "orchestrator", "scheduler", "snapshots"]
-#: Where the end-to-end tests' own HTTP servers (polled feeds) listen: a loopback address the
-#: platform's egress allow-list admits, apart from 127.0.0.1, which stays refused.
-TEST_SERVER_HOST = "127.0.0.2"
+E2E_SERVICES = ["iam", "components", "secrets", "flows", "orchestrator", "scheduler",
+                "snapshots"]
 
 
 NAMESPACE = f"e2e{uuid.uuid4().hex[:8]}"
@@ -70,7 +71,7 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
             "OIH_IAM_KEY_ANNOUNCE_SECONDS": "15",
             # Each e2e run uses its own event exchange, so it never sees another run's events.
             "OIH_BUS_NAMESPACE": NAMESPACE,
-            "OIH_EGRESS_ALLOWED_NETWORKS": f"{TEST_SERVER_HOST}/32",
+            "OIH_EGRESS_ALLOWED_NETWORKS": f"{RECEIVER_HOST}/32",
             **{f"OIH_{name.upper()}_METRICS_PORT": str(port)
                for name, port in METRICS_PORTS.items()},
         },

@@ -21,6 +21,9 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from oih.iam.v1 import iam_pb2, iam_pb2_grpc
 from oih_cli.platform import Platform
+from oih_iam.keys import private_key
+from oih_iam.models import SigningKeyRow
+from oih_runtime import crypto
 from tests.e2e.conftest import PASSWORD, auth, create_tenant_with_admin, unique
 
 
@@ -59,11 +62,14 @@ def test_jwks_is_public_and_lists_the_signing_key(rest: httpx.Client, admin_toke
 
 
 def iam_signing_key(platform: Platform) -> tuple[str, Any]:
-    """IAM's real private key, read from its database (to forge otherwise-valid tokens)."""
+    """IAM's real private key, read from its database and opened with its master key file (to
+    forge otherwise-valid tokens)."""
     with sqlite3.connect(platform.data_dir / "iam.db") as db:
-        kid, pem = db.execute(
+        kid, sealed = db.execute(
             "SELECT kid, private_pem FROM iam_signing_key WHERE retire_time IS NULL").fetchone()
-    return kid, serialization.load_pem_private_key(pem.encode(), None)
+    assert crypto.is_sealed(sealed)  # never in clear at rest
+    keyring = crypto.Keyring(path=platform.data_dir / "iam-master-key")
+    return kid, private_key(keyring, SigningKeyRow(kid=kid, private_pem=sealed))
 
 
 def claims(**overrides: Any) -> dict[str, Any]:

@@ -114,6 +114,9 @@ def victim(rest: httpx.Client, admin_token: str, builtins: dict[str, str]) -> di
     component = created(rest.post("/v1/components", headers=auth(admin), json={
         "display_name": unique("private"), "python_entry_point": {
             "object_reference": "oih_builtins.log:component"}, "actions": [{"name": "log"}]}))
+    secret = created(rest.post("/v1/secrets", headers=auth(admin), json={
+        "display_name": unique("key"), "type": "TYPE_API_KEY",
+        "value": {"api_key": "of tenant A"}}))
     # A running flow whose second step always fails (an internal URL): it has a runtime, an
     # execution and a dead letter.
     flow = created(rest.post("/v1/flows", headers=auth(admin), json={
@@ -140,6 +143,7 @@ def victim(rest: httpx.Client, admin_token: str, builtins: dict[str, str]) -> di
         "roles/*": role["name"],
         "service-accounts/*": account["name"],
         "components/*": component["name"],
+        "secrets/*": secret["name"],
         "flows/*": flow["name"],
         "flows/*/runtime": f"{flow['name']}/runtime",
         "flows/*/executions/*": execution,

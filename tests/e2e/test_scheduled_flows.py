@@ -18,7 +18,7 @@ import pytest
 
 from oih_cli.platform import Platform
 from tests.e2e.conftest import (
-    TEST_SERVER_HOST,
+    RECEIVER_HOST,
     auth,
     create_tenant_with_admin,
     unique,
@@ -47,7 +47,7 @@ def feed() -> Iterator[Feed]:
         def log_message(self, *args: Any) -> None:
             pass
 
-    running = Feed((TEST_SERVER_HOST, 0), Handler)
+    running = Feed((RECEIVER_HOST, 0), Handler)
     running.items = []
     threading.Thread(target=running.serve_forever, daemon=True).start()
     yield running
@@ -76,7 +76,7 @@ def test_cron_flow_with_a_polling_trigger_advances_its_snapshot_run_by_run(
         "graph": {
             "nodes": [
                 {"id": "poll", "component": builtins["http-poll"], "function": "poll",
-                 "fields": {"url": f"http://{TEST_SERVER_HOST}:{feed.server_port}/items"}},
+                 "fields": {"url": f"http://{RECEIVER_HOST}:{feed.server_port}/items"}},
                 {"id": "sink", "component": builtins["sink"], "function": "sink"},
             ],
             "edges": [{"source": "poll", "target": "sink"}],

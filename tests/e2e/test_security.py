@@ -268,3 +268,14 @@ def test_key_rotation_never_breaks_a_new_login(rest: httpx.Client, admin_token: 
         assert me.status_code == 200, (jwt.get_unverified_header(token), me.text)
         time.sleep(0.2)
     assert kids == {old_kid, new_kid}
+
+
+# --------------------------------------------------------------------------- protocol edges
+
+def test_http_header_names_grpc_does_not_allow_are_dropped(
+        rest: httpx.Client, integrator: dict[str, str]) -> None:
+    """`+`, `|`, `~`… are legal in HTTP header names but not in gRPC metadata: forwarded, the
+    service's gRPC server failed the call (500)."""
+    for name in ("+", "x|y", "a~b", "Odd!Name"):
+        reply = rest.get("/v1/components", headers={**auth(integrator["token"]), name: "1"})
+        assert reply.status_code == 200, (name, reply.text)

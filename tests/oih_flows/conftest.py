@@ -13,29 +13,36 @@ from pathlib import Path
 
 import grpc
 import pytest
+from google.protobuf import struct_pb2
 from sqlmodel import Session, col, select
 
 from oih.components.v1 import components_pb2 as cpb
 from oih.components.v1 import components_pb2_grpc
 from oih.flows.v1 import flows_pb2 as pb
 from oih.flows.v1 import flows_pb2_grpc
+from oih.secrets.v1 import secrets_pb2 as spb
+from oih.secrets.v1 import secrets_pb2_grpc
 from oih_components import server as components_server
 from oih_flows.components import ComponentDirectory
+from oih_flows.secrets import SecretDirectory
 from oih_flows.server import Built, build
 from oih_flows.servicer import FlowServicer
 from oih_flows.settings import FlowsSettings
+from oih_runtime import crypto
 from oih_runtime import server as runtime_server
 from oih_runtime import settings as runtime_settings
 from oih_runtime.bus import OutboxEvent
 from oih_runtime.clients import authenticated_channel
 from oih_runtime.interceptors import server_interceptors
+from oih_secrets import server as secrets_server
 from tests.support.tokens import Caller, TestIssuer, caller_factory
 
 FLOW_WRITER = ("flows.read", "flows.write", "flows.control", "flows.execute",
-               "components.read", "components.create")
+               "components.read", "components.create", "secrets.read", "secrets.write")
 
 FLOWS_SETTINGS = FlowsSettings(transition_timeout=timedelta(seconds=120), sweep_interval=3600,
-                               components_address="unused: the test passes its own client")
+                               components_address="unused: the test passes its own client",
+                               secrets_address="unused: the test passes its own client")
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +66,24 @@ def components_address(issuer: TestIssuer, tmp_path_factory: pytest.TempPathFact
 
 
 @pytest.fixture(scope="module")
+def secrets_address(issuer: TestIssuer, tmp_path_factory: pytest.TempPathFactory
+                    ) -> Iterator[str]:
+    """A real Secrets service on its own SQLite database and a free port."""
+    config = replace(runtime_settings.load("secrets", {}),
+                     database_url=f"sqlite:///{tmp_path_factory.mktemp('s') / 'secrets.db'}",
+                     data_dir=Path(tmp_path_factory.mktemp("secrets-data")))
+    built = secrets_server.build(config, verifier=issuer.verifier,
+                                 keyring=crypto.Keyring(crypto.new_master_key_line()))
+    running = runtime_server.start(built.service, host="127.0.0.1", port=0, max_workers=4,
+                                   grace=0.5)
+    yield running.address
+    running.stop()
+    built.engine.dispose()
+
+
+@pytest.fixture(scope="module")
 def flows_service(database_url: str, issuer: TestIssuer, components_address: str,
+                  secrets_address: str,
                   tmp_path_factory: pytest.TempPathFactory) -> Iterator[Built]:
     config = replace(runtime_settings.load("flows", {}), database_url=database_url,
                      data_dir=Path(tmp_path_factory.mktemp("data")))
@@ -67,10 +91,13 @@ def flows_service(database_url: str, issuer: TestIssuer, components_address: str
     service_token = issuer.token(subject="service-accounts/oih-platform",
                                  tenant="tenants/platform", permissions=("all",), typ="service")
     channel = authenticated_channel(components_address, lambda: service_token)
+    secrets_channel = authenticated_channel(secrets_address, lambda: service_token)
     built = build(config, FLOWS_SETTINGS, verifier=issuer.verifier,
-                  components=ComponentDirectory(channel), bus=False)
+                  components=ComponentDirectory(channel),
+                  secrets=SecretDirectory(secrets_channel), bus=False)
     yield built
     channel.close()
+    secrets_channel.close()
     built.engine.dispose()  # PostgreSQL: let the database be dropped
 
 
@@ -162,3 +189,21 @@ def outbox(engine: object, subject: str) -> list[OutboxEvent]:
     with Session(engine) as session:  # type: ignore[arg-type]
         return list(session.exec(select(OutboxEvent).where(OutboxEvent.subject == subject)
                                  .order_by(col(OutboxEvent.seq))).all())
+
+
+@pytest.fixture(scope="module")
+def secrets_stub(secrets_address: str) -> Iterator[secrets_pb2_grpc.SecretServiceStub]:
+    with grpc.insecure_channel(secrets_address) as channel:
+        yield secrets_pb2_grpc.SecretServiceStub(channel)
+
+
+@pytest.fixture
+def make_secret(secrets_stub: secrets_pb2_grpc.SecretServiceStub) -> Callable[..., str]:
+    def make(caller: Caller, secret_type: int = spb.Secret.TYPE_API_KEY) -> str:
+        value = struct_pb2.Struct()
+        value.update({"key": "k"} if secret_type == spb.Secret.TYPE_HMAC_KEY
+                     else {"api_key": "k"})
+        created = secrets_stub.CreateSecret(spb.CreateSecretRequest(secret=spb.Secret(
+            display_name="s", type=secret_type, value=value)), metadata=caller.md)  # type: ignore[arg-type]
+        return str(created.name)
+    return make

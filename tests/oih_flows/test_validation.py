@@ -15,6 +15,7 @@ from google.protobuf import duration_pb2, field_mask_pb2, struct_pb2
 from oih.components.v1 import components_pb2 as cpb
 from oih.flows.v1 import flows_pb2 as pb
 from oih.flows.v1 import flows_pb2_grpc
+from oih.secrets.v1 import secrets_pb2 as spb
 from tests.oih_flows.conftest import Caller, two_node_flow
 from tests.support.grpc_errors import field_violations
 
@@ -276,20 +277,23 @@ def test_update_is_validated_like_create(grpc_stub: Stub, world: World) -> None:
     assert field_violations(failed.value) == ["flow.graph.edges[1]"]
 
 
-def test_valid_flow_with_every_option_is_accepted(grpc_stub: Stub, world: World) -> None:
+def test_valid_flow_with_every_option_is_accepted(grpc_stub: Stub, world: World,
+                                                  make_secret: Callable[..., str]) -> None:
+    credentials = make_secret(world.user)
+    hmac_key = make_secret(world.user, spb.Secret.TYPE_HMAC_KEY)
     flow = two_node_flow(world.component, cron="*/5 * * * *", description="all options")
     flow.graph.edges[0].condition = "data.amount > 100"
     flow.graph.edges[0].mapper = '{"total": data.amount}'
     target = flow.graph.nodes[1]
     target.MergeFrom(pb.Node(function="http", fields=fields(url="https://example.com"),
-                             credentials="secrets/crm"))
+                             credentials=credentials))
     target.settings.concurrency = 4
     target.settings.retry_policy.CopyFrom(pb.RetryPolicy(
         max_attempts=3, initial_delay=seconds(5), max_delay=seconds(60), multiplier=2,
         jitter=0.2, non_retryable_errors=["ValidationError"]))
     flow.webhook_settings.CopyFrom(pb.WebhookSettings(
         response_mode=pb.WebhookSettings.RESPONSE_MODE_SYNC, require_auth=True,
-        hmac_algorithm="sha512", hmac_secret="secrets/hook", sync_timeout=seconds(30)))
+        hmac_algorithm="sha512", hmac_secret=hmac_key, sync_timeout=seconds(30)))
     flow.owners.append(pb.Owner(id=world.user.tenant, type=pb.OWNER_TYPE_TENANT))
     created = grpc_stub.CreateFlow(pb.CreateFlowRequest(flow=flow), metadata=world.user.md)
     assert created.graph.nodes[1].settings.retry_policy.max_attempts == 3

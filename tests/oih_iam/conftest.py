@@ -15,6 +15,7 @@ from oih.iam.v1 import iam_pb2, iam_pb2_grpc
 from oih_iam.server import Built, build
 from oih_iam.servicer import IamServicer
 from oih_iam.settings import IamSettings
+from oih_runtime import crypto
 from oih_runtime import settings as runtime_settings
 from oih_runtime.interceptors import server_interceptors
 
@@ -38,7 +39,7 @@ def iam_service(database_url: str, tmp_path_factory: pytest.TempPathFactory
                 ) -> Built:
     config = replace(runtime_settings.load("iam", {}), database_url=database_url,
                      data_dir=Path(tmp_path_factory.mktemp("data")))
-    return build(config, FAST_IAM)
+    return build(config, FAST_IAM, keyring=crypto.Keyring(crypto.new_master_key_line()))
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ from oih.iam.v1 import iam_pb2, iam_pb2_grpc
 from oih_iam import models
 from oih_iam.models import UserRow
 from oih_iam.server import build
-from oih_runtime import server
+from oih_runtime import crypto, server
 from oih_runtime import settings as runtime_settings
 from oih_runtime.bus.models import TABLES as BUS_TABLES
 from oih_runtime.db import make_engine, transaction
@@ -34,7 +34,7 @@ def iam(database_url: str, tmp_path_factory: pytest.TempPathFactory
         ) -> Iterator[tuple[iam_pb2_grpc.IamServiceStub, str]]:
     config = replace(runtime_settings.load("iam", {}), database_url=database_url,
                      data_dir=Path(tmp_path_factory.mktemp("data")))
-    built = build(config, FAST_IAM)
+    built = build(config, FAST_IAM, keyring=crypto.Keyring(crypto.new_master_key_line()))
     running = server.start(built.service, host="127.0.0.1", port=0, max_workers=THREADS,
                            grace=1.0)
     channel = grpc.insecure_channel(running.address)

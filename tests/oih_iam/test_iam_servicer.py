@@ -308,6 +308,16 @@ def test_revoked_token_is_refused_and_introspects_inactive(grpc_stub: Stub,
                                      metadata=bearer(admin_token)).active is True
 
 
+def test_revoking_a_token_that_is_not_valid_changes_nothing(grpc_stub: Stub,
+                                                            admin_token: str) -> None:
+    """RFC 7009: no error (a 401 would say the caller's own token is bad)."""
+    _, _, token = make_user(grpc_stub, admin_token, roles=("roles/integrator",))
+    for invalid in ("not a token", token[:-4] + "AAAA"):
+        grpc_stub.RevokeToken(iam_pb2.RevokeTokenRequest(token=invalid), metadata=bearer(token))
+    assert grpc_stub.GetCurrentPrincipal(iam_pb2.GetCurrentPrincipalRequest(),
+                                         metadata=bearer(token)).name
+
+
 def test_key_rotation_keeps_old_tokens_valid_and_publishes_both_keys(
         grpc_stub: Stub, admin_token: str) -> None:
     from tests.oih_iam.conftest import ADMIN, ADMIN_PASSWORD

@@ -3,6 +3,7 @@ names for any ids, a hardened pod, and the worker's spec in a Secret. No cluster
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import subprocess
@@ -53,11 +54,15 @@ def spec(flow_id: str = "f1", step_id: str = "fetch") -> StepSpec:
                     config={"url": "https://crm.example.com"}, edges=[EdgeSpec("store")])
 
 
+CREDENTIALS = b'{"api_key": "sk-live-do-not-show-0123456789"}'
+
+
 def sample_flow() -> list[dict[str, Any]]:
     documents: list[dict[str, Any]] = []
     for step_id in ("fetch", "Transform_2", "store"):
         documents += manifests(spec("My_Flow-01", step_id), component(limits_memory="1Gi"),
-                               namespace="flows")
+                               namespace="flows",
+                               credentials=CREDENTIALS if step_id == "fetch" else None)
     return documents
 
 
@@ -311,3 +316,30 @@ def test_the_deployment_gives_the_orchestrator_its_own_image_for_python_steps(
     orchestrator = deploy.one(docs, "Deployment", "oih-orchestrator", "oih")
     image = orchestrator["spec"]["template"]["spec"]["containers"][0]["image"]
     assert settings["OIH_ORCHESTRATOR_PYTHON_IMAGE"] == image
+
+
+def test_credentials_are_a_mounted_secret_never_in_the_deployment() -> None:
+    documents = manifests(spec(), component(), credentials=CREDENTIALS)
+    assert [d["kind"] for d in documents] == ["Secret", "Secret", "Deployment"]
+    spec_secret, mounted, deployment = documents
+    value = b"sk-live-do-not-show-0123456789"
+    # Neither the Deployment nor the spec Secret carries the value, in any encoding.
+    for document in (deployment, spec_secret):
+        text = json.dumps(document)
+        assert value.decode() not in text and base64.b64encode(value).decode() not in text
+        assert base64.b64encode(CREDENTIALS).decode() not in text
+    assert base64.b64decode(mounted["data"]["credentials.json"]) == CREDENTIALS
+    pod = deployment["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    volume = next(v for v in pod["volumes"] if v["name"] == "credentials")
+    assert volume["secret"]["secretName"] == mounted["metadata"]["name"]
+    assert volume["secret"]["defaultMode"] == 0o400
+    mount = next(m for m in container["volumeMounts"] if m["name"] == "credentials")
+    assert mount["readOnly"] is True
+    env = {e["name"]: e for e in container["env"]}
+    assert env["OIH_WORKER_CREDENTIALS_FILE"]["value"] == f"{mount['mountPath']}/credentials.json"
+    assert all("valueFrom" not in e for e in container["env"])  # no secret as an env var
+    # Removing the flow removes both Secrets: they carry the flow's labels.
+    assert mounted["metadata"]["labels"] == spec_secret["metadata"]["labels"]
+    # Without credentials, nothing of this.
+    assert [d["kind"] for d in manifests(spec(), component())] == ["Secret", "Deployment"]

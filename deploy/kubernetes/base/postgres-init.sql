@@ -6,3 +6,4 @@ CREATE DATABASE oih_flows;
 CREATE DATABASE oih_orchestrator;
 CREATE DATABASE oih_scheduler;
 CREATE DATABASE oih_snapshots;
+CREATE DATABASE oih_secrets;

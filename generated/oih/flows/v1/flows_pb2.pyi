@@ -287,8 +287,10 @@ class Node(_message.Message):
     description: _builtins.str
     """What the step does."""
     credentials: _builtins.str
-    """Optional reference to the secret holding the step's credentials, `secrets/{secret}`. The
-    runtime resolves it and merges it into the configuration; the flow never contains the
+    """Optional reference to the secret holding the step's credentials, `secrets/{secret}`, of the
+    flow's tenant (a missing or foreign secret answers INVALID_ARGUMENT naming this field). The
+    orchestrator resolves it when it deploys the step and hands the value to the worker, which
+    gives it to the component as `credentials`, apart from `fields`; the flow never contains the
     secret itself.
     """
     @_builtins.property
@@ -507,7 +509,9 @@ class WebhookSettings(_message.Message):
     hmac_algorithm: _builtins.str
     """The HMAC hash algorithm: "sha256" (default) or "sha512"."""
     hmac_secret: _builtins.str
-    """Reference to the secret holding the HMAC key, `secrets/{secret}`."""
+    """Reference to the secret holding the HMAC key, `secrets/{secret}` (type TYPE_HMAC_KEY, of the
+    flow's tenant).
+    """
     @_builtins.property
     def sync_timeout(self) -> _duration_pb2.Duration:
         """How long a RESPONSE_MODE_SYNC request waits for the reply; default 30 s, at most 5 min."""

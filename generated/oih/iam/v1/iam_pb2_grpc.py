@@ -254,7 +254,8 @@ class IamServiceServicer:
 
     def RevokeToken(self, request, context):
         """Revokes an access token at once, in every service (by token id). A principal may revoke
-        its own tokens; revoking another's needs "iam.token.delete".
+        its own tokens; revoking another's needs "iam.token.delete". A token that is not valid
+        (malformed, expired, already revoked) is left as it is, without an error (as RFC 7009).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -68,7 +68,8 @@ class IamServiceStub:
     """
     RevokeToken: _grpc.UnaryUnaryMultiCallable[_iam_pb2.RevokeTokenRequest, _empty_pb2.Empty]
     """Revokes an access token at once, in every service (by token id). A principal may revoke
-    its own tokens; revoking another's needs "iam.token.delete".
+    its own tokens; revoking another's needs "iam.token.delete". A token that is not valid
+    (malformed, expired, already revoked) is left as it is, without an error (as RFC 7009).
     """
     ListRevocations: _grpc.UnaryUnaryMultiCallable[_iam_pb2.ListRevocationsRequest, _iam_pb2.ListRevocationsResponse]
     """Lists the revocations in force: revoked token ids, and subjects whose earlier tokens are
@@ -185,7 +186,8 @@ class IamServiceAsyncStub(IamServiceStub):
     """
     RevokeToken: _aio.UnaryUnaryMultiCallable[_iam_pb2.RevokeTokenRequest, _empty_pb2.Empty]  # type: ignore[assignment]
     """Revokes an access token at once, in every service (by token id). A principal may revoke
-    its own tokens; revoking another's needs "iam.token.delete".
+    its own tokens; revoking another's needs "iam.token.delete". A token that is not valid
+    (malformed, expired, already revoked) is left as it is, without an error (as RFC 7009).
     """
     ListRevocations: _aio.UnaryUnaryMultiCallable[_iam_pb2.ListRevocationsRequest, _iam_pb2.ListRevocationsResponse]  # type: ignore[assignment]
     """Lists the revocations in force: revoked token ids, and subjects whose earlier tokens are
@@ -329,7 +331,8 @@ class IamServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_empty_pb2.Empty, _abc.Awaitable[_empty_pb2.Empty]]:
         """Revokes an access token at once, in every service (by token id). A principal may revoke
-        its own tokens; revoking another's needs "iam.token.delete".
+        its own tokens; revoking another's needs "iam.token.delete". A token that is not valid
+        (malformed, expired, already revoked) is left as it is, without an error (as RFC 7009).
         """
 
     @_abc_1.abstractmethod

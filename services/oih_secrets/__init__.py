@@ -1,0 +1,1 @@
+"""The Secrets service: credentials of flow steps and webhooks, encrypted at rest."""
