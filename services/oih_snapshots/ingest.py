@@ -4,12 +4,13 @@ A write is the JSON form of `oih.snapshots.v1.Snapshot` (`name`, `executionId`, 
 `sequence`) published by a worker on its flow's exchange with the `snapshot` key. Which flow
 wrote it comes from the exchange it was routed through (a worker's broker user may publish
 only to its own flow's exchange), never from the body; a body naming another flow is refused.
-The flow's tenant comes from the flow events (`FlowRow`).
+The flow's tenant comes from the flow events (`FlowRow`), or, for a flow this service has not
+heard of (created before it ran), from the Flow Repository (`FlowTenants`).
 
 Each write is applied in a transaction (`logic.apply_write`, which drops writes older than the
 stored one) and acked after the commit: a crash redelivers it, and the sequence makes the second
-delivery a no-op. A write for a flow whose tenant is not known yet (its `oih.flow.starting`
-event is still on its way) or a database failure is requeued after a pause; a malformed write
+delivery a no-op. A write the service cannot place now (the Flow Repository or the database is
+unavailable) is requeued after a pause; a malformed write, or one for a flow that does not exist,
 is logged and dropped (retrying cannot repair it).
 """
 
@@ -18,12 +19,16 @@ from __future__ import annotations
 import json
 import logging
 import threading
+from collections.abc import Callable
 from typing import Any
 
+import grpc
 import pika
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
+from sqlmodel import Session
 
+from oih.flows.v1 import flows_pb2, flows_pb2_grpc
 from oih_runtime.background import Reconnecting
 from oih_runtime.bus.topology import connection_parameters
 from oih_runtime.db import transaction
@@ -71,22 +76,55 @@ def parse_write(exchange: str, body: bytes) -> tuple[logic.Key, dict[str, Any], 
     return key, raw["data"], sequence
 
 
-def apply(engine: Engine, exchange: str, body: bytes) -> bool:
+#: The tenant of a flow from the Flow Repository: None when the flow does not exist; raises
+#: NotYet when it cannot tell now.
+TenantLookup = Callable[[str], "str | None"]
+
+
+class FlowTenants:
+    """Asks the Flow Repository (GetFlow, with the service's token) for a flow's tenant."""
+
+    def __init__(self, channel: grpc.Channel, timeout: float = 5.0) -> None:
+        self.stub = flows_pb2_grpc.FlowServiceStub(channel)
+        self.timeout = timeout
+
+    def __call__(self, flow_id: str) -> str | None:
+        try:
+            flow = self.stub.GetFlow(flows_pb2.GetFlowRequest(name=f"flows/{flow_id}"),
+                                     timeout=self.timeout)
+        except grpc.RpcError as error:
+            if error.code() == grpc.StatusCode.NOT_FOUND:
+                return None
+            raise NotYet(f"the Flow Repository did not answer: {error.code()}") from None
+        return str(flow.tenant)
+
+
+def _unknown(flow_id: str) -> str | None:
+    raise NotYet(f"flows/{flow_id} is not known yet")
+
+
+def apply(engine: Engine, exchange: str, body: bytes, lookup: TenantLookup = _unknown) -> bool:
     """Apply one delivered write; True when it changed the stored snapshot."""
     key, data, sequence = parse_write(exchange, body)
-    with transaction(engine, lock=True) as session:
+    with Session(engine) as session:
         tenant = logic.flow_tenant(session, key.flow_id)
+    if tenant is None:  # asked outside the write transaction (a remote call)
+        tenant = lookup(key.flow_id)
         if tenant is None:
-            raise NotYet(f"flows/{key.flow_id} is not known yet")
+            raise Malformed(f"flows/{key.flow_id} does not exist")
+    with transaction(engine, lock=True) as session:
+        logic.remember_flow(session, key.flow_id, tenant)
         return logic.apply_write(session, key, tenant, data, sequence)
 
 
 class SnapshotConsumer(Reconnecting):
     """A daemon thread consuming the snapshots queue, reconnecting with back-off."""
 
-    def __init__(self, engine: Engine, url: str, queue: str) -> None:
+    def __init__(self, engine: Engine, url: str, queue: str,
+                 lookup: TenantLookup = _unknown) -> None:
         super().__init__("oih-snapshots-ingest", self._consume)
         self.engine = engine
+        self.lookup = lookup
         self.url = url
         self.queue = queue
         self.ready = threading.Event()
@@ -108,7 +146,7 @@ class SnapshotConsumer(Reconnecting):
 
     def _on_message(self, channel: Any, method: Any, properties: Any, body: bytes) -> None:
         try:
-            apply(self.engine, method.exchange, body)
+            apply(self.engine, method.exchange, body, self.lookup)
         except Malformed as error:
             log.error("dropped a snapshot write: %s", error)
         except (NotYet, SQLAlchemyError) as error:

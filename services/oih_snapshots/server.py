@@ -3,6 +3,7 @@ event bus (consumer and outbox relay), server bootstrap."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -12,14 +13,15 @@ from oih.snapshots.v1 import snapshots_pb2, snapshots_pb2_grpc
 from oih_runtime import server
 from oih_runtime.bus import Consumer, Relay
 from oih_runtime.bus.models import TABLES as BUS_TABLES
+from oih_runtime.clients import authenticated_channel
 from oih_runtime.db import make_engine
 from oih_runtime.identity import platform_identity
-from oih_runtime.settings import ServiceSettings
+from oih_runtime.settings import DEFAULT_PORTS, ServiceSettings
 from oih_runtime.tokens import TokenVerifier
 from oih_worker import topology
 
 from . import events, models
-from .ingest import SnapshotConsumer
+from .ingest import FlowTenants, SnapshotConsumer
 from .logic import Snapshots
 from .servicer import SnapshotServicer
 
@@ -49,15 +51,20 @@ def build(settings: ServiceSettings, verifier: TokenVerifier | None = None) -> B
     engine = make_engine(settings.database_url, tables=TABLES)
     snapshots = Snapshots(engine)
     servicer = SnapshotServicer(snapshots)
+    identity = None if verifier is not None else platform_identity(
+        settings, exchange=settings.events_exchange)
+    # The Flow Repository tells the tenant of a flow this service has not heard of yet.
+    flows_address = os.environ.get("OIH_FLOWS_ADDRESS", f"127.0.0.1:{DEFAULT_PORTS['flows']}")
+    lookup = None if identity is None else FlowTenants(
+        authenticated_channel(flows_address, identity.token.get))
     ingest = SnapshotConsumer(engine, settings.rabbitmq_url,
-                              topology.snapshots_queue(settings.bus_namespace))
+                              topology.snapshots_queue(settings.bus_namespace),
+                              **({"lookup": lookup} if lookup is not None else {}))
     consumer = Consumer(engine, settings.event_consumer, url=settings.rabbitmq_url,
                         exchange=settings.events_exchange)
     events.register(consumer)
     relay = Relay(engine, url=settings.rabbitmq_url, exchange=settings.events_exchange,
                   name="oih-snapshots-relay")
-    identity = None if verifier is not None else platform_identity(
-        settings, exchange=settings.events_exchange)
     service = server.Service(
         name="snapshots",
         registrations=[lambda s: snapshots_pb2_grpc.add_SnapshotServiceServicer_to_server(

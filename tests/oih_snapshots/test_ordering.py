@@ -90,6 +90,23 @@ def test_write_of_an_unknown_flow_waits(engine: Engine) -> None:
         ingest.apply(engine, topology.exchange_name("later"), write("later", 1, {}))
 
 
+def test_an_unheard_of_flow_is_looked_up_once(engine: Engine) -> None:
+    """A flow created before the service ran: its tenant comes from the Flow Repository."""
+    asked: list[str] = []
+
+    def lookup(flow_id: str) -> str | None:
+        asked.append(flow_id)
+        return "tenants/t9" if flow_id == "old" else None
+
+    assert ingest.apply(engine, topology.exchange_name("old"), write("old", 1, {"p": 1}), lookup)
+    assert ingest.apply(engine, topology.exchange_name("old"), write("old", 2, {"p": 2}), lookup)
+    row = stored(engine, "old")
+    assert row is not None and row.tenant == "tenants/t9" and row.data == {"p": 2}
+    assert asked == ["old"]  # remembered after the first answer
+    with pytest.raises(ingest.Malformed):  # the flow does not exist: dropped, not retried
+        ingest.apply(engine, topology.exchange_name("gone"), write("gone", 1, {}), lookup)
+
+
 def test_execution_snapshots_go_when_the_execution_finishes(engine: Engine) -> None:
     known_flow(engine, "f1")
     exchange = topology.exchange_name("f1")
