@@ -14,7 +14,8 @@ Why this is exactly once:
   same execution id, and the orchestrator answers with the execution it already started
   instead of publishing again (StartExecution is idempotent per execution id).
 - A transient failure (orchestrator or broker down) rolls back: the tick stays due and is
-  retried on the next round; late by more than the misfire grace, it follows the misfire policy.
+  retried on the next round (other schedules go on); late by more than the misfire grace, it
+  follows the misfire policy.
 
 Ticks due more than `misfire_grace` ago were missed (no replica ran, or all were stuck) and
 follow the schedule's misfire policy; ticks within the grace are simply late and all fire.
@@ -98,12 +99,24 @@ class Firing:
         makes a round's decisions (which ticks were missed) agree with each other."""
         handled = 0
         current = now or self.clock()
+        failed: set[str] = set()
         while handled < limit:
-            with transaction(self.engine, lock=True) as session:
-                row = self._claim(session, current)
-                if row is None:
-                    return handled
-                self._handle(session, row, current)
+            claimed = ""
+            try:
+                with transaction(self.engine, lock=True) as session:
+                    row = self._claim(session, current, failed)
+                    if row is None:
+                        return handled
+                    claimed = row.flow_id
+                    self._handle(session, row, current)
+            except Exception:
+                if not claimed:
+                    raise  # the database itself: the ticker backs off
+                # One schedule's failure (its start was refused for a reason that may pass)
+                # must not hold back the others: its tick stays due for the next round.
+                log.warning("firing schedules/%s failed; retrying next round", claimed,
+                            exc_info=True)
+                failed.add(claimed)
             handled += 1
         return handled
 
@@ -117,11 +130,12 @@ class Firing:
                 .order_by(col(ScheduleRow.next_run_time)).limit(1)).first()
         return aware(found)
 
-    def _claim(self, session: Session, now: datetime) -> ScheduleRow | None:
+    def _claim(self, session: Session, now: datetime, failed: set[str]) -> ScheduleRow | None:
         buffered_ready = col(ScheduleRow.buffered) & (col(ScheduleRow.running_execution) == "")
         query = (select(ScheduleRow)
                  .where(col(ScheduleRow.state) == ACTIVE, col(ScheduleRow.flow_active),
-                        or_(col(ScheduleRow.next_run_time) <= now, buffered_ready))
+                        or_(col(ScheduleRow.next_run_time) <= now, buffered_ready),
+                        col(ScheduleRow.flow_id).not_in(failed))
                  .order_by(col(ScheduleRow.next_run_time))
                  .limit(1)
                  .with_for_update(skip_locked=True))

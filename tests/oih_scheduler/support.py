@@ -42,13 +42,13 @@ class RecordingLauncher:
         self.started: dict[tuple[str, str], dict[str, Any]] = {}
         self.calls = 0
         self.not_running: set[str] = set()
-        self.failing = False
+        self.failing: set[str] = set()
         self._lock = threading.Lock()
 
     def start(self, flow_id: str, execution_id: str, data: dict[str, Any]) -> str:
         with self._lock:
             self.calls += 1
-            if self.failing:
+            if flow_id in self.failing:
                 raise ConnectionError("orchestrator unavailable")
             if flow_id in self.not_running:
                 raise FlowNotRunning(f"flows/{flow_id} is not running")

@@ -161,14 +161,21 @@ def test_buffer_one_runs_once_more_after_the_running_execution(engine: Engine) -
     assert any(execution.startswith("buffered-") for _, execution in launcher.started)
 
 
-def test_transient_failure_keeps_the_tick_due(engine: Engine) -> None:
+def test_transient_failure_keeps_the_tick_due_and_holds_back_no_other(engine: Engine) -> None:
     firing, launcher, clock = setup(engine, "* * * * *", T0)
+    start_flow(engine, "f2", "* * * * *")
+    with transaction(engine) as session:
+        other = session.get(ScheduleRow, "f2")
+        assert other is not None
+        other.next_run_time = datetime(2026, 6, 1, 12, 1, tzinfo=UTC)
+        session.add(other)
     clock.now = T0 + timedelta(seconds=40)
-    launcher.failing = True
-    with pytest.raises(ConnectionError):
-        firing.fire_due()
-    assert launcher.started == {}
-    launcher.failing = False
+    launcher.failing.add("f1")
+    firing.fire_due()  # f1's start fails; f2 fires all the same
+    assert launcher.scheduled_times("f1") == []
+    assert launcher.scheduled_times("f2") == [datetime(2026, 6, 1, 12, 1, tzinfo=UTC)]
+    assert aware(schedule(engine).next_run_time) == datetime(2026, 6, 1, 12, 1, tzinfo=UTC)
+    launcher.failing.clear()
     clock.now += timedelta(seconds=2)
     firing.fire_due()
     assert launcher.scheduled_times("f1") == [datetime(2026, 6, 1, 12, 1, tzinfo=UTC)]
