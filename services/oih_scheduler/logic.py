@@ -107,18 +107,19 @@ class Schedules:
     def update(self, caller: Principal, schedule: pb.Schedule,
                mask: field_mask_pb2.FieldMask) -> ScheduleRow:
         flow_id = schedule_id(schedule.name, "schedule.name")
-        paths = list(mask.paths) or [
-            f for f in UPDATABLE if _is_set(schedule, f)]
-        for path in paths:
-            if path not in UPDATABLE:
-                raise InvalidArgument.field("update_mask", f"{path!r} cannot be changed; use "
-                                            + ", ".join(UPDATABLE))
-        changes = _changes(schedule, paths)
         with transaction(self.engine, lock=True) as session:
             row = session.exec(select(ScheduleRow).where(col(ScheduleRow.flow_id) == flow_id)
                                .with_for_update()).first()
             if row is None or not caller.sees_tenant(row.tenant):
+                # Before judging the fields: another tenant's schedule answers exactly as a
+                # missing one, whatever the request.
                 raise NotFound("schedule", f"schedules/{flow_id}")
+            paths = list(mask.paths) or [f for f in UPDATABLE if _is_set(schedule, f)]
+            for path in paths:
+                if path not in UPDATABLE:
+                    raise InvalidArgument.field(
+                        "update_mask", f"{path!r} cannot be changed; use " + ", ".join(UPDATABLE))
+            changes = _changes(schedule, paths)
             if schedule.etag and schedule.etag != row.etag:
                 raise Aborted(f"schedules/{flow_id} changed meanwhile (etag mismatch)",
                               reason="ETAG_MISMATCH")

@@ -191,6 +191,8 @@ class Snapshots:
     def list(self, caller: Principal, parent: str, page_size: int, page_token: str,
              filter_text: str) -> tuple[Sequence[SnapshotRow], str]:
         flow_id = names.resource_id(parent, "flows", "parent")
+        with Session(self.engine) as session:
+            self._flow_tenant(session, caller, flow_id)  # NOT_FOUND unless a visible flow
         query = select(SnapshotRow).where(col(SnapshotRow.flow_id) == flow_id,
                                           col(SnapshotRow.deleted).is_(False))
         for condition in filtering.conditions(filter_text, FILTERS):
@@ -205,12 +207,9 @@ class Snapshots:
     def update(self, caller: Principal, snapshot: pb.Snapshot,
                mask: field_mask_pb2.FieldMask, allow_missing: bool) -> SnapshotRow:
         key = key_of(snapshot.name, snapshot.execution_id, "snapshot.name")
-        for path in mask.paths:
-            if path != "data":
-                raise InvalidArgument.field("update_mask", "only `data` can change")
-        data = json_format.MessageToDict(snapshot.data)
-        check_size(data, "snapshot.data")
         with transaction(self.engine, lock=True) as session:
+            # Visibility before the fields: another tenant's snapshot (or flow) answers exactly
+            # as a missing one, whatever the request.
             row = _locked(session, key)
             if row is not None and not caller.sees_tenant(row.tenant):
                 raise NotFound("snapshot", key.name)  # flow ids are unique: another tenant's
@@ -218,6 +217,12 @@ class Snapshots:
                 if not allow_missing:
                     raise NotFound("snapshot", key.name)
                 tenant = self._flow_tenant(session, caller, key.flow_id)
+            for path in mask.paths:
+                if path != "data":
+                    raise InvalidArgument.field("update_mask", "only `data` can change")
+            data = json_format.MessageToDict(snapshot.data)
+            check_size(data, "snapshot.data")
+            if row is None or row.deleted:
                 row = row or SnapshotRow(flow_id=key.flow_id, step_id=key.step_id,
                                          execution_id=key.execution_id, tenant=tenant, etag="")
             elif snapshot.etag and snapshot.etag != row.etag:

@@ -150,22 +150,40 @@ def test_pause_resume_and_time_zone(scheduler: tuple[Built, str],
 
 
 @pytest.mark.parametrize(("schedule", "paths", "field"), [
-    (pb.Schedule(name="schedules/x", time_zone="Mars/Olympus"), [], "schedule.time_zone"),
-    (pb.Schedule(name="flows/x"), [], "schedule.name"),
-    (pb.Schedule(name="schedules/x"), ["cron"], "update_mask"),
-    (pb.Schedule(name="schedules/x", catch_up_window=duration_pb2.Duration(seconds=10**7)),
-     [], "schedule.catch_up_window"),
-    (pb.Schedule(name="schedules/x", misfire_policy=42), [], "schedule.misfire_policy"),  # type: ignore[arg-type]
+    (pb.Schedule(time_zone="Mars/Olympus"), [], "schedule.time_zone"),
+    (pb.Schedule(), ["cron"], "update_mask"),
+    (pb.Schedule(catch_up_window=duration_pb2.Duration(seconds=10**7)), [],
+     "schedule.catch_up_window"),
+    (pb.Schedule(misfire_policy=42), [], "schedule.misfire_policy"),  # type: ignore[arg-type]
 ])
-def test_bad_updates_name_the_field(stub: scheduler_pb2_grpc.ScheduleServiceStub,
+def test_bad_updates_name_the_field(scheduler: tuple[Built, str],
+                                    stub: scheduler_pb2_grpc.ScheduleServiceStub,
                                     issuer: TestIssuer, schedule: pb.Schedule, paths: list[str],
                                     field: str) -> None:
+    schedule.name = f"schedules/{flow(scheduler, 'tenants/a')}"
     with pytest.raises(grpc.RpcError) as caught:
         stub.UpdateSchedule(pb.UpdateScheduleRequest(
             schedule=schedule, update_mask=field_mask_pb2.FieldMask(paths=paths)),
             metadata=md(issuer, "tenants/a"))
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert field in field_violations(caught.value)
+
+
+def test_a_bad_name_is_invalid_and_another_tenants_bad_update_not_found(
+        scheduler: tuple[Built, str], stub: scheduler_pb2_grpc.ScheduleServiceStub,
+        issuer: TestIssuer) -> None:
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.UpdateSchedule(pb.UpdateScheduleRequest(schedule=pb.Schedule(name="flows/x")),
+                            metadata=md(issuer, "tenants/a"))
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "schedule.name" in field_violations(caught.value)
+    # Another tenant's schedule answers NOT_FOUND whatever the request (as a missing one).
+    name = f"schedules/{flow(scheduler, 'tenants/victim')}"
+    with pytest.raises(grpc.RpcError) as hidden:
+        stub.UpdateSchedule(pb.UpdateScheduleRequest(
+            schedule=pb.Schedule(name=name, time_zone="Mars/Olympus")),
+            metadata=md(issuer, "tenants/evil"))
+    assert hidden.value.code() == grpc.StatusCode.NOT_FOUND
 
 
 def test_run_now_fires_once_and_honours_skip_if_running(
