@@ -191,12 +191,11 @@ class Snapshots:
     def list(self, caller: Principal, parent: str, page_size: int, page_token: str,
              filter_text: str) -> tuple[Sequence[SnapshotRow], str]:
         flow_id = names.resource_id(parent, "flows", "parent")
+        conditions = filtering.conditions(filter_text, FILTERS)
         with Session(self.engine) as session:
             self._flow_tenant(session, caller, flow_id)  # NOT_FOUND unless a visible flow
         query = select(SnapshotRow).where(col(SnapshotRow.flow_id) == flow_id,
-                                          col(SnapshotRow.deleted).is_(False))
-        for condition in filtering.conditions(filter_text, FILTERS):
-            query = query.where(condition)
+                                          col(SnapshotRow.deleted).is_(False), *conditions)
         if not caller.is_platform_admin:
             query = query.where(col(SnapshotRow.tenant) == caller.tenant)
         query = query.order_by(col(SnapshotRow.step_id), col(SnapshotRow.execution_id))
