@@ -3,7 +3,7 @@
 (b) a platform admin creates a tenant and its admin; the tenant admin creates a service account;
     the service account exchanges its credentials for a token and calls GET /v1/users/me.
 (a) a user creates a flow; (c) starts it; (d) it runs messages over RabbitMQ.
-(e) a scheduled flow: every two seconds the scheduler fires it, its `http-poll` trigger fetches
+(f) a scheduled flow: every two seconds the scheduler fires it, its `http-poll` trigger fetches
     a feed the demo serves on DEMO_FEED_HOST and emits only new items, and the step's snapshot
     advances run by run. The platform must admit that address (`oih up --demo` does:
     OIH_EGRESS_ALLOWED_NETWORKS).
@@ -192,9 +192,9 @@ def feed_server(items: list[dict[str, Any]]) -> Iterator[str]:
         server.server_close()
 
 
-def scenario_e(user: Rest) -> None:
+def scenario_f(user: Rest) -> None:
     """A scheduled flow with a polling trigger; its snapshot advances run by run."""
-    print("(e) a scheduled flow polls a feed; its snapshot advances run by run", flush=True)
+    print("(f) a scheduled flow polls a feed; its snapshot advances run by run", flush=True)
     public = {c["display_name"]: c["name"] for c in user.get(
         "/v1/components?filter=access%3DPUBLIC&page_size=100").get("components", [])}
     items: list[dict[str, Any]] = [{"id": 1, "order": "A-1"}, {"id": 2, "order": "A-2"}]
@@ -244,7 +244,7 @@ def run(gateway_url: str, admin_username: str, admin_password: str) -> None:
         scenarios_c_and_d(made["tenant_admin"])
     if 503 not in (gateway.call("GET", "/v1/schedules").status,
                    gateway.call("GET", "/v1/flows/-/snapshots").status):  # scheduler, snapshots
-        scenario_e(made["tenant_admin"])
+        scenario_f(made["tenant_admin"])
     print("all scenarios passed", flush=True)
 
 
