@@ -113,7 +113,8 @@ class SnapshotServiceServicer:
 
     def ListSnapshots(self, request, context):
         """Lists the snapshots of a flow's steps, by step id. Answers INVALID_ARGUMENT for a filter it
-        cannot parse.
+        cannot parse, NOT_FOUND for a flow the caller may not see (or that this service does not
+        know).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -122,7 +123,8 @@ class SnapshotServiceServicer:
     def UpdateSnapshot(self, request, context):
         """Replaces a snapshot's data (for operators, for example to reset a poller's position).
         Answers NOT_FOUND when the snapshot does not exist unless `allow_missing` is set, ABORTED
-        when `snapshot.etag` is set and stale. Emits `oih.snapshot.updated`.
+        when `snapshot.etag` is set and stale. Emits `oih.snapshot.updated`. A running worker keeps
+        its state in memory: the change reaches it when the flow next starts (stop, update, start).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
