@@ -39,7 +39,7 @@ import time
 import urllib.parse
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import Any
 
 from google.protobuf import json_format
@@ -323,6 +323,16 @@ class Orchestrator:
               component: components_pb2.Component) -> StepSpec:
         return spec_from_flow(flow, node.id, self.worker_url,
                               component_info.entry_point(component))
+
+    def with_latest_snapshot(self, spec: StepSpec) -> StepSpec:
+        """`spec` with its step's latest persistent snapshot, when the Snapshots service has
+        a newer one than the spec (for a worker the driver restarts)."""
+        if self.snapshots is None:
+            return spec
+        data, sequence = self.snapshots.persistent(spec.flow_id).get(spec.step_id, ({}, 0))
+        if sequence <= spec.snapshot_sequence:
+            return spec
+        return replace(spec, snapshot=data, snapshot_sequence=sequence)
 
     def _with_new_password(self, spec: StepSpec) -> StepSpec:
         """Create (or reset) the step's broker user and return the spec that logs in as it."""

@@ -114,6 +114,8 @@ def build(settings: ServiceSettings, own: OrchestratorSettings, *,
     if own.snapshots_address:
         orchestrator.snapshots = SnapshotReader(
             authenticated_channel(own.snapshots_address, identity.token.get))
+        if isinstance(driver, LocalDriver):
+            driver.refresh_spec = orchestrator.with_latest_snapshot
     servicer = OrchestratorServicer(ServiceContext(engine, amqp, orchestrator))
     service = server.Service(
         name="orchestrator",

@@ -6,9 +6,11 @@ not hold a platform token (with the platform service account's rights it could r
 tenant's data). The orchestrator already holds one; it asks once per deployment, with
 ListSnapshots of the flow, and a worker gets its step's state (and its sequence number, from
 which the worker's own writes continue) in the spec. Every start of the flow reads afresh, so a
-stopped and restarted or redeployed trigger continues where it stopped. A worker the driver
-restarts after a crash keeps its deployment's spec: it continues from the snapshot the
-deployment started with (its later writes then win by their newer sequence numbers).
+stopped and restarted or redeployed trigger continues where it stopped. The local driver asks
+again before it restarts a crashed worker (`Orchestrator.with_latest_snapshot`). A pod the
+kubernetes driver's Deployment restarts keeps its deployment's spec: it continues from the
+snapshot the deployment started with (its later writes then win by their newer sequence
+numbers), until the flow is started again.
 """
 
 from __future__ import annotations

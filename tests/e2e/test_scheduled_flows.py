@@ -7,6 +7,8 @@ nor the snapshot."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -113,6 +115,19 @@ def test_cron_flow_with_a_polling_trigger_advances_its_snapshot_run_by_run(
     assert fired["last_run_time"]
     execution = rest.get(f"/v1/{fired['last_execution']}", headers=auth(token))
     assert execution.status_code == 200, execution.text
+
+    # A crashed trigger worker is restarted from the latest snapshot: nothing is polled twice.
+    workers = rest.get(f"/v1/{name}/runtime", headers=auth(token)).json()["workers"]
+    poller = next(w for w in workers if w["step_id"] == "poll")
+    os.kill(int(poller["instance"].removeprefix("pid:")), signal.SIGKILL)
+    eventually(lambda: any(
+        w["step_id"] == "poll" and w["instance"] != poller["instance"]
+        and w["state"] == "STATE_RUNNING"
+        for w in rest.get(f"/v1/{name}/runtime", headers=auth(token)).json()["workers"]),
+        "the poller restarted")
+    hits = feed.hits
+    eventually(lambda: feed.hits >= hits + 2, "two ticks of the restarted poller")
+    assert polled(platform, name) == [1, 2, 3]
 
     # Stopped and started again, the trigger continues where it stopped (no item twice).
     assert rest.post(f"/v1/{name}:stop", headers=auth(token), json={}).status_code == 200
