@@ -18,6 +18,7 @@ MODULES = {
     "filter": "oih_builtins.filter",
     "split": "oih_builtins.split",
     "http-request": "oih_builtins.http_request",
+    "http-poll": "oih_builtins.http_poll",
     "sink": "oih_builtins.sink",
     "log": "oih_builtins.log",
     "reply": "oih_builtins.reply",

@@ -265,6 +265,8 @@ class Platform:
         for service, port in self.ports.items():
             env[f"OIH_{service.upper()}_PORT"] = str(port)
             env[f"OIH_{service.upper()}_ADDRESS"] = self.address(service)
+        if "snapshots" not in self.services:  # else workers start from their last snapshot
+            env.pop("OIH_SNAPSHOTS_ADDRESS", None)
         env.update(self.extra_env)
         return env
 

@@ -55,10 +55,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     data_dir = args.data_dir.resolve()
     username = os.environ.get("OIH_IAM_ADMIN_USERNAME", "admin@oih.local")
     password = admin_password(data_dir)
+    extra_env = {"OIH_IAM_ADMIN_PASSWORD": password, "OIH_IAM_ADMIN_USERNAME": username}
+    if args.demo:  # the scheduled scenario polls a feed the demo serves on this address
+        extra_env["OIH_EGRESS_ALLOWED_NETWORKS"] = ",".join(
+            filter(None, [os.environ.get("OIH_EGRESS_ALLOWED_NETWORKS", ""),
+                          f"{demo.DEMO_FEED_HOST}/32"]))
     platform = Platform(data_dir=data_dir, gateway_port=args.gateway_port,
                         admin_port=args.admin_port, ports=configured_ports(),
-                        extra_env={"OIH_IAM_ADMIN_PASSWORD": password,
-                                   "OIH_IAM_ADMIN_USERNAME": username})
+                        extra_env=extra_env)
     print(f"starting {', '.join(platform.services)} and Envoy (logs in {platform.log_dir})",
           flush=True)
     try:

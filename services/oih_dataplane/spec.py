@@ -79,8 +79,11 @@ class StepSpec:
     report_interval: float = DEFAULT_REPORT_INTERVAL
     # Flush reports early when this many messages were counted since the last flush.
     report_max_messages: int = 1000
-    # The step's last snapshot when the worker starts (the Snapshots service will provide it).
+    # The step's last persistent snapshot when the worker starts and its sequence number: the
+    # orchestrator reads them from the Snapshots service at every deployment (see
+    # oih_orchestrator.snapshots), so a restarted flow continues where it stopped.
     snapshot: dict[str, Any] = field(default_factory=dict)
+    snapshot_sequence: int = 0
     # Normally the orchestrator declares the topology and the worker's broker user may not
     # (configure permission: none). True lets a worker declare its own flow (development).
     declare_topology: bool = False

@@ -15,7 +15,13 @@ Per flow `F` (all durable, classic queues: one node, so quorum queues buy nothin
   - `oih.flow.F.S.dead`     ← `step.S.dead`    dead letters (ErrorEnvelope JSON), kept for
                                                inspection and replay;
 - `oih.flow.F.reports`      ← `reports`        StepReportBatch JSON for the orchestrator;
-- `oih.flow.F.snapshots`    ← `snapshot`       step snapshots for the Snapshots service.
+- `oih.snapshots`           ← `snapshot`       step snapshots for the Snapshots service: one
+                                               durable queue for the whole platform (suffixed
+                                               by the bus namespace), bound to every flow's
+                                               exchange. It outlives the flows, so a snapshot a
+                                               worker emits just before its flow stops is not
+                                               deleted with the flow; the exchange it came
+                                               through tells the service which flow wrote it.
 
 Why one delay queue per retry level, with per-message expiration: RabbitMQ expires messages
 only at the head of a queue, so a message with a long TTL blocks every shorter one behind it
@@ -92,8 +98,15 @@ def reports_queue(flow_id: str) -> str:
 REPORTS_KEY = "reports"
 
 
-def snapshots_queue(flow_id: str) -> str:
-    return f"oih.flow.{flow_id}.snapshots"
+def snapshots_queue(namespace: str = "") -> str:
+    """The platform's snapshots queue (see the module docstring)."""
+    return f"oih.snapshots.{namespace}" if namespace else "oih.snapshots"
+
+
+def flow_of_exchange(exchange: str) -> str | None:
+    """`oih.flow.F` → `F` (None for any other exchange)."""
+    flow_id = exchange.removeprefix("oih.flow.")
+    return flow_id if flow_id != exchange and names.is_id(flow_id) else None
 
 
 SNAPSHOT_KEY = "snapshot"
@@ -136,11 +149,14 @@ def declare_step(channel: Any, flow_id: str, step_id: str, retry_levels: int) ->
     channel.queue_bind(dead_queue(flow_id, step_id), exchange, routing_key=dead_key(step_id))
 
 
-def declare_flow(channel: Any, flow_id: str, steps: Mapping[str, int]) -> None:
-    """Declare a flow's exchange, its reports and snapshots queues, and every step.
+def declare_flow(channel: Any, flow_id: str, steps: Mapping[str, int],
+                 snapshots: str = "") -> None:
+    """Declare a flow's exchange, its reports queue, its binding to the platform's snapshots
+    queue (`snapshots`, default `snapshots_queue()`), and every step.
 
     `steps` maps step id → number of retry levels (`RetrySpec.retry_levels`).
     """
+    snapshots = snapshots or snapshots_queue()
     check_ids(flow_id)
     for step_id in steps:
         check_ids(flow_id, step_id)
@@ -148,20 +164,23 @@ def declare_flow(channel: Any, flow_id: str, steps: Mapping[str, int]) -> None:
     channel.exchange_declare(exchange, exchange_type="topic", durable=True)
     channel.queue_declare(reports_queue(flow_id), durable=True)
     channel.queue_bind(reports_queue(flow_id), exchange, routing_key=REPORTS_KEY)
-    channel.queue_declare(snapshots_queue(flow_id), durable=True)
-    channel.queue_bind(snapshots_queue(flow_id), exchange, routing_key=SNAPSHOT_KEY)
+    channel.queue_declare(snapshots, durable=True)
+    channel.queue_bind(snapshots, exchange, routing_key=SNAPSHOT_KEY)
     for step_id, levels in steps.items():
         declare_step(channel, flow_id, step_id, levels)
 
 
 def delete_flow(channel: Any, flow_id: str, step_ids: Iterable[str],
                 retry_levels: int = MAX_RETRY_LEVELS) -> None:
-    """Delete everything `declare_flow` made, messages included (dead letters too)."""
+    """Delete everything `declare_flow` made for the flow, messages included (dead letters
+    too); the platform's snapshots queue stays."""
     for step_id in step_ids:
         channel.queue_delete(step_queue(flow_id, step_id))
         for level in range(1, retry_levels + 1):
             channel.queue_delete(retry_queue(flow_id, step_id, level))
         channel.queue_delete(dead_queue(flow_id, step_id))
     channel.queue_delete(reports_queue(flow_id))
-    channel.queue_delete(snapshots_queue(flow_id))
+    # The shared snapshots queue stays (deleting the exchange removes its binding); this is
+    # the per-flow snapshots queue of earlier versions, which nobody consumed.
+    channel.queue_delete(f"oih.flow.{flow_id}.snapshots")
     channel.exchange_delete(exchange_name(flow_id))

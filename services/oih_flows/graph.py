@@ -14,13 +14,13 @@ from datetime import timedelta
 
 import jsonata
 import jsonschema
-from croniter import croniter
 from google.protobuf import duration_pb2, json_format, struct_pb2
 from referencing.exceptions import Unresolvable
 
 from oih.components.v1 import components_pb2
 from oih.flows.v1 import flows_pb2
 from oih.secrets.v1 import secrets_pb2
+from oih_runtime import cron
 from oih_runtime.names import is_name
 
 Violations = list[tuple[str, str]]
@@ -74,12 +74,9 @@ def check_definition(flow: flows_pb2.Flow, *, tenant: str) -> Violations:
 
 
 def _cron(expression: str) -> Violations:
-    # The scheduler reads five-field expressions; croniter alone would also take a sixth
-    # (seconds) field and `@hourly` macros, which the contract does not promise.
-    if len(expression.split()) != 5 or not croniter.is_valid(expression):
-        return [("flow.cron", f"{expression!r} is not a five-field cron expression, "
-                              "for example '*/5 * * * *'")]
-    return []
+    # The scheduler's own rules (oih_runtime.cron): five fields, or six with seconds first.
+    problem = cron.check(expression)
+    return [("flow.cron", problem)] if problem else []
 
 
 def _webhooks(settings: flows_pb2.WebhookSettings) -> Violations:

@@ -35,8 +35,10 @@ class QueueCount:
 
 
 class Amqp:
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, snapshots_queue: str = "") -> None:
         self.url = url
+        #: The platform's snapshots queue every flow's exchange is bound to.
+        self.snapshots_queue = snapshots_queue or topology.snapshots_queue()
         self._lock = threading.Lock()
         self._connection: pika.BlockingConnection | None = None
         self._channel: Any = None
@@ -48,7 +50,7 @@ class Amqp:
     # --- topology ------------------------------------------------------------------------
 
     def declare_flow(self, flow_id: str, steps: Mapping[str, int]) -> None:
-        self._run(lambda ch: topology.declare_flow(ch, flow_id, steps))
+        self._run(lambda ch: topology.declare_flow(ch, flow_id, steps, self.snapshots_queue))
 
     def delete_flow(self, flow_id: str, step_ids: Sequence[str]) -> None:
         self._run(lambda ch: topology.delete_flow(ch, flow_id, step_ids))

@@ -48,7 +48,7 @@ import time
 import urllib.parse
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import Any, Protocol
 
 from google.protobuf import json_format
@@ -81,6 +81,7 @@ from .models import (
     DeploymentRow,
 )
 from .models import STARTING as DEPLOYING
+from .snapshots import SnapshotReader, SnapshotsUnavailable
 from .tasks import FlowTasks
 
 log = logging.getLogger(__name__)
@@ -162,9 +163,10 @@ class Orchestrator:
         self.start_timeout = start_timeout
         #: How long a teardown waits for the driver's workers to be gone (a pod's grace period).
         self.stop_timeout = stop_timeout
-        #: Told which flows run (follow/drain), e.g. the executions' ReportsConsumer.
         #: The executions view's reports consumer (None: no view is kept, e.g. without a bus).
         self.reports: ReportsSink | None = None
+        #: Where the steps' last snapshots come from at deployment (None: workers start empty).
+        self.snapshots: SnapshotReader | None = None
         #: Starts, stops and teardowns, off the event consumer's thread, ordered per flow.
         self.tasks = FlowTasks(task_threads)
         #: Rows last changed before this moment were not changed by this process: a STARTING
@@ -285,6 +287,13 @@ class Orchestrator:
         found = {node.id: self._component(node) for node in flow.graph.nodes}
         specs = [self._spec(flow, node, found[node.id]) for node in flow.graph.nodes]
         secrets = self._credentials(flow)
+        if self.snapshots is not None:
+            try:
+                stored = self.snapshots.persistent(flow_id)
+            except SnapshotsUnavailable as error:
+                raise StartFailed(str(error)) from None
+            for spec in specs:
+                spec.snapshot, spec.snapshot_sequence = stored.get(spec.step_id, ({}, 0))
         # Recorded before anything is created: after a crash the row names what to clean up.
         with transaction(self.engine) as session:
             row = session.get(DeploymentRow, flow_id)
@@ -333,6 +342,16 @@ class Orchestrator:
               component: components_pb2.Component) -> StepSpec:
         return spec_from_flow(flow, node.id, self.worker_url,
                               component_info.entry_point(component))
+
+    def with_latest_snapshot(self, spec: StepSpec) -> StepSpec:
+        """`spec` with its step's latest persistent snapshot, when the Snapshots service has
+        a newer one than the spec (for a worker the driver restarts)."""
+        if self.snapshots is None:
+            return spec
+        data, sequence = self.snapshots.persistent(spec.flow_id).get(spec.step_id, ({}, 0))
+        if sequence <= spec.snapshot_sequence:
+            return spec
+        return replace(spec, snapshot=data, snapshot_sequence=sequence)
 
     def _with_new_password(self, spec: StepSpec) -> StepSpec:
         """Create (or reset) the step's broker user and return the spec that logs in as it."""

@@ -16,6 +16,7 @@ from sqlalchemy.engine import Engine
 
 from oih.components.v1 import components_pb2_grpc
 from oih.orchestrator.v1 import orchestrator_pb2, orchestrator_pb2_grpc
+from oih_dataplane import topology
 from oih_runtime import server
 from oih_runtime.background import Periodic, UntilDone
 from oih_runtime.bus import Consumer, Relay
@@ -41,6 +42,7 @@ from .executions import models as executions_models
 from .management import Management
 from .servicer import OrchestratorServicer, ServiceContext
 from .settings import OrchestratorSettings
+from .snapshots import SnapshotReader
 
 #: The orchestrator's tables: its deployments, the executions view's, and the bus's.
 TABLES = (*models.TABLES, *executions_models.TABLES, *BUS_TABLES)
@@ -100,7 +102,8 @@ def build(settings: ServiceSettings, own: OrchestratorSettings, *,
             own.components_address, identity.token.get)
     lookup = components or ComponentDirectory(components_channel)  # type: ignore[arg-type]
     driver = driver or make_driver(settings, own)
-    amqp = Amqp(settings.rabbitmq_url)
+    amqp = Amqp(settings.rabbitmq_url,
+                snapshots_queue=topology.snapshots_queue(settings.bus_namespace))
     management = Management.for_broker(own.management_url, settings.rabbitmq_url)
     if resolve is None:
         # Resolving needs "secrets.resolve" on the platform's own service token.
@@ -114,6 +117,11 @@ def build(settings: ServiceSettings, own: OrchestratorSettings, *,
                                                        name="oih-trigger-publisher"),
                       StartRecorder(engine))
     servicer = OrchestratorServicer(ServiceContext(engine, amqp, orchestrator, starter))
+    if own.snapshots_address:
+        orchestrator.snapshots = SnapshotReader(
+            authenticated_channel(own.snapshots_address, identity.token.get))
+        if isinstance(driver, LocalDriver):
+            driver.refresh_spec = orchestrator.with_latest_snapshot
     service = server.Service(
         name="orchestrator",
         registrations=[lambda s: orchestrator_pb2_grpc.add_OrchestratorServiceServicer_to_server(

@@ -45,6 +45,10 @@ class OrchestratorSettings:
     #: kubernetes driver runs components that are Python entry points, such as the built-ins.
     #: Empty: the kubernetes driver refuses them (the local driver ignores it).
     python_image: str = ""
+    #: The Snapshots service, asked for the steps' last snapshots at every deployment (see
+    #: oih_orchestrator.snapshots). Empty (the default, unlike the other addresses): workers
+    #: start with empty snapshots.
+    snapshots_address: str = ""
     #: The Secrets service, which resolves each step's credentials at deploy (service token).
     secrets_address: str = f"127.0.0.1:{DEFAULT_PORTS['secrets']}"
     #: `OIH_EGRESS_ALLOWED_NETWORKS` (see oih_sdk.egress), handed on to the kubernetes driver's
@@ -68,6 +72,7 @@ class OrchestratorSettings:
             register_builtins=env.get("OIH_ORCHESTRATOR_REGISTER_BUILTINS", "true").lower()
             not in ("0", "false", "no"),
             python_image=env.get("OIH_ORCHESTRATOR_PYTHON_IMAGE", ""),
+            snapshots_address=env.get("OIH_SNAPSHOTS_ADDRESS", ""),
             secrets_address=env.get(
                 "OIH_SECRETS_ADDRESS", f"127.0.0.1:{DEFAULT_PORTS['secrets']}"),
             egress_allowed_networks=env.get("OIH_EGRESS_ALLOWED_NETWORKS", ""),

@@ -19,7 +19,8 @@ A function emits by returning (or yielding) any mix of:
 - a `dict`: the `data` of one output (metadata and attachments are inherited from the input);
 - a `Message`: one output as given (its id is ignored; the runtime assigns a deterministic one);
 - a list, tuple or generator of the above;
-- a `Snapshot({...})`: the step's new snapshot (the last one emitted wins);
+- a `Snapshot({...})`: the step's new snapshot (the last one emitted wins); kept across runs,
+  or only for this execution with `Snapshot({...}, execution=True)`.
 - a `Reply(status, headers, body)`: the HTTP answer of a synchronous webhook request.
 
 It signals an error by raising. Errors are retried by the step's RetryPolicy unless the

@@ -41,9 +41,13 @@ class Message:
 
 @dataclass
 class Snapshot:
-    """A step's new state; the worker hands it to the next call and publishes it."""
+    """A step's new state; the worker hands it to the next call and publishes it.
+
+    With `execution=True` it is the state of this execution only: published for the
+    execution (removed when the execution finishes) and not handed to later calls."""
 
     data: dict[str, Any] = field(default_factory=dict)
+    execution: bool = False
 
 
 @dataclass

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
+import time
 import traceback
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -134,6 +135,7 @@ class StepProcessor:
         self._with_credentials = takes_credentials(self.fn)
         self.edges = [CompiledEdge(edge) for edge in spec.edges]
         self.snapshot: dict[str, Any] = dict(spec.snapshot)
+        self.sequence = spec.snapshot_sequence
         self.exchange = topology.exchange_name(spec.flow_id)
 
     def handle(self, body: bytes, properties: pika.BasicProperties) -> Outcome:
@@ -182,7 +184,8 @@ class StepProcessor:
             part.outgoing.append(self._reply(message, reply, properties))
         if snapshot is not None:
             # Kept for the next call only once the outcome stands (an error above discards it).
-            self.snapshot = dict(snapshot.data)
+            if not snapshot.execution:
+                self.snapshot = dict(snapshot.data)
             part.outgoing.append(self._snapshot(message, snapshot))
         yield part
 
@@ -230,10 +233,22 @@ class StepProcessor:
                      REPLY_HEADERS: {str(k): str(v) for k, v in reply.headers.items()}}),
             mandatory=False)
 
+    def next_sequence(self) -> int:
+        """The sequence number of the next snapshot write: above every earlier one of this
+        worker and above the stored one it started from (so it also grows across restarts when
+        the clock does not), and otherwise the time in microseconds, so writes of successive
+        workers of the step, and an operator's reset, order by time. The Snapshots service
+        applies a write only when its sequence is higher than the stored one."""
+        self.sequence = max(self.sequence + 1, time.time_ns() // 1000)
+        return self.sequence
+
     def _snapshot(self, message: Message, snapshot: Snapshot) -> Outgoing:
-        # The JSON form of oih.snapshots.v1.Snapshot (the step's persistent snapshot).
-        body = {"name": f"flows/{self.spec.flow_id}/steps/{self.spec.step_id}/snapshot",
-                "data": snapshot.data}
+        # The JSON form of oih.snapshots.v1.Snapshot (int64 `sequence` as a string).
+        body: dict[str, Any] = {
+            "name": f"flows/{self.spec.flow_id}/steps/{self.spec.step_id}/snapshot",
+            "data": snapshot.data, "sequence": str(self.next_sequence())}
+        if snapshot.execution:
+            body["executionId"] = message.execution_id
         properties = pika.BasicProperties(
             content_type=envelope.CONTENT_TYPE, delivery_mode=2,
             message_id=envelope.output_id(message.id, "snapshot", 0),

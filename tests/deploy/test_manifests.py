@@ -39,7 +39,8 @@ KUSTOMIZE = DEPLOY / "kubernetes"
 OVERLAYS = ["dev", "prod"]
 NAMESPACE, WORKER_NAMESPACE = "oih", "oih-flows"
 #: The platform services that run (a package with `__main__`), each a Deployment `oih-<key>`.
-SERVICES = ["iam", "components", "secrets", "flows", "orchestrator", "webhooks"]
+SERVICES = ["iam", "components", "secrets", "flows", "orchestrator", "scheduler", "snapshots",
+            "webhooks"]
 #: The services with a database of their own (webhooks keeps no state).
 DATABASE_SERVICES = [key for key in SERVICES if key != "webhooks"]
 #: Secrets the prod overlay expects to exist (created out of band, see deploy/README.md).

@@ -23,6 +23,7 @@ from sqlalchemy import create_engine
 from sqlalchemy.engine import Connection
 
 from oih_cli.platform import Platform
+from oih_dataplane import topology
 from oih_runtime.bus import RetryPolicy, ServiceQueues
 from oih_runtime.db import normalise_url
 from oih_runtime.settings import DEFAULT_PORTS
@@ -37,7 +38,8 @@ ADMIN_PASSWORD = "e2e-admin-password"
 PASSWORD = "correct horse battery staple"
 
 #: The services the end-to-end suite runs (all implemented ones as they land).
-E2E_SERVICES = ["iam", "components", "secrets", "flows", "orchestrator", "webhooks"]
+E2E_SERVICES = ["iam", "components", "secrets", "flows", "orchestrator", "scheduler",
+                "snapshots", "webhooks"]
 
 
 NAMESPACE = f"e2e{uuid.uuid4().hex[:8]}"
@@ -56,6 +58,7 @@ def remove_bus_namespace(url: str) -> None:
                      *(queues.retry(d) for d in RetryPolicy().delays_ms())]
             for name in names:
                 channel.queue_delete(name)
+        channel.queue_delete(topology.snapshots_queue(NAMESPACE))
         channel.exchange_delete(EXCHANGE)
 
 

@@ -123,8 +123,9 @@ def victim(rest: httpx.Client, admin_token: str, builtins: dict[str, str]) -> di
         "value": {"api_key": "of tenant A"}}))
     # A running flow whose second step always fails (an internal URL): it has a runtime, an
     # execution and a dead letter.
+    # A yearly cron (it does not fire while the matrix runs) gives the flow a schedule.
     flow = created(rest.post("/v1/flows", headers=auth(admin), json={
-        "display_name": unique("victim"), "graph": {"nodes": [
+        "display_name": unique("victim"), "cron": "0 0 1 1 *", "graph": {"nodes": [
             {"id": "start", "component": builtins["trigger"], "function": "manual"},
             {"id": "call", "component": builtins["http-request"], "function": "request",
              "fields": {"url": "http://127.0.0.1:9/", "method": "GET"}}],
@@ -141,6 +142,9 @@ def victim(rest: httpx.Client, admin_token: str, builtins: dict[str, str]) -> di
             assert letters, "the failing step produced no dead letter"
             break
         time.sleep(0.3)
+    snapshot_name = f"{flow['name']}/steps/call/snapshot"
+    created(rest.patch(f"/v1/{snapshot_name}", headers=auth(admin), params={
+        "allow_missing": "true"}, json={"data": {"position": "of tenant A"}}))
     objects = {
         "tenants/*": tenant,
         "users/*": user["name"],
@@ -152,6 +156,8 @@ def victim(rest: httpx.Client, admin_token: str, builtins: dict[str, str]) -> di
         "flows/*/runtime": f"{flow['name']}/runtime",
         "flows/*/executions/*": execution,
         "flows/*/deadLetters/*": letters[0]["name"],
+        "schedules/*": f"schedules/{flow['name'].removeprefix('flows/')}",
+        "flows/*/steps/*/snapshot": snapshot_name,
     }
     yield {"admin": admin, "admin_user": admin_user, "objects": objects,
            "user_token": login(rest, username, PASSWORD)}

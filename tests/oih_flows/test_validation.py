@@ -157,8 +157,10 @@ CASES: dict[str, tuple[Callable[[World], pb.Flow], str]] = {
         "flow.graph.nodes[1].credentials"),
     "unparsable cron": (
         lambda w: edited(w, lambda f: setattr(f, "cron", "every five minutes")), "flow.cron"),
-    "cron with a seconds field": (
-        lambda w: edited(w, lambda f: setattr(f, "cron", "0 */5 * * * *")), "flow.cron"),
+    "cron with seven fields": (
+        lambda w: edited(w, lambda f: setattr(f, "cron", "0 0 */5 * * * *")), "flow.cron"),
+    "seconds field out of range": (
+        lambda w: edited(w, lambda f: setattr(f, "cron", "61 */5 * * * *")), "flow.cron"),
     "cron out of range": (
         lambda w: edited(w, lambda f: setattr(f, "cron", "61 * * * *")), "flow.cron"),
     "condition that does not compile": (

@@ -14,6 +14,8 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
 from oih.component.v1 import message_pb2
+from oih.events.v1 import event_pb2
+from oih.events.v1 import orchestrator_pb2 as orchestrator_events
 from oih.orchestrator.v1 import orchestrator_pb2
 from oih_dataplane.spec import EdgeSpec, StepSpec
 from oih_orchestrator.executions import (
@@ -31,6 +33,7 @@ from oih_orchestrator.executions import (
 )
 from oih_orchestrator.executions.state import Counts, Edge, state_of
 from oih_orchestrator.server import TABLES
+from oih_runtime.bus.models import OutboxEvent
 from oih_runtime.db import make_engine, transaction
 from oih_runtime.errors import InvalidArgument, NotFound
 from oih_runtime.principal import Principal
@@ -153,6 +156,36 @@ def test_execution_runs_until_every_delivery_was_received_then_succeeds(engine: 
     execution = get(engine)
     assert execution.state == Execution.STATE_SUCCEEDED
     assert execution.HasField("end_time")
+
+
+def finished_events(engine: Engine) -> list[tuple[str, bool]]:
+    with Session(engine) as session:
+        rows = session.exec(select(OutboxEvent).where(
+            OutboxEvent.event_type == "oih.execution.finished")).all()
+    found = []
+    for row in rows:
+        event = event_pb2.Event.FromString(row.body)
+        payload = orchestrator_events.ExecutionFinished()
+        event.data.Unpack(payload)
+        assert payload.tenant == T1 and row.tenant == T1
+        found.append((payload.execution, payload.succeeded))
+    return found
+
+
+def test_finishing_is_announced_once_per_end(engine: Engine) -> None:
+    """`oih.execution.finished` (for the Snapshots service and the Scheduler) when an execution
+    becomes SUCCEEDED or FAILED, and again after a replay ends it anew."""
+    feed(engine, batch(report("a", messages_in=1, messages_out=1, messages_routed=1)))
+    assert finished_events(engine) == []
+    feed(engine, batch(report("b", messages_in=1, errors=1, dead_lettered=1)))
+    assert finished_events(engine) == [("flows/f1/executions/e1", False)]
+    feed(engine, batch(report("a", "other", messages_in=1, errors=1)))  # still RUNNING
+    assert len(finished_events(engine)) == 1
+    with transaction(engine) as session:
+        record_replay(session, tenant=T1, flow_id="f1", execution_id="e1", step_id="b")
+    feed(engine, batch(report("b", messages_in=1, messages_out=0)))
+    assert finished_events(engine) == [("flows/f1/executions/e1", False),
+                                       ("flows/f1/executions/e1", True)]
 
 
 def test_a_successors_report_arriving_first_does_not_finish_the_execution(

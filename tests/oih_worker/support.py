@@ -59,9 +59,15 @@ class FlowHarness:
         self.specs[step_id] = spec
         return spec
 
+    @property
+    def snapshots_queue(self) -> str:
+        """This flow's own snapshots queue (the platform-wide one is the Snapshots service's)."""
+        return topology.snapshots_queue(f"test-{self.flow_id}")
+
     def declare(self) -> None:
         topology.declare_flow(self.channel, self.flow_id,
-                              {step: spec.retry.retry_levels for step, spec in self.specs.items()})
+                              {step: spec.retry.retry_levels for step, spec in self.specs.items()},
+                              self.snapshots_queue)
 
     # --- workers -------------------------------------------------------------------------
 
@@ -142,6 +148,7 @@ class FlowHarness:
         try:
             if self.specs:
                 topology.delete_flow(self.channel, self.flow_id, list(self.specs))
+                self.channel.queue_delete(self.snapshots_queue)
         finally:
             self.connection.close()
 

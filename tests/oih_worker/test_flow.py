@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from oih_dataplane.spec import EdgeSpec
 from tests.oih_worker.support import FlowHarness, totals, wait_for
 
@@ -89,9 +91,10 @@ def test_snapshot_is_kept_between_calls_and_published(harness: FlowHarness) -> N
     wait_for(lambda: len(harness.sink("out")) == 5, 30, "5 messages")
     assert harness.stop_all() == {"start": 0, "out": 0}
     assert sorted(line["data"]["seen"] for line in harness.sink("out")) == [11, 12, 13, 14, 15]
-    snapshots = harness.drain(f"oih.flow.{harness.flow_id}.snapshots")
+    snapshots = [json.loads(body) for _, body in harness.drain(harness.snapshots_queue)]
     assert len(snapshots) == 5
-    import json
-    last = json.loads(snapshots[-1][1])
-    assert last == {"name": f"flows/{harness.flow_id}/steps/start/snapshot",
-                    "data": {"seen": 15}}
+    assert snapshots[-1]["name"] == f"flows/{harness.flow_id}/steps/start/snapshot"
+    assert snapshots[-1]["data"] == {"seen": 15}
+    # Emission order is carried by strictly increasing sequence numbers (int64 as a string).
+    sequences = [int(s["sequence"]) for s in snapshots]
+    assert sequences == sorted(set(sequences))

@@ -217,8 +217,8 @@ def test_reports_cap_samples_and_truncate() -> None:
 
 def test_builtin_descriptions() -> None:
     names = {component["name"] for component in BUILTIN_COMPONENTS}
-    assert names == {"trigger", "timer", "transform", "filter", "split", "http-request", "sink",
-                     "log", "reply"}
+    assert names == {"trigger", "timer", "transform", "filter", "split", "http-request",
+                     "http-poll", "sink", "log", "reply"}
     for component in BUILTIN_COMPONENTS:
         _module, _, attribute = component["entry_point"].partition(":")
         assert attribute == "component"

@@ -4,4 +4,6 @@ CREATE DATABASE oih_iam;
 CREATE DATABASE oih_components;
 CREATE DATABASE oih_flows;
 CREATE DATABASE oih_orchestrator;
+CREATE DATABASE oih_scheduler;
+CREATE DATABASE oih_snapshots;
 CREATE DATABASE oih_secrets;

@@ -33,7 +33,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -110,6 +110,10 @@ class LocalDriver:
         self.poll_interval = poll_interval
         self._workers: dict[tuple[str, str], _Worker] = {}
         self._lock = threading.Lock()
+        #: Called with a crashed worker's spec before it is restarted; returns the spec to
+        #: restart it with (the orchestrator puts the step's latest snapshot in it, so a
+        #: restarted trigger continues where it stopped, not where its deployment started).
+        self.refresh_spec: Callable[[StepSpec], StepSpec] | None = None
         self._supervisor = Periodic(self.check, poll_interval, "oih-local-driver",
                                     at_once=False, stop_timeout=10.0)
         self._adopt()
@@ -187,6 +191,7 @@ class LocalDriver:
     def check(self) -> None:
         """One supervisor round: notice deaths, restart those whose back-off has passed."""
         now = time.monotonic()
+        due: list[_Worker] = []
         with self._lock:
             workers = list(self._workers.values())
         for worker in workers:
@@ -200,8 +205,27 @@ class LocalDriver:
                         continue
                     self._crashed(worker, now)
                 elif worker.state == RESTARTING and now >= worker.restart_at:
-                    worker.restarts += 1
-                    self._spawn(worker)
+                    due.append(worker)
+        for worker in due:
+            self._refresh(worker)  # outside the lock: it may ask another service
+            with self._lock:
+                if (self._workers.get((worker.flow_id, worker.step_id)) is not worker
+                        or worker.state != RESTARTING):
+                    continue
+                worker.restarts += 1
+                self._spawn(worker)
+
+    def _refresh(self, worker: _Worker) -> None:
+        if self.refresh_spec is None:
+            return
+        try:
+            spec = StepSpec.from_json(worker.spec_path.read_text())
+            fresh = self.refresh_spec(spec)
+            if fresh != spec:
+                _write_private(worker.spec_path, fresh.to_json())
+        except Exception:  # the old spec still runs the step
+            log.warning("could not refresh the spec of a restarting worker", exc_info=True,
+                        extra={"flow_id": worker.flow_id, "step_id": worker.step_id})
 
     def _crashed(self, worker: _Worker, now: float) -> None:
         if worker.process is not None:

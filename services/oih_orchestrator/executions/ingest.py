@@ -17,6 +17,8 @@ from google.protobuf import json_format
 from sqlmodel import Session, select
 
 from oih.component.v1 import message_pb2
+from oih.events.v1 import orchestrator_pb2 as orchestrator_events
+from oih_runtime.bus import Outbox
 from oih_runtime.clock import utcnow
 from oih_worker.reports import MAX_SAMPLE_BYTES, MAX_SAMPLES, sample
 
@@ -26,6 +28,9 @@ from .models import ExecutionRow, ReportBatchRow, StepExecutionRow
 log = logging.getLogger(__name__)
 
 MAX_STACK = 16 * 1024
+FINISHED = "oih.execution.finished"
+#: The orchestrator's outbox (the same source as its lifecycle events).
+OUTBOX = Outbox("oih-orchestrator")
 
 
 def ingest(session: Session, batch: message_pb2.StepReportBatch, tenant: str, *,
@@ -119,16 +124,23 @@ def decide(session: Session, execution: ExecutionRow, shape: rule.FlowShape | No
            now: datetime) -> None:
     counts = counts_of(steps_of(session, execution))
     state, kind = rule.state_of(counts, execution.triggers, shape)
-    finish(execution, state, kind, now)
+    finish(session, execution, state, kind, now)
     session.add(execution)
 
 
-def finish(execution: ExecutionRow, state: str, kind: str, now: datetime) -> None:
-    """Set the state; `end_time` is when it last became SUCCEEDED or FAILED."""
+def finish(session: Session, execution: ExecutionRow, state: str, kind: str,
+           now: datetime) -> None:
+    """Set the state; `end_time` is when it last became SUCCEEDED or FAILED. Becoming
+    SUCCEEDED or FAILED is announced (`oih.execution.finished`, in the same transaction): the
+    Snapshots service removes the execution's snapshots, the Scheduler learns the run is over."""
     if state == "RUNNING":
         execution.end_time = None
     elif execution.state == "RUNNING" or execution.end_time is None:
         execution.end_time = now
+        OUTBOX.add(session, FINISHED, orchestrator_events.ExecutionFinished(
+            execution=f"flows/{execution.flow_id}/executions/{execution.execution_id}",
+            succeeded=state == "SUCCEEDED", tenant=execution.tenant),
+            tenant=execution.tenant, subject=f"flows/{execution.flow_id}")
     execution.state, execution.progress = state, kind
     execution.update_time = now
 

@@ -91,7 +91,7 @@ def settle(engine: Engine, now: datetime, settings: RetentionSettings | None = N
             col(ExecutionRow.state) == RUNNING, col(ExecutionRow.update_time) < stale)).all()
         for row in rows:
             failed = rule.outstanding_dead_letters(counts_of(steps_of(session, row))) > 0
-            finish(row, "FAILED" if failed else "SUCCEEDED", rule.SETTLED, now)
+            finish(session, row, "FAILED" if failed else "SUCCEEDED", rule.SETTLED, now)
             session.add(row)
             closed += 1
     return closed

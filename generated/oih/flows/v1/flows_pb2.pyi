@@ -128,8 +128,9 @@ class Flow(_message.Message):
     state_reason: _builtins.str
     """Why the flow is FAILED, in words; empty in other states."""
     cron: _builtins.str
-    """Optional cron expression (five fields, UTC unless the schedule sets a time zone), for
-    example "*/5 * * * *". While the flow is ACTIVE the scheduler runs it on this schedule.
+    """Optional cron expression (five fields, or six with seconds first; UTC unless the schedule
+    sets a time zone), for example "*/5 * * * *". While the flow is ACTIVE the scheduler runs
+    it on this schedule.
     """
     version: _builtins.int
     """The number of the definition's revision: 1 on create, incremented by every update that

@@ -24,12 +24,13 @@ _sym_db = _symbol_database.Default()
 
 from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior__pb2
+from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 from google.protobuf import field_mask_pb2 as google_dot_protobuf_dot_field__mask__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from oih.auth.v1 import auth_pb2 as oih_dot_auth_dot_v1_dot_auth__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n oih/scheduler/v1/scheduler.proto\x12\x10oih.scheduler.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x16oih/auth/v1/auth.proto\"\xce\x02\n\x08Schedule\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x08\x12\x12\n\x04\x66low\x18\x02 \x01(\tB\x04\xe2\x41\x01\x03\x12\x12\n\x04\x63ron\x18\x03 \x01(\tB\x04\xe2\x41\x01\x03\x12\x11\n\ttime_zone\x18\x04 \x01(\t\x12&\n\x05state\x18\x05 \x01(\x0e\x32\x17.oih.scheduler.v1.State\x12\x17\n\x0fskip_if_running\x18\x06 \x01(\x08\x12\x37\n\rnext_run_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x37\n\rlast_run_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x1c\n\x0elast_execution\x18\t \x01(\tB\x04\xe2\x41\x01\x03\x12\x14\n\x06tenant\x18\n \x01(\tB\x04\xe2\x41\x01\x03\x12\x0c\n\x04\x65tag\x18\x0b \x01(\t\"(\n\x12GetScheduleRequest\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"M\n\x14ListSchedulesRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x0e\n\x06\x66ilter\x18\x03 \x01(\t\"_\n\x15ListSchedulesResponse\x12-\n\tschedules\x18\x01 \x03(\x0b\x32\x1a.oih.scheduler.v1.Schedule\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"|\n\x15UpdateScheduleRequest\x12\x32\n\x08schedule\x18\x01 \x01(\x0b\x32\x1a.oih.scheduler.v1.ScheduleB\x04\xe2\x41\x01\x02\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"+\n\x15RunScheduleNowRequest\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02*B\n\x05State\x12\x15\n\x11STATE_UNSPECIFIED\x10\x00\x12\x10\n\x0cSTATE_ACTIVE\x10\x01\x12\x10\n\x0cSTATE_PAUSED\x10\x02\x32\xdc\x04\n\x0fScheduleService\x12\x83\x01\n\x0bGetSchedule\x12$.oih.scheduler.v1.GetScheduleRequest\x1a\x1a.oih.scheduler.v1.Schedule\"2\x92\x82\x19\x10\n\x0eschedules.read\x82\xd3\xe4\x93\x02\x18\x12\x16/v1/{name=schedules/*}\x12\x8b\x01\n\rListSchedules\x12&.oih.scheduler.v1.ListSchedulesRequest\x1a\'.oih.scheduler.v1.ListSchedulesResponse\")\x92\x82\x19\x10\n\x0eschedules.read\x82\xd3\xe4\x93\x02\x0f\x12\r/v1/schedules\x12\x9d\x01\n\x0eUpdateSchedule\x12\'.oih.scheduler.v1.UpdateScheduleRequest\x1a\x1a.oih.scheduler.v1.Schedule\"F\x92\x82\x19\x11\n\x0fschedules.write\x82\xd3\xe4\x93\x02+2\x1f/v1/{schedule.name=schedules/*}:\x08schedule\x12\x94\x01\n\x0eRunScheduleNow\x12\'.oih.scheduler.v1.RunScheduleNowRequest\x1a\x1a.oih.scheduler.v1.Schedule\"=\x92\x82\x19\x11\n\x0fschedules.write\x82\xd3\xe4\x93\x02\"\"\x1d/v1/{name=schedules/*}:runNow:\x01*b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n oih/scheduler/v1/scheduler.proto\x12\x10oih.scheduler.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1egoogle/protobuf/duration.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x16oih/auth/v1/auth.proto\"\x90\x04\n\x08Schedule\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x08\x12\x12\n\x04\x66low\x18\x02 \x01(\tB\x04\xe2\x41\x01\x03\x12\x12\n\x04\x63ron\x18\x03 \x01(\tB\x04\xe2\x41\x01\x03\x12\x11\n\ttime_zone\x18\x04 \x01(\t\x12&\n\x05state\x18\x05 \x01(\x0e\x32\x17.oih.scheduler.v1.State\x12\x17\n\x0fskip_if_running\x18\x06 \x01(\x08\x12\x37\n\rnext_run_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x37\n\rlast_run_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x1c\n\x0elast_execution\x18\t \x01(\tB\x04\xe2\x41\x01\x03\x12\x14\n\x06tenant\x18\n \x01(\tB\x04\xe2\x41\x01\x03\x12\x0c\n\x04\x65tag\x18\x0b \x01(\t\x12\x37\n\x0eoverlap_policy\x18\x0c \x01(\x0e\x32\x1f.oih.scheduler.v1.OverlapPolicy\x12\x37\n\x0emisfire_policy\x18\r \x01(\x0e\x32\x1f.oih.scheduler.v1.MisfirePolicy\x12\x32\n\x0f\x63\x61tch_up_window\x18\x0e \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x1a\n\x0c\x62uffered_run\x18\x0f \x01(\x08\x42\x04\xe2\x41\x01\x03\"(\n\x12GetScheduleRequest\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"M\n\x14ListSchedulesRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x0e\n\x06\x66ilter\x18\x03 \x01(\t\"_\n\x15ListSchedulesResponse\x12-\n\tschedules\x18\x01 \x03(\x0b\x32\x1a.oih.scheduler.v1.Schedule\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"|\n\x15UpdateScheduleRequest\x12\x32\n\x08schedule\x18\x01 \x01(\x0b\x32\x1a.oih.scheduler.v1.ScheduleB\x04\xe2\x41\x01\x02\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"+\n\x15RunScheduleNowRequest\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02*B\n\x05State\x12\x15\n\x11STATE_UNSPECIFIED\x10\x00\x12\x10\n\x0cSTATE_ACTIVE\x10\x01\x12\x10\n\x0cSTATE_PAUSED\x10\x02*\x81\x01\n\rOverlapPolicy\x12\x1e\n\x1aOVERLAP_POLICY_UNSPECIFIED\x10\x00\x12\x18\n\x14OVERLAP_POLICY_ALLOW\x10\x01\x12\x17\n\x13OVERLAP_POLICY_SKIP\x10\x02\x12\x1d\n\x19OVERLAP_POLICY_BUFFER_ONE\x10\x03*\x83\x01\n\rMisfirePolicy\x12\x1e\n\x1aMISFIRE_POLICY_UNSPECIFIED\x10\x00\x12\x1c\n\x18MISFIRE_POLICY_FIRE_ONCE\x10\x01\x12\x17\n\x13MISFIRE_POLICY_SKIP\x10\x02\x12\x1b\n\x17MISFIRE_POLICY_FIRE_ALL\x10\x03\x32\xdc\x04\n\x0fScheduleService\x12\x83\x01\n\x0bGetSchedule\x12$.oih.scheduler.v1.GetScheduleRequest\x1a\x1a.oih.scheduler.v1.Schedule\"2\x92\x82\x19\x10\n\x0eschedules.read\x82\xd3\xe4\x93\x02\x18\x12\x16/v1/{name=schedules/*}\x12\x8b\x01\n\rListSchedules\x12&.oih.scheduler.v1.ListSchedulesRequest\x1a\'.oih.scheduler.v1.ListSchedulesResponse\")\x92\x82\x19\x10\n\x0eschedules.read\x82\xd3\xe4\x93\x02\x0f\x12\r/v1/schedules\x12\x9d\x01\n\x0eUpdateSchedule\x12\'.oih.scheduler.v1.UpdateScheduleRequest\x1a\x1a.oih.scheduler.v1.Schedule\"F\x92\x82\x19\x11\n\x0fschedules.write\x82\xd3\xe4\x93\x02+2\x1f/v1/{schedule.name=schedules/*}:\x08schedule\x12\x94\x01\n\x0eRunScheduleNow\x12\'.oih.scheduler.v1.RunScheduleNowRequest\x1a\x1a.oih.scheduler.v1.Schedule\"=\x92\x82\x19\x11\n\x0fschedules.write\x82\xd3\xe4\x93\x02\"\"\x1d/v1/{name=schedules/*}:runNow:\x01*b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -50,6 +51,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SCHEDULE'].fields_by_name['last_execution']._serialized_options = b'\342A\001\003'
   _globals['_SCHEDULE'].fields_by_name['tenant']._loaded_options = None
   _globals['_SCHEDULE'].fields_by_name['tenant']._serialized_options = b'\342A\001\003'
+  _globals['_SCHEDULE'].fields_by_name['buffered_run']._loaded_options = None
+  _globals['_SCHEDULE'].fields_by_name['buffered_run']._serialized_options = b'\342A\001\003'
   _globals['_GETSCHEDULEREQUEST'].fields_by_name['name']._loaded_options = None
   _globals['_GETSCHEDULEREQUEST'].fields_by_name['name']._serialized_options = b'\342A\001\002'
   _globals['_UPDATESCHEDULEREQUEST'].fields_by_name['schedule']._loaded_options = None
@@ -64,20 +67,24 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SCHEDULESERVICE'].methods_by_name['UpdateSchedule']._serialized_options = b'\222\202\031\021\n\017schedules.write\202\323\344\223\002+2\037/v1/{schedule.name=schedules/*}:\010schedule'
   _globals['_SCHEDULESERVICE'].methods_by_name['RunScheduleNow']._loaded_options = None
   _globals['_SCHEDULESERVICE'].methods_by_name['RunScheduleNow']._serialized_options = b'\222\202\031\021\n\017schedules.write\202\323\344\223\002\"\"\035/v1/{name=schedules/*}:runNow:\001*'
-  _globals['_STATE']._serialized_start=934
-  _globals['_STATE']._serialized_end=1000
-  _globals['_SCHEDULE']._serialized_start=209
-  _globals['_SCHEDULE']._serialized_end=543
-  _globals['_GETSCHEDULEREQUEST']._serialized_start=545
-  _globals['_GETSCHEDULEREQUEST']._serialized_end=585
-  _globals['_LISTSCHEDULESREQUEST']._serialized_start=587
-  _globals['_LISTSCHEDULESREQUEST']._serialized_end=664
-  _globals['_LISTSCHEDULESRESPONSE']._serialized_start=666
-  _globals['_LISTSCHEDULESRESPONSE']._serialized_end=761
-  _globals['_UPDATESCHEDULEREQUEST']._serialized_start=763
-  _globals['_UPDATESCHEDULEREQUEST']._serialized_end=887
-  _globals['_RUNSCHEDULENOWREQUEST']._serialized_start=889
-  _globals['_RUNSCHEDULENOWREQUEST']._serialized_end=932
-  _globals['_SCHEDULESERVICE']._serialized_start=1003
-  _globals['_SCHEDULESERVICE']._serialized_end=1607
+  _globals['_STATE']._serialized_start=1160
+  _globals['_STATE']._serialized_end=1226
+  _globals['_OVERLAPPOLICY']._serialized_start=1229
+  _globals['_OVERLAPPOLICY']._serialized_end=1358
+  _globals['_MISFIREPOLICY']._serialized_start=1361
+  _globals['_MISFIREPOLICY']._serialized_end=1492
+  _globals['_SCHEDULE']._serialized_start=241
+  _globals['_SCHEDULE']._serialized_end=769
+  _globals['_GETSCHEDULEREQUEST']._serialized_start=771
+  _globals['_GETSCHEDULEREQUEST']._serialized_end=811
+  _globals['_LISTSCHEDULESREQUEST']._serialized_start=813
+  _globals['_LISTSCHEDULESREQUEST']._serialized_end=890
+  _globals['_LISTSCHEDULESRESPONSE']._serialized_start=892
+  _globals['_LISTSCHEDULESRESPONSE']._serialized_end=987
+  _globals['_UPDATESCHEDULEREQUEST']._serialized_start=989
+  _globals['_UPDATESCHEDULEREQUEST']._serialized_end=1113
+  _globals['_RUNSCHEDULENOWREQUEST']._serialized_start=1115
+  _globals['_RUNSCHEDULENOWREQUEST']._serialized_end=1158
+  _globals['_SCHEDULESERVICE']._serialized_start=1495
+  _globals['_SCHEDULESERVICE']._serialized_end=2099
 # @@protoc_insertion_point(module_scope)

@@ -5,6 +5,7 @@ isort:skip_file
 
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
+from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import field_mask_pb2 as _field_mask_pb2
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
@@ -45,6 +46,62 @@ STATE_PAUSED: State.ValueType  # 2
 """Does not fire until resumed."""
 Global___State: _TypeAlias = State  # noqa: Y015
 
+class _OverlapPolicy:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _OverlapPolicyEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_OverlapPolicy.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    OVERLAP_POLICY_UNSPECIFIED: _OverlapPolicy.ValueType  # 0
+    """Not set; follows `skip_if_running` (SKIP when true, else ALLOW)."""
+    OVERLAP_POLICY_ALLOW: _OverlapPolicy.ValueType  # 1
+    """Start another execution anyway."""
+    OVERLAP_POLICY_SKIP: _OverlapPolicy.ValueType  # 2
+    """Skip the tick."""
+    OVERLAP_POLICY_BUFFER_ONE: _OverlapPolicy.ValueType  # 3
+    """Remember one tick (however many come) and run it once the running execution ends."""
+
+class OverlapPolicy(_OverlapPolicy, metaclass=_OverlapPolicyEnumTypeWrapper):
+    """What a due tick does while an execution the schedule started is still running."""
+
+OVERLAP_POLICY_UNSPECIFIED: OverlapPolicy.ValueType  # 0
+"""Not set; follows `skip_if_running` (SKIP when true, else ALLOW)."""
+OVERLAP_POLICY_ALLOW: OverlapPolicy.ValueType  # 1
+"""Start another execution anyway."""
+OVERLAP_POLICY_SKIP: OverlapPolicy.ValueType  # 2
+"""Skip the tick."""
+OVERLAP_POLICY_BUFFER_ONE: OverlapPolicy.ValueType  # 3
+"""Remember one tick (however many come) and run it once the running execution ends."""
+Global___OverlapPolicy: _TypeAlias = OverlapPolicy  # noqa: Y015
+
+class _MisfirePolicy:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _MisfirePolicyEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_MisfirePolicy.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    MISFIRE_POLICY_UNSPECIFIED: _MisfirePolicy.ValueType  # 0
+    """Not set; treated as MISFIRE_POLICY_FIRE_ONCE."""
+    MISFIRE_POLICY_FIRE_ONCE: _MisfirePolicy.ValueType  # 1
+    """Fire once for all missed ticks, then continue on schedule."""
+    MISFIRE_POLICY_SKIP: _MisfirePolicy.ValueType  # 2
+    """Fire none of them; continue with the next tick after now."""
+    MISFIRE_POLICY_FIRE_ALL: _MisfirePolicy.ValueType  # 3
+    """Fire every missed tick within `catch_up_window` before now, oldest first."""
+
+class MisfirePolicy(_MisfirePolicy, metaclass=_MisfirePolicyEnumTypeWrapper):
+    """What happens to ticks that were due while no scheduler could fire them."""
+
+MISFIRE_POLICY_UNSPECIFIED: MisfirePolicy.ValueType  # 0
+"""Not set; treated as MISFIRE_POLICY_FIRE_ONCE."""
+MISFIRE_POLICY_FIRE_ONCE: MisfirePolicy.ValueType  # 1
+"""Fire once for all missed ticks, then continue on schedule."""
+MISFIRE_POLICY_SKIP: MisfirePolicy.ValueType  # 2
+"""Fire none of them; continue with the next tick after now."""
+MISFIRE_POLICY_FIRE_ALL: MisfirePolicy.ValueType  # 3
+"""Fire every missed tick within `catch_up_window` before now, oldest first."""
+Global___MisfirePolicy: _TypeAlias = MisfirePolicy  # noqa: Y015
+
 @_typing.final
 class Schedule(_message.Message):
     """The cron trigger of a flow."""
@@ -62,6 +119,10 @@ class Schedule(_message.Message):
     LAST_EXECUTION_FIELD_NUMBER: _builtins.int
     TENANT_FIELD_NUMBER: _builtins.int
     ETAG_FIELD_NUMBER: _builtins.int
+    OVERLAP_POLICY_FIELD_NUMBER: _builtins.int
+    MISFIRE_POLICY_FIELD_NUMBER: _builtins.int
+    CATCH_UP_WINDOW_FIELD_NUMBER: _builtins.int
+    BUFFERED_RUN_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Resource name, `schedules/{schedule}`; `{schedule}` is the flow's id."""
     flow: _builtins.str
@@ -74,7 +135,7 @@ class Schedule(_message.Message):
     """Whether the schedule fires."""
     skip_if_running: _builtins.bool
     """When true, a tick is skipped while an execution started by this schedule is still running
-    (no overlapping runs).
+    (no overlapping runs). Same as `overlap_policy` OVERLAP_POLICY_SKIP.
     """
     last_execution: _builtins.str
     """The execution it last started, `flows/{flow}/executions/{execution}`."""
@@ -84,6 +145,14 @@ class Schedule(_message.Message):
     """Opaque version of the stored schedule, changed by every update. Send it back in Update to
     make the call fail with ABORTED if the schedule changed meanwhile.
     """
+    overlap_policy: Global___OverlapPolicy.ValueType
+    """What a tick does while the schedule's last execution still runs. Setting it also sets
+    `skip_if_running`.
+    """
+    misfire_policy: Global___MisfirePolicy.ValueType
+    """What happens to ticks missed while no scheduler ran."""
+    buffered_run: _builtins.bool
+    """True while a tick waits for the running execution to end (OVERLAP_POLICY_BUFFER_ONE)."""
     @_builtins.property
     def next_run_time(self) -> _timestamp_pb2.Timestamp:
         """When the schedule fires next; unset while PAUSED or while the flow is not ACTIVE."""
@@ -91,6 +160,12 @@ class Schedule(_message.Message):
     @_builtins.property
     def last_run_time(self) -> _timestamp_pb2.Timestamp:
         """When it last fired; unset if it never did."""
+
+    @_builtins.property
+    def catch_up_window(self) -> _duration_pb2.Duration:
+        """For MISFIRE_POLICY_FIRE_ALL: how far back missed ticks are fired (default 1 hour, at most
+        7 days).
+        """
 
     def __init__(
         self,
@@ -106,10 +181,14 @@ class Schedule(_message.Message):
         last_execution: _builtins.str = ...,
         tenant: _builtins.str = ...,
         etag: _builtins.str = ...,
+        overlap_policy: Global___OverlapPolicy.ValueType = ...,
+        misfire_policy: Global___MisfirePolicy.ValueType = ...,
+        catch_up_window: _duration_pb2.Duration | None = ...,
+        buffered_run: _builtins.bool = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["last_run_time", b"last_run_time", "next_run_time", b"next_run_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["catch_up_window", b"catch_up_window", "last_run_time", b"last_run_time", "next_run_time", b"next_run_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cron", b"cron", "etag", b"etag", "flow", b"flow", "last_execution", b"last_execution", "last_run_time", b"last_run_time", "name", b"name", "next_run_time", b"next_run_time", "skip_if_running", b"skip_if_running", "state", b"state", "tenant", b"tenant", "time_zone", b"time_zone"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["buffered_run", b"buffered_run", "catch_up_window", b"catch_up_window", "cron", b"cron", "etag", b"etag", "flow", b"flow", "last_execution", b"last_execution", "last_run_time", b"last_run_time", "misfire_policy", b"misfire_policy", "name", b"name", "next_run_time", b"next_run_time", "overlap_policy", b"overlap_policy", "skip_if_running", b"skip_if_running", "state", b"state", "tenant", b"tenant", "time_zone", b"time_zone"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -211,8 +290,8 @@ class UpdateScheduleRequest(_message.Message):
 
     @_builtins.property
     def update_mask(self) -> _field_mask_pb2.FieldMask:
-        """Fields to change: `state`, `time_zone`, `skip_if_running`; empty means every one set in
-        `schedule`.
+        """Fields to change: `state`, `time_zone`, `skip_if_running`, `overlap_policy`,
+        `misfire_policy`, `catch_up_window`; empty means every one set in `schedule`.
         """
 
     def __init__(

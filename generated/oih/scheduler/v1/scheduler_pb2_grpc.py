@@ -36,12 +36,28 @@ class ScheduleServiceStub:
     survive stopping and restarting the flow. The schedule's id is its flow's id: the schedule
     of `flows/f1` is `schedules/f1`.
     - The cron expression belongs to the flow (change it there; it applies at the next start);
-    the schedule adds what only the scheduler needs: time zone, pause and overlap handling.
-    - On each due tick the scheduler emits `oih.flow.execute` (source "scheduler") and computes
-    the next run. Several scheduler replicas never fire the same tick twice (each tick is
-    claimed under a row lock). Ticks missed while the scheduler was down fire once, not once
-    per missed tick.
-    - Access follows the flow: a principal sees the schedules of the flows it may see.
+    the schedule adds what only the scheduler needs: time zone, pause, overlap and misfire
+    handling. Five fields (minute precision) or six with seconds first ("*/10 * * * * *").
+    - Time zones and daylight saving: a cron whose hour field is `*` runs in real time (every
+    matching instant, so an every-minute job keeps running through a repeated hour); one with
+    fixed hours runs on the wall clock: a time that occurs twice (fall back) fires once, at
+    its first occurrence, and a time that does not exist (spring forward) fires once, shifted
+    forward by the gap (02:30 becomes 03:30).
+    - On each due tick the scheduler calls the orchestrator's StartExecution (source
+    "scheduler") with an execution id derived from the flow and the tick, and computes the
+    next run. Exactly once under HA: a replica claims a due schedule under a row lock
+    (`SELECT … FOR UPDATE SKIP LOCKED` on PostgreSQL), so replicas never fire the same tick
+    twice; a replica that dies mid-tick releases the lock with its connection, and the next
+    claimant fires the same tick with the same execution id, which the orchestrator runs
+    once.
+    - Ticks missed while no scheduler ran (or late by more than the service's misfire grace)
+    follow the schedule's `misfire_policy`: fire once (default), skip them, or fire each one
+    within `catch_up_window`.
+    - Access follows the flow's tenant: a principal sees the schedules of its tenant's flows.
+
+    Deliberate contract changes (additive only): `overlap_policy`, `misfire_policy`,
+    `catch_up_window`, `buffered_run` and six-field cron expressions. `skip_if_running` stays and
+    is kept equal to `overlap_policy == OVERLAP_POLICY_SKIP`.
 
     REST paths owned by this service: `/v1/schedules` and everything below it.
     """
@@ -85,12 +101,28 @@ class ScheduleServiceServicer:
     survive stopping and restarting the flow. The schedule's id is its flow's id: the schedule
     of `flows/f1` is `schedules/f1`.
     - The cron expression belongs to the flow (change it there; it applies at the next start);
-    the schedule adds what only the scheduler needs: time zone, pause and overlap handling.
-    - On each due tick the scheduler emits `oih.flow.execute` (source "scheduler") and computes
-    the next run. Several scheduler replicas never fire the same tick twice (each tick is
-    claimed under a row lock). Ticks missed while the scheduler was down fire once, not once
-    per missed tick.
-    - Access follows the flow: a principal sees the schedules of the flows it may see.
+    the schedule adds what only the scheduler needs: time zone, pause, overlap and misfire
+    handling. Five fields (minute precision) or six with seconds first ("*/10 * * * * *").
+    - Time zones and daylight saving: a cron whose hour field is `*` runs in real time (every
+    matching instant, so an every-minute job keeps running through a repeated hour); one with
+    fixed hours runs on the wall clock: a time that occurs twice (fall back) fires once, at
+    its first occurrence, and a time that does not exist (spring forward) fires once, shifted
+    forward by the gap (02:30 becomes 03:30).
+    - On each due tick the scheduler calls the orchestrator's StartExecution (source
+    "scheduler") with an execution id derived from the flow and the tick, and computes the
+    next run. Exactly once under HA: a replica claims a due schedule under a row lock
+    (`SELECT … FOR UPDATE SKIP LOCKED` on PostgreSQL), so replicas never fire the same tick
+    twice; a replica that dies mid-tick releases the lock with its connection, and the next
+    claimant fires the same tick with the same execution id, which the orchestrator runs
+    once.
+    - Ticks missed while no scheduler ran (or late by more than the service's misfire grace)
+    follow the schedule's `misfire_policy`: fire once (default), skip them, or fire each one
+    within `catch_up_window`.
+    - Access follows the flow's tenant: a principal sees the schedules of its tenant's flows.
+
+    Deliberate contract changes (additive only): `overlap_policy`, `misfire_policy`,
+    `catch_up_window`, `buffered_run` and six-field cron expressions. `skip_if_running` stays and
+    is kept equal to `overlap_policy == OVERLAP_POLICY_SKIP`.
 
     REST paths owned by this service: `/v1/schedules` and everything below it.
     """
@@ -112,10 +144,10 @@ class ScheduleServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def UpdateSchedule(self, request, context):
-        """Updates a schedule: pause or resume it (`state`), or change `time_zone` or
-        `skip_if_running`. Resuming computes the next run from now (missed ticks are not fired).
-        Answers INVALID_ARGUMENT for an unknown time zone, ABORTED when `schedule.etag` is set and
-        stale.
+        """Updates a schedule: pause or resume it (`state`), or change `time_zone`,
+        `skip_if_running`, `overlap_policy`, `misfire_policy` or `catch_up_window`. Resuming computes the next run from now (missed ticks are not fired).
+        Answers INVALID_ARGUMENT for an unknown time zone or a field that cannot be changed,
+        ABORTED when `schedule.etag` is set and stale.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -123,8 +155,9 @@ class ScheduleServiceServicer:
 
     def RunScheduleNow(self, request, context):
         """Fires the schedule now, once, as if a tick were due (also when PAUSED); the regular next run
-        is not changed. Answers FAILED_PRECONDITION unless the flow is ACTIVE, or when
-        `skip_if_running` is set and an execution started by the schedule is still running.
+        is not changed; `last_execution` names the run it started. Answers FAILED_PRECONDITION
+        unless the flow is ACTIVE, or when the overlap policy is not ALLOW and an execution
+        started by the schedule is still running.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -172,12 +205,28 @@ class ScheduleService:
     survive stopping and restarting the flow. The schedule's id is its flow's id: the schedule
     of `flows/f1` is `schedules/f1`.
     - The cron expression belongs to the flow (change it there; it applies at the next start);
-    the schedule adds what only the scheduler needs: time zone, pause and overlap handling.
-    - On each due tick the scheduler emits `oih.flow.execute` (source "scheduler") and computes
-    the next run. Several scheduler replicas never fire the same tick twice (each tick is
-    claimed under a row lock). Ticks missed while the scheduler was down fire once, not once
-    per missed tick.
-    - Access follows the flow: a principal sees the schedules of the flows it may see.
+    the schedule adds what only the scheduler needs: time zone, pause, overlap and misfire
+    handling. Five fields (minute precision) or six with seconds first ("*/10 * * * * *").
+    - Time zones and daylight saving: a cron whose hour field is `*` runs in real time (every
+    matching instant, so an every-minute job keeps running through a repeated hour); one with
+    fixed hours runs on the wall clock: a time that occurs twice (fall back) fires once, at
+    its first occurrence, and a time that does not exist (spring forward) fires once, shifted
+    forward by the gap (02:30 becomes 03:30).
+    - On each due tick the scheduler calls the orchestrator's StartExecution (source
+    "scheduler") with an execution id derived from the flow and the tick, and computes the
+    next run. Exactly once under HA: a replica claims a due schedule under a row lock
+    (`SELECT … FOR UPDATE SKIP LOCKED` on PostgreSQL), so replicas never fire the same tick
+    twice; a replica that dies mid-tick releases the lock with its connection, and the next
+    claimant fires the same tick with the same execution id, which the orchestrator runs
+    once.
+    - Ticks missed while no scheduler ran (or late by more than the service's misfire grace)
+    follow the schedule's `misfire_policy`: fire once (default), skip them, or fire each one
+    within `catch_up_window`.
+    - Access follows the flow's tenant: a principal sees the schedules of its tenant's flows.
+
+    Deliberate contract changes (additive only): `overlap_policy`, `misfire_policy`,
+    `catch_up_window`, `buffered_run` and six-field cron expressions. `skip_if_running` stays and
+    is kept equal to `overlap_policy == OVERLAP_POLICY_SKIP`.
 
     REST paths owned by this service: `/v1/schedules` and everything below it.
     """

@@ -31,7 +31,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from oih.auth.v1 import auth_pb2 as oih_dot_auth_dot_v1_dot_auth__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n oih/snapshots/v1/snapshots.proto\x12\x10oih.snapshots.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a google/protobuf/field_mask.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x16oih/auth/v1/auth.proto\"\xc2\x01\n\x08Snapshot\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x08\x12\x1a\n\x0c\x65xecution_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x05\x12+\n\x04\x64\x61ta\x18\x03 \x01(\x0b\x32\x17.google.protobuf.StructB\x04\xe2\x41\x01\x02\x12\x14\n\x06tenant\x18\x04 \x01(\tB\x04\xe2\x41\x01\x03\x12\x35\n\x0bupdate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x0c\n\x04\x65tag\x18\x06 \x01(\t\">\n\x12GetSnapshotRequest\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x14\n\x0c\x65xecution_id\x18\x02 \x01(\t\"c\n\x14ListSnapshotsRequest\x12\x14\n\x06parent\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12\x0e\n\x06\x66ilter\x18\x04 \x01(\t\"_\n\x15ListSnapshotsResponse\x12-\n\tsnapshots\x18\x01 \x03(\x0b\x32\x1a.oih.snapshots.v1.Snapshot\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x93\x01\n\x15UpdateSnapshotRequest\x12\x32\n\x08snapshot\x18\x01 \x01(\x0b\x32\x1a.oih.snapshots.v1.SnapshotB\x04\xe2\x41\x01\x02\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\x12\x15\n\rallow_missing\x18\x03 \x01(\x08\"O\n\x15\x44\x65leteSnapshotRequest\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x14\n\x0c\x65xecution_id\x18\x02 \x01(\t\x12\x0c\n\x04\x65tag\x18\x03 \x01(\t2\x86\x05\n\x0fSnapshotService\x12\x90\x01\n\x0bGetSnapshot\x12$.oih.snapshots.v1.GetSnapshotRequest\x1a\x1a.oih.snapshots.v1.Snapshot\"?\x92\x82\x19\x10\n\x0esnapshots.read\x82\xd3\xe4\x93\x02%\x12#/v1/{name=flows/*/steps/*/snapshot}\x12\x9c\x01\n\rListSnapshots\x12&.oih.snapshots.v1.ListSnapshotsRequest\x1a\'.oih.snapshots.v1.ListSnapshotsResponse\":\x92\x82\x19\x10\n\x0esnapshots.read\x82\xd3\xe4\x93\x02 \x12\x1e/v1/{parent=flows/*}/snapshots\x12\xaa\x01\n\x0eUpdateSnapshot\x12\'.oih.snapshots.v1.UpdateSnapshotRequest\x1a\x1a.oih.snapshots.v1.Snapshot\"S\x92\x82\x19\x11\n\x0fsnapshots.write\x82\xd3\xe4\x93\x02\x38\x32,/v1/{snapshot.name=flows/*/steps/*/snapshot}:\x08snapshot\x12\x93\x01\n\x0e\x44\x65leteSnapshot\x12\'.oih.snapshots.v1.DeleteSnapshotRequest\x1a\x16.google.protobuf.Empty\"@\x92\x82\x19\x11\n\x0fsnapshots.write\x82\xd3\xe4\x93\x02%*#/v1/{name=flows/*/steps/*/snapshot}b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n oih/snapshots/v1/snapshots.proto\x12\x10oih.snapshots.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a google/protobuf/field_mask.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x16oih/auth/v1/auth.proto\"\xda\x01\n\x08Snapshot\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x08\x12\x1a\n\x0c\x65xecution_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x05\x12+\n\x04\x64\x61ta\x18\x03 \x01(\x0b\x32\x17.google.protobuf.StructB\x04\xe2\x41\x01\x02\x12\x14\n\x06tenant\x18\x04 \x01(\tB\x04\xe2\x41\x01\x03\x12\x35\n\x0bupdate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x0c\n\x04\x65tag\x18\x06 \x01(\t\x12\x16\n\x08sequence\x18\x07 \x01(\x03\x42\x04\xe2\x41\x01\x03\">\n\x12GetSnapshotRequest\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x14\n\x0c\x65xecution_id\x18\x02 \x01(\t\"c\n\x14ListSnapshotsRequest\x12\x14\n\x06parent\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12\x0e\n\x06\x66ilter\x18\x04 \x01(\t\"_\n\x15ListSnapshotsResponse\x12-\n\tsnapshots\x18\x01 \x03(\x0b\x32\x1a.oih.snapshots.v1.Snapshot\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x93\x01\n\x15UpdateSnapshotRequest\x12\x32\n\x08snapshot\x18\x01 \x01(\x0b\x32\x1a.oih.snapshots.v1.SnapshotB\x04\xe2\x41\x01\x02\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\x12\x15\n\rallow_missing\x18\x03 \x01(\x08\"O\n\x15\x44\x65leteSnapshotRequest\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x14\n\x0c\x65xecution_id\x18\x02 \x01(\t\x12\x0c\n\x04\x65tag\x18\x03 \x01(\t2\x86\x05\n\x0fSnapshotService\x12\x90\x01\n\x0bGetSnapshot\x12$.oih.snapshots.v1.GetSnapshotRequest\x1a\x1a.oih.snapshots.v1.Snapshot\"?\x92\x82\x19\x10\n\x0esnapshots.read\x82\xd3\xe4\x93\x02%\x12#/v1/{name=flows/*/steps/*/snapshot}\x12\x9c\x01\n\rListSnapshots\x12&.oih.snapshots.v1.ListSnapshotsRequest\x1a\'.oih.snapshots.v1.ListSnapshotsResponse\":\x92\x82\x19\x10\n\x0esnapshots.read\x82\xd3\xe4\x93\x02 \x12\x1e/v1/{parent=flows/*}/snapshots\x12\xaa\x01\n\x0eUpdateSnapshot\x12\'.oih.snapshots.v1.UpdateSnapshotRequest\x1a\x1a.oih.snapshots.v1.Snapshot\"S\x92\x82\x19\x11\n\x0fsnapshots.write\x82\xd3\xe4\x93\x02\x38\x32,/v1/{snapshot.name=flows/*/steps/*/snapshot}:\x08snapshot\x12\x93\x01\n\x0e\x44\x65leteSnapshot\x12\'.oih.snapshots.v1.DeleteSnapshotRequest\x1a\x16.google.protobuf.Empty\"@\x92\x82\x19\x11\n\x0fsnapshots.write\x82\xd3\xe4\x93\x02%*#/v1/{name=flows/*/steps/*/snapshot}b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -48,6 +48,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SNAPSHOT'].fields_by_name['tenant']._serialized_options = b'\342A\001\003'
   _globals['_SNAPSHOT'].fields_by_name['update_time']._loaded_options = None
   _globals['_SNAPSHOT'].fields_by_name['update_time']._serialized_options = b'\342A\001\003'
+  _globals['_SNAPSHOT'].fields_by_name['sequence']._loaded_options = None
+  _globals['_SNAPSHOT'].fields_by_name['sequence']._serialized_options = b'\342A\001\003'
   _globals['_GETSNAPSHOTREQUEST'].fields_by_name['name']._loaded_options = None
   _globals['_GETSNAPSHOTREQUEST'].fields_by_name['name']._serialized_options = b'\342A\001\002'
   _globals['_LISTSNAPSHOTSREQUEST'].fields_by_name['parent']._loaded_options = None
@@ -65,17 +67,17 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SNAPSHOTSERVICE'].methods_by_name['DeleteSnapshot']._loaded_options = None
   _globals['_SNAPSHOTSERVICE'].methods_by_name['DeleteSnapshot']._serialized_options = b'\222\202\031\021\n\017snapshots.write\202\323\344\223\002%*#/v1/{name=flows/*/steps/*/snapshot}'
   _globals['_SNAPSHOT']._serialized_start=268
-  _globals['_SNAPSHOT']._serialized_end=462
-  _globals['_GETSNAPSHOTREQUEST']._serialized_start=464
-  _globals['_GETSNAPSHOTREQUEST']._serialized_end=526
-  _globals['_LISTSNAPSHOTSREQUEST']._serialized_start=528
-  _globals['_LISTSNAPSHOTSREQUEST']._serialized_end=627
-  _globals['_LISTSNAPSHOTSRESPONSE']._serialized_start=629
-  _globals['_LISTSNAPSHOTSRESPONSE']._serialized_end=724
-  _globals['_UPDATESNAPSHOTREQUEST']._serialized_start=727
-  _globals['_UPDATESNAPSHOTREQUEST']._serialized_end=874
-  _globals['_DELETESNAPSHOTREQUEST']._serialized_start=876
-  _globals['_DELETESNAPSHOTREQUEST']._serialized_end=955
-  _globals['_SNAPSHOTSERVICE']._serialized_start=958
-  _globals['_SNAPSHOTSERVICE']._serialized_end=1604
+  _globals['_SNAPSHOT']._serialized_end=486
+  _globals['_GETSNAPSHOTREQUEST']._serialized_start=488
+  _globals['_GETSNAPSHOTREQUEST']._serialized_end=550
+  _globals['_LISTSNAPSHOTSREQUEST']._serialized_start=552
+  _globals['_LISTSNAPSHOTSREQUEST']._serialized_end=651
+  _globals['_LISTSNAPSHOTSRESPONSE']._serialized_start=653
+  _globals['_LISTSNAPSHOTSRESPONSE']._serialized_end=748
+  _globals['_UPDATESNAPSHOTREQUEST']._serialized_start=751
+  _globals['_UPDATESNAPSHOTREQUEST']._serialized_end=898
+  _globals['_DELETESNAPSHOTREQUEST']._serialized_start=900
+  _globals['_DELETESNAPSHOTREQUEST']._serialized_end=979
+  _globals['_SNAPSHOTSERVICE']._serialized_start=982
+  _globals['_SNAPSHOTSERVICE']._serialized_end=1628
 # @@protoc_insertion_point(module_scope)

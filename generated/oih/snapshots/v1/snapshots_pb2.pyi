@@ -33,6 +33,7 @@ class Snapshot(_message.Message):
     TENANT_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
     ETAG_FIELD_NUMBER: _builtins.int
+    SEQUENCE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Resource name, `flows/{flow}/steps/{step}/snapshot`."""
     execution_id: _builtins.str
@@ -42,6 +43,10 @@ class Snapshot(_message.Message):
     etag: _builtins.str
     """Opaque version of the stored snapshot, changed by every save. Send it back in Update or
     Delete to make the call fail with ABORTED if the snapshot changed meanwhile.
+    """
+    sequence: _builtins.int
+    """The emission sequence number of the stored write (workers' writes are applied only in
+    increasing order; an operator's Update takes the current time in microseconds).
     """
     @_builtins.property
     def data(self) -> _struct_pb2.Struct:
@@ -60,10 +65,11 @@ class Snapshot(_message.Message):
         tenant: _builtins.str = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
         etag: _builtins.str = ...,
+        sequence: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "etag", b"etag", "execution_id", b"execution_id", "name", b"name", "tenant", b"tenant", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "etag", b"etag", "execution_id", b"execution_id", "name", b"name", "sequence", b"sequence", "tenant", b"tenant", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

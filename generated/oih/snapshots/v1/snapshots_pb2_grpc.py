@@ -41,6 +41,10 @@ class SnapshotServiceStub:
     snapshot routing key; this service consumes them, stores them and emits
     `oih.snapshot.updated`. The API below is for workers reading state and for operators who
     inspect, correct or reset it.
+    - Writes apply in emission order, whatever order the broker delivers them in: each write
+    carries the step's `sequence` number (the worker's, growing with every emission and across
+    worker restarts), and a write with a lower sequence than the stored one is dropped. A
+    deletion keeps its sequence too, so a late older write cannot bring a snapshot back.
     - Access follows the flow: a principal sees the snapshots of the flows it may see.
 
     REST paths owned by this service (Envoy routes them here by matching the path after
@@ -90,6 +94,10 @@ class SnapshotServiceServicer:
     snapshot routing key; this service consumes them, stores them and emits
     `oih.snapshot.updated`. The API below is for workers reading state and for operators who
     inspect, correct or reset it.
+    - Writes apply in emission order, whatever order the broker delivers them in: each write
+    carries the step's `sequence` number (the worker's, growing with every emission and across
+    worker restarts), and a write with a lower sequence than the stored one is dropped. A
+    deletion keeps its sequence too, so a late older write cannot bring a snapshot back.
     - Access follows the flow: a principal sees the snapshots of the flows it may see.
 
     REST paths owned by this service (Envoy routes them here by matching the path after
@@ -105,7 +113,8 @@ class SnapshotServiceServicer:
 
     def ListSnapshots(self, request, context):
         """Lists the snapshots of a flow's steps, by step id. Answers INVALID_ARGUMENT for a filter it
-        cannot parse.
+        cannot parse, NOT_FOUND for a flow the caller may not see (or that this service does not
+        know).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -114,7 +123,8 @@ class SnapshotServiceServicer:
     def UpdateSnapshot(self, request, context):
         """Replaces a snapshot's data (for operators, for example to reset a poller's position).
         Answers NOT_FOUND when the snapshot does not exist unless `allow_missing` is set, ABORTED
-        when `snapshot.etag` is set and stale. Emits `oih.snapshot.updated`.
+        when `snapshot.etag` is set and stale. Emits `oih.snapshot.updated`. A running worker keeps
+        its state in memory: the change reaches it when the flow next starts (stop, update, start).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -174,6 +184,10 @@ class SnapshotService:
     snapshot routing key; this service consumes them, stores them and emits
     `oih.snapshot.updated`. The API below is for workers reading state and for operators who
     inspect, correct or reset it.
+    - Writes apply in emission order, whatever order the broker delivers them in: each write
+    carries the step's `sequence` number (the worker's, growing with every emission and across
+    worker restarts), and a write with a lower sequence than the stored one is dropped. A
+    deletion keeps its sequence too, so a late older write cannot bring a snapshot back.
     - Access follows the flow: a principal sees the snapshots of the flows it may see.
 
     REST paths owned by this service (Envoy routes them here by matching the path after

@@ -42,6 +42,10 @@ class SnapshotServiceStub:
       snapshot routing key; this service consumes them, stores them and emits
       `oih.snapshot.updated`. The API below is for workers reading state and for operators who
       inspect, correct or reset it.
+    - Writes apply in emission order, whatever order the broker delivers them in: each write
+      carries the step's `sequence` number (the worker's, growing with every emission and across
+      worker restarts), and a write with a lower sequence than the stored one is dropped. A
+      deletion keeps its sequence too, so a late older write cannot bring a snapshot back.
     - Access follows the flow: a principal sees the snapshots of the flows it may see.
 
     REST paths owned by this service (Envoy routes them here by matching the path after
@@ -56,12 +60,14 @@ class SnapshotServiceStub:
     """Returns a step's snapshot; NOT_FOUND when the step has none (for that execution)."""
     ListSnapshots: _grpc.UnaryUnaryMultiCallable[_snapshots_pb2.ListSnapshotsRequest, _snapshots_pb2.ListSnapshotsResponse]
     """Lists the snapshots of a flow's steps, by step id. Answers INVALID_ARGUMENT for a filter it
-    cannot parse.
+    cannot parse, NOT_FOUND for a flow the caller may not see (or that this service does not
+    know).
     """
     UpdateSnapshot: _grpc.UnaryUnaryMultiCallable[_snapshots_pb2.UpdateSnapshotRequest, _snapshots_pb2.Snapshot]
     """Replaces a snapshot's data (for operators, for example to reset a poller's position).
     Answers NOT_FOUND when the snapshot does not exist unless `allow_missing` is set, ABORTED
-    when `snapshot.etag` is set and stale. Emits `oih.snapshot.updated`.
+    when `snapshot.etag` is set and stale. Emits `oih.snapshot.updated`. A running worker keeps
+    its state in memory: the change reaches it when the flow next starts (stop, update, start).
     """
     DeleteSnapshot: _grpc.UnaryUnaryMultiCallable[_snapshots_pb2.DeleteSnapshotRequest, _empty_pb2.Empty]
     """Deletes a snapshot, so the step starts from scratch. Answers NOT_FOUND when it does not
@@ -84,6 +90,10 @@ class SnapshotServiceAsyncStub(SnapshotServiceStub):
       snapshot routing key; this service consumes them, stores them and emits
       `oih.snapshot.updated`. The API below is for workers reading state and for operators who
       inspect, correct or reset it.
+    - Writes apply in emission order, whatever order the broker delivers them in: each write
+      carries the step's `sequence` number (the worker's, growing with every emission and across
+      worker restarts), and a write with a lower sequence than the stored one is dropped. A
+      deletion keeps its sequence too, so a late older write cannot bring a snapshot back.
     - Access follows the flow: a principal sees the snapshots of the flows it may see.
 
     REST paths owned by this service (Envoy routes them here by matching the path after
@@ -95,12 +105,14 @@ class SnapshotServiceAsyncStub(SnapshotServiceStub):
     """Returns a step's snapshot; NOT_FOUND when the step has none (for that execution)."""
     ListSnapshots: _aio.UnaryUnaryMultiCallable[_snapshots_pb2.ListSnapshotsRequest, _snapshots_pb2.ListSnapshotsResponse]  # type: ignore[assignment]
     """Lists the snapshots of a flow's steps, by step id. Answers INVALID_ARGUMENT for a filter it
-    cannot parse.
+    cannot parse, NOT_FOUND for a flow the caller may not see (or that this service does not
+    know).
     """
     UpdateSnapshot: _aio.UnaryUnaryMultiCallable[_snapshots_pb2.UpdateSnapshotRequest, _snapshots_pb2.Snapshot]  # type: ignore[assignment]
     """Replaces a snapshot's data (for operators, for example to reset a poller's position).
     Answers NOT_FOUND when the snapshot does not exist unless `allow_missing` is set, ABORTED
-    when `snapshot.etag` is set and stale. Emits `oih.snapshot.updated`.
+    when `snapshot.etag` is set and stale. Emits `oih.snapshot.updated`. A running worker keeps
+    its state in memory: the change reaches it when the flow next starts (stop, update, start).
     """
     DeleteSnapshot: _aio.UnaryUnaryMultiCallable[_snapshots_pb2.DeleteSnapshotRequest, _empty_pb2.Empty]  # type: ignore[assignment]
     """Deletes a snapshot, so the step starts from scratch. Answers NOT_FOUND when it does not
@@ -122,6 +134,10 @@ class SnapshotServiceServicer(metaclass=_abc_1.ABCMeta):
       snapshot routing key; this service consumes them, stores them and emits
       `oih.snapshot.updated`. The API below is for workers reading state and for operators who
       inspect, correct or reset it.
+    - Writes apply in emission order, whatever order the broker delivers them in: each write
+      carries the step's `sequence` number (the worker's, growing with every emission and across
+      worker restarts), and a write with a lower sequence than the stored one is dropped. A
+      deletion keeps its sequence too, so a late older write cannot bring a snapshot back.
     - Access follows the flow: a principal sees the snapshots of the flows it may see.
 
     REST paths owned by this service (Envoy routes them here by matching the path after
@@ -143,7 +159,8 @@ class SnapshotServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_snapshots_pb2.ListSnapshotsResponse, _abc.Awaitable[_snapshots_pb2.ListSnapshotsResponse]]:
         """Lists the snapshots of a flow's steps, by step id. Answers INVALID_ARGUMENT for a filter it
-        cannot parse.
+        cannot parse, NOT_FOUND for a flow the caller may not see (or that this service does not
+        know).
         """
 
     @_abc_1.abstractmethod
@@ -154,7 +171,8 @@ class SnapshotServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_snapshots_pb2.Snapshot, _abc.Awaitable[_snapshots_pb2.Snapshot]]:
         """Replaces a snapshot's data (for operators, for example to reset a poller's position).
         Answers NOT_FOUND when the snapshot does not exist unless `allow_missing` is set, ABORTED
-        when `snapshot.etag` is set and stale. Emits `oih.snapshot.updated`.
+        when `snapshot.etag` is set and stale. Emits `oih.snapshot.updated`. A running worker keeps
+        its state in memory: the change reaches it when the flow next starts (stop, update, start).
         """
 
     @_abc_1.abstractmethod
