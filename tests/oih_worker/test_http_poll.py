@@ -13,7 +13,7 @@ import pytest
 
 from oih_sdk import Message, NonRetryableError, Snapshot, is_retryable, load_function
 from oih_sdk.egress import ALLOWED_NETWORKS_ENV, EgressRefused
-from oih_worker.process import collect
+from oih_worker.process import emitted
 
 POLL = load_function("oih_builtins.http_poll:component", "poll")
 
@@ -53,8 +53,11 @@ def loopback_allowed(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def run(config: dict[str, Any], snapshot: dict[str, Any]
         ) -> tuple[list[dict[str, Any]], Snapshot | None]:
-    outputs, new = collect(POLL(Message(data={}), config, snapshot))
-    return [o if isinstance(o, dict) else o.data for o in outputs], new
+    items = list(emitted(POLL(Message(data={}), config, snapshot)))
+    snapshots = [item for item in items if isinstance(item, Snapshot)]
+    outputs = [item for item in items if isinstance(item, Message | dict)]
+    return ([o if isinstance(o, dict) else o.data for o in outputs],
+            snapshots[-1] if snapshots else None)
 
 
 def test_emits_only_newer_items_and_advances(feed: Feed, loopback_allowed: None) -> None:
