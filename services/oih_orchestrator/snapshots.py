@@ -50,5 +50,9 @@ class SnapshotReader:
                 if not token:
                     return found
         except grpc.RpcError as error:
+            if error.code() == grpc.StatusCode.NOT_FOUND:
+                # The Snapshots service learns flows from their events; one it has not heard of
+                # yet (a start right after the flow was created) has no snapshot either.
+                return found
             raise SnapshotsUnavailable(
                 f"the Snapshots service did not answer: {error.code()}") from None

@@ -193,7 +193,8 @@ def wait_state(rest: httpx.Client, token: str, flow: str, state: str,
     while True:
         current = rest.get(f"/v1/{flow}", headers=auth(token)).json()
         if current["state"] == state or time.monotonic() > deadline:
-            assert current["state"] == state, current
+            assert current["state"] == state, (
+                f"{flow} is {current['state']}, not {state}: {current.get('state_reason')!r}")
             return dict(current)
         time.sleep(0.1)
 

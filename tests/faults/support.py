@@ -73,8 +73,18 @@ def stop_flow(rest: httpx.Client, token: str, flow: str) -> None:
 
 def execute(rest: httpx.Client, token: str, flow: str, data: dict[str, Any]) -> bool:
     """Run the flow once; True when the platform accepted the execution (HTTP 200)."""
-    reply = rest.post(f"/v1/{flow}:execute", headers=auth(token), json={"data": data})
-    return reply.status_code == 200
+    return execute_status(rest, token, flow, data) == 200
+
+
+def execute_status(rest: httpx.Client, token: str, flow: str, data: dict[str, Any]) -> int:
+    """Run the flow once; the HTTP status (0: no answer). A refusal must be JSON."""
+    try:
+        reply = rest.post(f"/v1/{flow}:execute", headers=auth(token), json={"data": data})
+    except httpx.HTTPError:
+        return 0
+    if reply.status_code != 200:
+        assert reply.headers.get("content-type", "").startswith("application/json"), reply.text
+    return reply.status_code
 
 
 def execute_many(rest: httpx.Client, token: str, flow: str, numbers: range) -> set[int]:
@@ -92,7 +102,8 @@ class Load:
                  pause: float = 0.0) -> None:
         self.rest, self.token, self.flows, self.pause = rest, token, flows, pause
         self.accepted: dict[str, set[int]] = {flow: set() for flow in flows}
-        self.refused = 0
+        #: The HTTP status of every refused execution (0: no answer at all).
+        self.refusals: list[int] = []
         self._next = start
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -108,14 +119,11 @@ class Load:
     def _run(self) -> None:
         while not self._stop.is_set():
             for flow in self.flows:
-                try:
-                    ok = execute(self.rest, self.token, flow, {"n": self._next})
-                except httpx.HTTPError:
-                    ok = False
-                if ok:
+                status = execute_status(self.rest, self.token, flow, {"n": self._next})
+                if status == 200:
                     self.accepted[flow].add(self._next)
                 else:
-                    self.refused += 1
+                    self.refusals.append(status)
             self._next += 1
             self._stop.wait(self.pause)
 

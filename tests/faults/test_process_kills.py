@@ -75,12 +75,14 @@ def test_a_killed_orchestrator_is_restarted_and_adopts_the_workers_that_kept_run
     with Load(rest, token, [flow]) as load:
         wait_for(lambda: len(arrived(platform, flow)) >= 20, 60, "some progress")
         orchestrator.send_signal(signal.SIGKILL)
-        # `oih up`'s supervisor restarts it; executions accepted meanwhile wait in its queue.
+        # `oih up`'s supervisor restarts it. Meanwhile the Flow Repository waits for it
+        # (wait_for_ready) within its deadline; a trigger it cannot place is refused as
+        # retryable (503 JSON), never accepted and lost.
         platform.wait_restarted("orchestrator", restarts + 1)
         progress = len(arrived(platform, flow))
         wait_for(lambda: len(arrived(platform, flow)) >= progress + 20, 60,
                  "progress after the restart")
-    assert load.refused == 0
+    assert set(load.refusals) <= {503}, load.refusals
     assert orchestrator.poll() is not None and not psutil.pid_exists(orchestrator.pid)
     assert platform.children["orchestrator"].pid != orchestrator.pid
     # The same worker processes, one per step, and the new orchestrator knows them as such.

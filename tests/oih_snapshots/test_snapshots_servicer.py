@@ -15,8 +15,10 @@ from google.protobuf import field_mask_pb2, struct_pb2
 from oih.snapshots.v1 import snapshots_pb2 as pb
 from oih.snapshots.v1 import snapshots_pb2_grpc
 from oih_dataplane import topology
+from oih_orchestrator.snapshots import SnapshotReader
 from oih_runtime import server as runtime_server
 from oih_runtime import settings as runtime_settings
+from oih_runtime.clients import authenticated_channel
 from oih_snapshots import ingest
 from oih_snapshots.server import Built, build
 from tests.oih_snapshots.test_ordering import known_flow, write
@@ -173,3 +175,15 @@ def test_list_with_a_bad_filter_or_parent(stub: snapshots_pb2_grpc.SnapshotServi
             stub.ListSnapshots(request, metadata=md(issuer, "tenants/a"))
         assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert field in field_violations(caught.value)
+
+
+def test_the_orchestrators_reader_finds_no_snapshot_of_a_flow_the_service_has_not_heard_of(
+        service: tuple[Built, str], issuer: TestIssuer) -> None:
+    # A start right after the flow was created may come before the Snapshots service consumed
+    # the flow's event: the flow has no snapshot yet, and its deployment must not fail.
+    platform = issuer.token(subject="service-accounts/platform", tenant="tenants/platform",
+                            permissions=("all",), typ="service")
+    reader = SnapshotReader(authenticated_channel(service[1], lambda: platform))
+    assert reader.persistent(uuid.uuid4().hex[:10]) == {}
+    flow_id = flow_with_snapshot(service, "tenants/a")
+    assert reader.persistent(flow_id) == {"poll": ({"position": 7}, 100)}
