@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import event
+from sqlalchemy import event, exc
 from sqlalchemy.engine import Engine, make_url
 from sqlmodel import Session, SQLModel, create_engine
 
@@ -32,6 +32,20 @@ def normalise_url(url: str) -> str:
     if parsed.drivername in ("postgresql", "postgres"):
         return parsed.set(drivername=POSTGRESQL_DRIVER).render_as_string(hide_password=False)
     return url
+
+
+def is_unavailable(error: BaseException) -> bool:
+    """Whether `error` says the database cannot be used right now, not that the statement is
+    wrong: the server is down or restarting, a connection broke (a crash, a failover, a
+    network cut), the pool has no connection to give within its timeout, or SQLite's file is
+    locked beyond the busy timeout. The same call may succeed later, so a request answers
+    UNAVAILABLE (503, retryable) and a background loop tries again; `pool_pre_ping` and the
+    pool's invalidation on disconnect give the next attempt a fresh connection."""
+    if isinstance(error, exc.OperationalError | exc.TimeoutError):
+        return True
+    # psycopg2 raises InterfaceError ("connection already closed") for a socket the server
+    # dropped; SQLAlchemy flags every such disconnect.
+    return isinstance(error, exc.DBAPIError) and error.connection_invalidated
 
 
 def make_engine(url: str, *, tables: Iterable[type[SQLModel]]) -> Engine:
