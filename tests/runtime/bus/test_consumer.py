@@ -6,6 +6,7 @@ import threading
 import time
 from collections.abc import Iterator
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -25,7 +26,7 @@ from oih_runtime.bus import (
 )
 from oih_runtime.bus.cli import main as cli_main
 from oih_runtime.clock import utcnow
-from oih_runtime.db import transaction
+from oih_runtime.db import create_tables, make_engine, transaction
 from tests.runtime.bus.support import Amqp, Widget, wait_for
 
 TYPE = "oih.iam.tenant.deleted"
@@ -251,3 +252,26 @@ def test_consumer_forgets_its_old_event_ids_and_only_its_own(engine: Engine, amq
         wait_for(lambda: remembered() == {"another-service"})
     finally:
         consumer.stop()
+
+
+def test_a_database_outage_costs_no_attempt_and_dead_letters_nothing(
+        tmp_path: Path, amqp: Amqp) -> None:
+    # No tables yet: every handling fails with the OperationalError of a database that is
+    # away, until they are there ("the database is back").
+    engine = make_engine(f"sqlite:///{tmp_path / 'late.db'}", tables=())
+    consumer = Consumer(engine, amqp.service, url=amqp.url, exchange=amqp.exchange,
+                        prefetch=10, retry=RETRY, reconnect_initial=0.05)
+    handler = Recorder()
+    consumer.on(TYPE, handler, iam_pb2.TenantChanged)
+    try:
+        start(consumer)
+        amqp.publish_event(tenant_event("tenants/a"))
+        amqp.publish_event(tenant_event("tenants/b"))
+        time.sleep(1.5)  # far longer than the whole retry policy (50 ms + 100 ms)
+        assert amqp.depth(amqp.service_queues.dead) == 0
+        create_tables(engine, (ProcessedEvent, Widget))
+        wait_for(lambda: sorted(widgets(engine)) == ["tenants/a", "tenants/b"])
+        assert amqp.depth(amqp.service_queues.dead) == 0
+    finally:
+        consumer.stop()
+        engine.dispose()
