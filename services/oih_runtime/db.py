@@ -34,6 +34,11 @@ def normalise_url(url: str) -> str:
     return url
 
 
+#: The longest a background loop waits between tries while the database is away (its wait
+#: doubles up to this): short enough that work resumes soon after the database is back.
+UNAVAILABLE_WAIT_MAX = 10.0
+
+
 def is_unavailable(error: BaseException) -> bool:
     """Whether `error` says the database cannot be used right now, not that the statement is
     wrong: the server is down or restarting, a connection broke (a crash, a failover, a

@@ -34,7 +34,7 @@ from sqlmodel import Session, col
 from oih.events.v1 import event_pb2
 from oih_runtime.background import Reconnecting
 from oih_runtime.clock import utcnow
-from oih_runtime.db import is_unavailable, transaction
+from oih_runtime.db import UNAVAILABLE_WAIT_MAX, is_unavailable, transaction
 
 from .models import ProcessedEvent
 from .topology import (
@@ -50,9 +50,6 @@ from .topology import (
 )
 
 log = logging.getLogger(__name__)
-
-#: The longest pause of a consumer waiting for its database (see `_wait_for_database`).
-DATABASE_WAIT_MAX = 10.0
 
 Handler = Callable[[Session, event_pb2.Event, Any], None]
 
@@ -226,7 +223,7 @@ class Consumer:
         place) and the consumer pauses, doubling the pause while the outage lasts."""
         channel.basic_nack(method.delivery_tag, requeue=True)
         wait = self._database_wait
-        self._database_wait = min(wait * 2, DATABASE_WAIT_MAX)
+        self._database_wait = min(wait * 2, self.reconnect_max, UNAVAILABLE_WAIT_MAX)
         log.warning("consumer %s: the database is unavailable (%s); pausing %.1fs",
                     self.service, type(error).__name__, wait)
         deadline = time.monotonic() + wait

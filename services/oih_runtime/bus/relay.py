@@ -27,7 +27,12 @@ from sqlmodel import col
 
 from oih_runtime.background import Reconnecting
 from oih_runtime.clock import utcnow
-from oih_runtime.db import is_unavailable, reclaim_free_pages, transaction
+from oih_runtime.db import (
+    UNAVAILABLE_WAIT_MAX,
+    is_unavailable,
+    reclaim_free_pages,
+    transaction,
+)
 
 from . import outbox
 from .models import OutboxEvent
@@ -138,7 +143,7 @@ class Relay:
                 log.warning("%s: the database is unavailable (%s); trying again in %.1fs",
                             self.name, type(error).__name__, wait)
                 publisher.idle(wait, self._stopping)
-                wait = min(wait * 2, self.reconnect_max)
+                wait = min(wait * 2, self.reconnect_max, UNAVAILABLE_WAIT_MAX)
                 continue
             wait = self.reconnect_initial
             if full:
