@@ -11,6 +11,7 @@ error is logged with its trace, and its parameters may be password hashes or sec
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -46,11 +47,19 @@ def is_unavailable(error: BaseException) -> bool:
     locked beyond the busy timeout. The same call may succeed later, so a request answers
     UNAVAILABLE (503, retryable) and a background loop tries again; `pool_pre_ping` and the
     pool's invalidation on disconnect give the next attempt a fresh connection."""
-    if isinstance(error, exc.OperationalError | exc.TimeoutError):
+    if isinstance(error, exc.TimeoutError):
         return True
     # psycopg2 raises InterfaceError ("connection already closed") for a socket the server
     # dropped; SQLAlchemy flags every such disconnect.
-    return isinstance(error, exc.DBAPIError) and error.connection_invalidated
+    if isinstance(error, exc.DBAPIError) and error.connection_invalidated:
+        return True
+    if not isinstance(error, exc.OperationalError):
+        return False
+    if isinstance(error.orig, sqlite3.Error):
+        # SQLite raises OperationalError for bugs too (a syntax error, a missing column):
+        # those must fail loudly, not wait forever. Only a lock held too long is transient.
+        return "locked" in str(error.orig) or "busy" in str(error.orig)
+    return True  # PostgreSQL: cannot connect, the server is shutting down or starting up
 
 
 def make_engine(url: str, *, tables: Iterable[type[SQLModel]]) -> Engine:

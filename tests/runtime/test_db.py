@@ -156,6 +156,10 @@ def test_a_database_that_is_away_counts_as_unavailable_and_a_bad_statement_does_
     with pytest.raises(IntegrityError) as duplicate, transaction(engine) as session:
         session.add(CounterRow(id="c"))
     assert not is_unavailable(duplicate.value)
+    # SQLite calls a bad statement an OperationalError too: a bug, not an outage.
+    with pytest.raises(OperationalError) as bad, transaction(engine) as session:
+        session.connection().exec_driver_sql("SELECT missing FROM test_runtime_counter")
+    assert not is_unavailable(bad.value)
     assert not is_unavailable(ValueError("not a database error"))
 
 

@@ -7,16 +7,18 @@ import time
 from datetime import timedelta
 from pathlib import Path
 
+import pytest
 from google.protobuf import struct_pb2
-from sqlalchemy import func
+from sqlalchemy import create_engine, func
 from sqlalchemy.engine import Engine
 from sqlmodel import col, select
 
 from oih.events.v1 import event_pb2, iam_pb2
 from oih_runtime.bus import Outbox, OutboxEvent, Relay
 from oih_runtime.clock import utcnow
-from oih_runtime.db import create_tables, make_engine, transaction
+from oih_runtime.db import make_engine, transaction
 from tests.runtime.bus.support import Amqp, wait_for
+from tests.support import postgres
 from tests.support.query_plans import assert_served_by_index
 
 OUTBOX = Outbox("oih-test")
@@ -153,21 +155,20 @@ def _file_size(engine: Engine, path: Path) -> int:
     return path.stat().st_size
 
 
-def test_relay_waits_for_the_database_on_the_same_broker_connection(tmp_path: Path,
-                                                                     amqp: Amqp) -> None:
-    # No outbox table yet: every round fails with the OperationalError of a database that is
-    # away, until the table is there ("the database is back").
-    engine = make_engine(f"sqlite:///{tmp_path / 'late.db'}", tables=())
-    queue = amqp.bind_queue()
-    relay = Relay(engine, url=amqp.url, exchange=amqp.exchange, poll_interval=0.2,
-                  reconnect_initial=0.05, reconnect_max=0.2)
-    with relay:
-        assert relay.connected.wait(10)
-        publisher = relay._publisher
-        time.sleep(1)  # several failed rounds
-        assert relay.connected.is_set() and relay._publisher is publisher
-        create_tables(engine, (OutboxEvent,))
-        add_events(engine, 3)
-        assert len(amqp.get_all(queue, 3, timeout=10)) == 3
-        assert relay._publisher is publisher  # the same broker connection throughout
-    engine.dispose()
+@pytest.mark.postgres
+def test_relay_waits_for_the_database_on_the_same_broker_connection(amqp: Amqp) -> None:
+    with postgres.database_created_later((OutboxEvent,)) as (url, database_is_back):
+        engine = create_engine(url)
+        queue = amqp.bind_queue()
+        relay = Relay(engine, url=amqp.url, exchange=amqp.exchange, poll_interval=0.2,
+                      reconnect_initial=0.05, reconnect_max=0.2)
+        with relay:
+            assert relay.connected.wait(10)
+            publisher = relay._publisher
+            time.sleep(1)  # several failed rounds
+            assert relay.connected.is_set() and relay._publisher is publisher
+            database_is_back()  # at once, with its tables
+            add_events(engine, 3)
+            assert len(amqp.get_all(queue, 3, timeout=10)) == 3
+            assert relay._publisher is publisher  # the same broker connection throughout
+        engine.dispose()
