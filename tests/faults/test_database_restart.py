@@ -105,7 +105,7 @@ class Answer:
     what: str
     status: int  # 0: no answer (the client gave up or the connection failed)
     json: bool
-    error: str = ""
+    text: str = ""  # the body's start, or the client's error
 
 
 @dataclass
