@@ -48,7 +48,7 @@ from oih_dataplane import envelope, topology
 from oih_runtime import names
 from oih_runtime.bus.pipelined import PipelinedPublisher, Unroutable
 from oih_runtime.clock import aware, utcnow
-from oih_runtime.db import transaction
+from oih_runtime.db import is_unavailable, transaction
 from oih_runtime.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
 from oih_runtime.principal import Principal
 from oih_sdk import Message
@@ -178,6 +178,12 @@ class StartRecorder:
                     except IntegrityError:
                         log.info("execution start already recorded",
                                  extra={"execution_id": started.execution_id})
+            except BaseException:
+                # The database is away (or a bug): the batch goes back to the front of the
+                # queue, to be written by the next round, not forgotten.
+                with self._lock:
+                    self._queue = batch + self._queue
+                raise
             with self._lock:
                 for started in batch:
                     self._unwritten.pop((started.flow_id, started.execution_id), None)
@@ -201,8 +207,12 @@ class StartRecorder:
             self._wake.clear()
             try:
                 self.flush()
-            except Exception:  # a database hiccup: keep the rows queued, try again
-                log.exception("recording execution starts failed; retrying")
+            except Exception as error:  # the rows stay queued (flush): try again
+                if is_unavailable(error):
+                    log.warning("recording execution starts: the database is unavailable "
+                                "(%s); retrying", type(error).__name__)
+                else:
+                    log.exception("recording execution starts failed; retrying")
                 self._stopping.wait(1.0)
             self._stopping.wait(self.interval)  # lets a batch gather under load
 

@@ -11,12 +11,13 @@ error is logged with its trace, and its parameters may be password hashes or sec
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import event
+from sqlalchemy import event, exc
 from sqlalchemy.engine import Engine, make_url
 from sqlmodel import Session, SQLModel, create_engine
 
@@ -32,6 +33,33 @@ def normalise_url(url: str) -> str:
     if parsed.drivername in ("postgresql", "postgres"):
         return parsed.set(drivername=POSTGRESQL_DRIVER).render_as_string(hide_password=False)
     return url
+
+
+#: The longest a background loop waits between tries while the database is away (its wait
+#: doubles up to this): short enough that work resumes soon after the database is back.
+UNAVAILABLE_WAIT_MAX = 10.0
+
+
+def is_unavailable(error: BaseException) -> bool:
+    """Whether `error` says the database cannot be used right now, not that the statement is
+    wrong: the server is down or restarting, a connection broke (a crash, a failover, a
+    network cut), the pool has no connection to give within its timeout, or SQLite's file is
+    locked beyond the busy timeout. The same call may succeed later, so a request answers
+    UNAVAILABLE (503, retryable) and a background loop tries again; `pool_pre_ping` and the
+    pool's invalidation on disconnect give the next attempt a fresh connection."""
+    if isinstance(error, exc.TimeoutError):
+        return True
+    # psycopg2 raises InterfaceError ("connection already closed") for a socket the server
+    # dropped; SQLAlchemy flags every such disconnect.
+    if isinstance(error, exc.DBAPIError) and error.connection_invalidated:
+        return True
+    if not isinstance(error, exc.OperationalError):
+        return False
+    if isinstance(error.orig, sqlite3.Error):
+        # SQLite raises OperationalError for bugs too (a syntax error, a missing column):
+        # those must fail loudly, not wait forever. Only a lock held too long is transient.
+        return "locked" in str(error.orig) or "busy" in str(error.orig)
+    return True  # PostgreSQL: cannot connect, the server is shutting down or starting up
 
 
 def make_engine(url: str, *, tables: Iterable[type[SQLModel]]) -> Engine:

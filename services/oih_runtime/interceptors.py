@@ -16,8 +16,14 @@ from typing import Any
 
 import grpc
 
-from oih_runtime import access, depth, logs, metrics, principal
-from oih_runtime.errors import DomainError, InvalidArgument, PermissionDenied, Unauthenticated
+from oih_runtime import access, db, depth, logs, metrics, principal
+from oih_runtime.errors import (
+    DomainError,
+    InvalidArgument,
+    PermissionDenied,
+    Unauthenticated,
+    Unavailable,
+)
 from oih_runtime.tokens import TokenVerifier
 from oih_runtime.validation import check_no_nul, check_required
 
@@ -86,8 +92,10 @@ class _WrappingInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
 class ErrorInterceptor(_WrappingInterceptor):
     """Request ids, one access log line per call, and domain errors → google.rpc.Status.
 
-    Anything unexpected becomes INTERNAL with only the request id: the trace goes to the log,
-    never to the caller.
+    A database that cannot be reached (down, restarting, a broken connection) is UNAVAILABLE
+    (HTTP 503): the caller may retry, and nothing is wrong with the request. Anything else
+    unexpected becomes INTERNAL with only the request id: the trace goes to the log, never to
+    the caller.
     """
 
     def around(
@@ -109,10 +117,17 @@ class ErrorInterceptor(_WrappingInterceptor):
         except DomainError as error:
             code = error.code
             context.abort_with_status(error.to_status())
-        except Exception:
-            code = grpc.StatusCode.INTERNAL
-            log.exception("unexpected error in %s", method)
-            context.abort(grpc.StatusCode.INTERNAL, f"internal error (request id {rid})")
+        except Exception as error:
+            if db.is_unavailable(error):
+                unavailable = Unavailable("the database is not reachable right now; try again",
+                                          reason="DATABASE_UNAVAILABLE")
+                code = unavailable.code
+                log.warning("database unavailable in %s: %s", method, _first_line(error))
+                context.abort_with_status(unavailable.to_status())
+            else:
+                code = grpc.StatusCode.INTERNAL
+                log.exception("unexpected error in %s", method)
+                context.abort(grpc.StatusCode.INTERNAL, f"internal error (request id {rid})")
         finally:
             seconds = time.perf_counter() - started
             metrics.observe(method, code.name, seconds)
@@ -127,6 +142,11 @@ class ErrorInterceptor(_WrappingInterceptor):
             )
             logs.subject.reset(subject_token)
             logs.request_id.reset(token)
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 #: Metadata by which a platform service acts for the user who called it: the user's own

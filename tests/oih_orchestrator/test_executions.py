@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from google.protobuf import json_format
+from sqlalchemy import event
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
@@ -21,6 +22,7 @@ from oih_dataplane.spec import EdgeSpec, StepSpec
 from oih_orchestrator.executions import (
     ExecutionRow,
     FlowShape,
+    ReportsConsumer,
     RetentionSettings,
     StepExecutionRow,
     get_execution,
@@ -31,6 +33,7 @@ from oih_orchestrator.executions import (
     record_start,
     settle,
 )
+from oih_orchestrator.executions.consumer import _Followed
 from oih_orchestrator.executions.state import Counts, Edge, state_of
 from oih_orchestrator.server import TABLES
 from oih_runtime.bus.models import OutboxEvent
@@ -391,3 +394,32 @@ def test_retention_settings_come_from_the_environment() -> None:
                                            "OIH_ORCHESTRATOR_EXECUTION_MAX_PER_FLOW": "9"})
     assert (settings.retention_days, settings.max_per_flow) == (2.0, 9)
     assert RetentionSettings.from_env({}).retention_days == 7.0
+
+
+def test_a_report_racing_the_start_record_of_its_execution_is_merged_not_dropped(
+        engine: Engine) -> None:
+    # The start recorder (catching up after a database outage, say) inserts the execution
+    # between the consumer's read, which did not find it, and its insert.
+    consumer = ReportsConsumer(engine, "amqp://unused")
+    raced: list[bool] = []
+
+    def start_recorded_meanwhile(session: Session, *_: object) -> None:
+        if raced or not any(isinstance(row, ExecutionRow) for row in session.new):
+            return
+        raced.append(True)
+        with transaction(engine) as other:  # another connection, committed first
+            record_start(other, tenant=T1, flow_id="f1", execution_id="e1", now=NOW)
+
+    body = json_format.MessageToJson(message_pb2.StepReportBatch(  # no id: nothing flushed
+        worker="w", reports=[report("a", messages_in=1, messages_out=2)]), indent=None)
+    event.listen(Session, "before_flush", start_recorded_meanwhile)
+    try:
+        assert consumer._merge(body.encode(), _Followed(T1, SHAPE), "f1")
+    finally:
+        event.remove(Session, "before_flush", start_recorded_meanwhile)
+    assert raced
+    with Session(engine) as session:
+        step = session.get(StepExecutionRow, ("f1", "e1", "a"))
+        assert step is not None and (step.messages_in, step.messages_out) == (1, 2)
+        execution = session.get(ExecutionRow, ("f1", "e1"))
+        assert execution is not None and execution.source == "api"

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
+from sqlalchemy import create_engine
 from sqlmodel import Session
 
 from oih.components.v1 import components_pb2 as cpb
@@ -20,11 +22,13 @@ from oih_orchestrator.deployments import (
     with_credentials,
     without_credentials,
 )
-from oih_orchestrator.execute import forget_starts
+from oih_orchestrator.execute import Started, StartRecorder, forget_starts
+from oih_orchestrator.executions import models as executions_models
 from oih_orchestrator.management import vhost_of
 from oih_orchestrator.models import TABLES, ExecutionStartRow
 from oih_orchestrator.settings import OrchestratorSettings, management_url_for
 from oih_runtime.db import make_engine, transaction
+from tests.support import postgres
 
 
 def test_management_url_defaults_to_the_broker_host_with_its_credentials() -> None:
@@ -92,3 +96,33 @@ def test_start_records_are_forgotten_after_the_retention(tmp_path: Path) -> None
     with Session(engine) as session:
         assert session.get(ExecutionStartRow, ("f", "old")) is None
         assert session.get(ExecutionStartRow, ("f", "new")) is not None
+
+
+@pytest.mark.postgres
+def test_start_records_wait_while_the_database_is_unavailable() -> None:
+    with postgres.database_created_later((*TABLES, *executions_models.TABLES)) as (url, database_is_back):
+        engine = create_engine(url)
+        recorder = StartRecorder(engine, interval=0.01)
+        recorder.start()
+        try:
+            started = [Started("f", f"e{n}", "api", 1, datetime.now(UTC), new=True,
+                               tenant="tenants/t") for n in range(3)]
+            for one in started:
+                recorder.add(one)
+            time.sleep(0.5)  # some failed rounds
+            assert all(recorder.unwritten("f", s.execution_id) for s in started)
+            database_is_back()  # at once, with its tables
+
+            def written() -> bool:
+                with Session(engine) as session:
+                    return all(session.get(ExecutionStartRow, ("f", s.execution_id))
+                               for s in started)
+
+            deadline = time.monotonic() + 10
+            while not written():
+                assert time.monotonic() < deadline, "the queued starts were never written"
+                time.sleep(0.1)
+            assert recorder.unwritten("f", "e0") is None
+        finally:
+            recorder.stop()
+            engine.dispose()

@@ -4,16 +4,28 @@ an error message may show."""
 from __future__ import annotations
 
 import sqlite3
+from concurrent import futures
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import grpc
 import pytest
-from sqlalchemy import Index, delete
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+from sqlalchemy import Index, create_engine, delete
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlmodel import Field, SQLModel
 
-from oih_runtime.db import make_engine, normalise_url, reclaim_free_pages, transaction
+from oih_runtime.db import (
+    is_unavailable,
+    make_engine,
+    normalise_url,
+    reclaim_free_pages,
+    transaction,
+)
+from oih_runtime.interceptors import ErrorInterceptor
+from tests.gateway.conftest import free_port
 from tests.support import postgres
 
 
@@ -126,3 +138,54 @@ def test_reclaiming_free_pages_shrinks_the_sqlite_file(tmp_path: Path) -> None:
     reclaim_free_pages(engine)
     assert size() < grown / 10
     engine.dispose()
+
+
+def _unreachable_engine() -> Engine:
+    """An engine for a PostgreSQL server that is not there (nothing listens on the port)."""
+    return make_engine(f"postgresql://postgres@127.0.0.1:{free_port()}/gone", tables=[])
+
+
+def test_a_database_that_is_away_counts_as_unavailable_and_a_bad_statement_does_not(
+        tmp_path: Path) -> None:
+    with pytest.raises(OperationalError) as refused:
+        _unreachable_engine()  # creating the tables connects
+    assert is_unavailable(refused.value)
+    engine = make_engine(f"sqlite:///{tmp_path / 'db.sqlite'}", tables=[CounterRow])
+    with transaction(engine) as session:
+        session.add(CounterRow(id="c"))
+    with pytest.raises(IntegrityError) as duplicate, transaction(engine) as session:
+        session.add(CounterRow(id="c"))
+    assert not is_unavailable(duplicate.value)
+    # SQLite calls a bad statement an OperationalError too: a bug, not an outage.
+    with pytest.raises(OperationalError) as bad, transaction(engine) as session:
+        session.connection().exec_driver_sql("SELECT missing FROM test_runtime_counter")
+    assert not is_unavailable(bad.value)
+    assert not is_unavailable(ValueError("not a database error"))
+
+
+def test_a_call_that_finds_the_database_away_answers_unavailable_not_internal() -> None:
+    def handler(request: bytes, context: grpc.ServicerContext) -> bytes:
+        # What a handler does while the database is down: connecting fails.
+        with create_engine(f"postgresql+psycopg2://postgres@127.0.0.1:{free_port()}/gone"
+                           ).connect():
+            return request
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2),
+                         interceptors=[ErrorInterceptor()])
+    server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(
+        "test.Db", {"Get": grpc.unary_unary_rpc_method_handler(handler)})])
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel, \
+                pytest.raises(grpc.RpcError) as failed:
+            channel.unary_unary("/test.Db/Get")(b"x", timeout=10)
+    finally:
+        server.stop(0)
+    error = failed.value
+    assert error.code() == grpc.StatusCode.UNAVAILABLE, error
+    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    assert status is not None
+    info = error_details_pb2.ErrorInfo()
+    assert status.details[0].Unpack(info) and info.reason == "DATABASE_UNAVAILABLE"
+    assert "127.0.0.1" not in status.message  # the database's address stays in the log

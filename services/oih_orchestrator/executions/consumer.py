@@ -30,7 +30,7 @@ import pika
 import pika.exceptions
 from google.protobuf import json_format
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 
 from oih.component.v1 import message_pb2
@@ -38,7 +38,7 @@ from oih_dataplane import topology
 from oih_dataplane.spec import StepSpec
 from oih_runtime.background import Reconnecting
 from oih_runtime.bus.topology import connection_parameters, rabbitmq_url
-from oih_runtime.db import transaction
+from oih_runtime.db import is_unavailable, transaction
 
 from .ingest import ingest
 from .models import ReportBatchRow
@@ -223,9 +223,11 @@ class ReportsConsumer:
             return
         try:
             self._merge(body, followed, flow_id)
-        except OperationalError:
-            log.exception("database unavailable; a report batch of flow %s was returned to "
-                          "the queue", flow_id)
+        except Exception as error:
+            if not is_unavailable(error):
+                raise
+            log.warning("database unavailable (%s); a report batch of flow %s was returned "
+                        "to the queue", type(error).__name__, flow_id)
             channel.basic_nack(method.delivery_tag, requeue=True)
             self._stopping.wait(self.retry_seconds)
             return
@@ -233,7 +235,8 @@ class ReportsConsumer:
 
     def _merge(self, body: bytes, followed: _Followed, flow_id: str) -> bool:
         """Merge one batch; False when it was dropped (malformed, or it breaks the merge).
-        Raises OperationalError (the database is down: the batch should go back)."""
+        Raises what `is_unavailable` recognises (the database is away: the batch should go
+        back)."""
         batch = message_pb2.StepReportBatch()
         try:
             json_format.Parse(body, batch, ignore_unknown_fields=True)
@@ -242,9 +245,9 @@ class ReportsConsumer:
             return False
         try:
             self._ingest(batch, followed, flow_id)
-        except OperationalError:
-            raise
-        except Exception:
+        except Exception as error:
+            if is_unavailable(error):
+                raise
             # A batch that breaks the merge would break it again on every redelivery.
             log.exception("dropped report batch %s of flow %s", batch.id, flow_id)
             return False
@@ -252,12 +255,20 @@ class ReportsConsumer:
 
     def _ingest(self, batch: message_pb2.StepReportBatch, followed: _Followed,
                 flow_id: str) -> None:
-        try:
-            with transaction(self.engine) as session:
-                ingest(session, batch, followed.tenant, flow_id=flow_id, shape=followed.shape)
-        except IntegrityError:
-            # Another replica counted the same batch and committed first: nothing to do.
-            with Session(self.engine) as session:
-                if batch.id and session.get(ReportBatchRow, batch.id) is not None:
-                    return
-            raise
+        for last in (False, True):
+            try:
+                with transaction(self.engine) as session:
+                    ingest(session, batch, followed.tenant, flow_id=flow_id,
+                           shape=followed.shape)
+                return
+            except IntegrityError:
+                # Another replica counted the same batch and committed first: nothing to do.
+                with Session(self.engine) as session:
+                    if batch.id and session.get(ReportBatchRow, batch.id) is not None:
+                        return
+                if last:
+                    raise
+                # A concurrent writer created an execution or step row this batch creates
+                # too (the start recorder catching up after a database outage, a replica
+                # counting another batch of the same execution): once more, the merge now
+                # finds the row instead of inserting it.

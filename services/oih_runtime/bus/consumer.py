@@ -4,7 +4,8 @@ A handler `handler(session, event, payload)` runs inside a database transaction 
 records the event id (`ProcessedEvent`); the message is acked only after that commit, so a crash
 redelivers it and the recorded id makes the second delivery a no-op. A failing handler is
 retried through fixed-TTL delay queues (the consumer never sleeps) and, after the last
-attempt, parked in `oih.<service>.events.dead` with the error and the attempt count.
+attempt, parked in `oih.<service>.events.dead` with the error and the attempt count. While
+the database is away no attempt is counted: the consumer puts the event back and pauses.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from sqlmodel import Session, col
 from oih.events.v1 import event_pb2
 from oih_runtime.background import Reconnecting
 from oih_runtime.clock import utcnow
-from oih_runtime.db import transaction
+from oih_runtime.db import UNAVAILABLE_WAIT_MAX, is_unavailable, transaction
 
 from .models import ProcessedEvent
 from .topology import (
@@ -116,6 +117,7 @@ class Consumer:
         self._routes: list[_Route] = []
         self._background = Reconnecting(f"oih-consumer-{service}", self._session,
                                         initial=reconnect_initial, maximum=reconnect_max)
+        self._database_wait = reconnect_initial
         self._stopping = self._background.stopping
 
     # --- registration -----------------------------------------------------------------------
@@ -201,6 +203,9 @@ class Consumer:
             self._dead_letter(channel, method, properties, body, _describe(exc), attempts + 1)
             return
         except Exception as exc:
+            if is_unavailable(exc):
+                self._wait_for_database(channel, method, exc)
+                return
             attempts += 1
             if attempts >= self.retry.max_attempts:
                 self._dead_letter(channel, method, properties, body, _describe(exc), attempts)
@@ -208,6 +213,22 @@ class Consumer:
                 self._schedule_retry(channel, method, properties, body, _describe(exc), attempts)
             return
         channel.basic_ack(method.delivery_tag)
+        self._database_wait = self.reconnect_initial
+
+    def _wait_for_database(self, channel: BlockingChannel, method: Basic.Deliver,
+                           error: Exception) -> None:
+        """The database is away (restarting, a failover): no handler of this service can
+        succeed, and the event is not at fault, so it costs no attempt — an outage longer than
+        the retry policy must not dead-letter every event. It goes back to the queue (in its
+        place) and the consumer pauses, doubling the pause while the outage lasts."""
+        channel.basic_nack(method.delivery_tag, requeue=True)
+        wait = self._database_wait
+        self._database_wait = min(wait * 2, self.reconnect_max, UNAVAILABLE_WAIT_MAX)
+        log.warning("consumer %s: the database is unavailable (%s); pausing %.1fs",
+                    self.service, type(error).__name__, wait)
+        deadline = time.monotonic() + wait
+        while not self._stopping.is_set() and time.monotonic() < deadline:
+            channel.connection.sleep(min(0.25, max(deadline - time.monotonic(), 0)))
 
     def _handle(self, event: event_pb2.Event, handler: Handler, payload: Any) -> None:
         try:
@@ -234,12 +255,19 @@ class Consumer:
         if now - self._last_forget < self.forget_every:
             return
         self._last_forget = now
-        with transaction(self.engine) as session:
-            session.execute(
-                delete(ProcessedEvent)
-                .where(col(ProcessedEvent.consumer) == self.service,
-                       col(ProcessedEvent.processed_at) < now - self.keep_processed)
-                .execution_options(synchronize_session=False))
+        try:
+            with transaction(self.engine) as session:
+                session.execute(
+                    delete(ProcessedEvent)
+                    .where(col(ProcessedEvent.consumer) == self.service,
+                           col(ProcessedEvent.processed_at) < now - self.keep_processed)
+                    .execution_options(synchronize_session=False))
+        except Exception as error:
+            if not is_unavailable(error):
+                raise
+            # Housekeeping: the next round does it; consuming goes on meanwhile.
+            log.warning("consumer %s: the database is unavailable (%s); forgetting old "
+                        "event ids later", self.service, type(error).__name__)
 
     def _match(self, event_type: str) -> _Route | None:
         for route in self._routes:

@@ -27,7 +27,12 @@ from sqlmodel import col
 
 from oih_runtime.background import Reconnecting
 from oih_runtime.clock import utcnow
-from oih_runtime.db import reclaim_free_pages, transaction
+from oih_runtime.db import (
+    UNAVAILABLE_WAIT_MAX,
+    is_unavailable,
+    reclaim_free_pages,
+    transaction,
+)
 
 from . import outbox
 from .models import OutboxEvent
@@ -106,8 +111,8 @@ class Relay:
 
     def _session(self) -> None:
         """One connection: relay until stopped or disconnected. While RabbitMQ is away the
-        outbox events wait in the database; a database outage or a bug ends the session
-        too, and the next one tries again later."""
+        outbox events wait in the database; while the database is away the session waits
+        for it (`_serve`); a bug ends the session, and the next one tries again later."""
         publisher = ConfirmPublisher(self.url, self.exchange)
         try:
             publisher.connect()
@@ -123,10 +128,24 @@ class Relay:
             publisher.close()
 
     def _serve(self, publisher: ConfirmPublisher) -> None:
+        wait = self.reconnect_initial  # after a failed database round, doubling
         while not self._stopping.is_set():
             self._wake.clear()
-            full = self.relay_batch(publisher) >= self.batch_size
-            self._purge_sent()  # also under a steady load, when batches are always full
+            try:
+                full = self.relay_batch(publisher) >= self.batch_size
+                self._purge_sent()  # also under a steady load, when batches are always full
+            except Exception as error:
+                if not is_unavailable(error):
+                    raise
+                # The database is away (restarting, a failover): the broker connection stays
+                # up and the next round tries again; the events wait in the outbox. Rows this
+                # round claimed come back when their lease ends (published twice at most).
+                log.warning("%s: the database is unavailable (%s); trying again in %.1fs",
+                            self.name, type(error).__name__, wait)
+                publisher.idle(wait, self._stopping)
+                wait = min(wait * 2, self.reconnect_max, UNAVAILABLE_WAIT_MAX)
+                continue
+            wait = self.reconnect_initial
             if full:
                 continue  # more rows are probably waiting
             publisher.idle(self.poll_interval, self._wake)

@@ -9,6 +9,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from sqlalchemy import create_engine
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
@@ -27,6 +28,7 @@ from oih_runtime.bus.cli import main as cli_main
 from oih_runtime.clock import utcnow
 from oih_runtime.db import transaction
 from tests.runtime.bus.support import Amqp, Widget, wait_for
+from tests.support import postgres
 
 TYPE = "oih.iam.tenant.deleted"
 RETRY = RetryPolicy(max_attempts=3, base_delay=0.05, factor=2)  # 50 ms, then 100 ms
@@ -251,3 +253,25 @@ def test_consumer_forgets_its_old_event_ids_and_only_its_own(engine: Engine, amq
         wait_for(lambda: remembered() == {"another-service"})
     finally:
         consumer.stop()
+
+
+@pytest.mark.postgres
+def test_a_database_outage_costs_no_attempt_and_dead_letters_nothing(amqp: Amqp) -> None:
+    with postgres.database_created_later((ProcessedEvent, Widget)) as (url, database_is_back):
+        engine = create_engine(url)
+        consumer = Consumer(engine, amqp.service, url=amqp.url, exchange=amqp.exchange,
+                            prefetch=10, retry=RETRY, reconnect_initial=0.05)
+        handler = Recorder()
+        consumer.on(TYPE, handler, iam_pb2.TenantChanged)
+        try:
+            start(consumer)
+            amqp.publish_event(tenant_event("tenants/a"))
+            amqp.publish_event(tenant_event("tenants/b"))
+            time.sleep(1.5)  # far longer than the whole retry policy (50 ms + 100 ms)
+            assert amqp.depth(amqp.service_queues.dead) == 0
+            database_is_back()  # at once, with its tables
+            wait_for(lambda: sorted(widgets(engine)) == ["tenants/a", "tenants/b"])
+            assert amqp.depth(amqp.service_queues.dead) == 0
+        finally:
+            consumer.stop()
+            engine.dispose()

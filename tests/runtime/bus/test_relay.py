@@ -7,8 +7,9 @@ import time
 from datetime import timedelta
 from pathlib import Path
 
+import pytest
 from google.protobuf import struct_pb2
-from sqlalchemy import func
+from sqlalchemy import create_engine, func
 from sqlalchemy.engine import Engine
 from sqlmodel import col, select
 
@@ -17,6 +18,7 @@ from oih_runtime.bus import Outbox, OutboxEvent, Relay
 from oih_runtime.clock import utcnow
 from oih_runtime.db import make_engine, transaction
 from tests.runtime.bus.support import Amqp, wait_for
+from tests.support import postgres
 from tests.support.query_plans import assert_served_by_index
 
 OUTBOX = Outbox("oih-test")
@@ -151,3 +153,22 @@ def _file_size(engine: Engine, path: Path) -> int:
     with engine.connect() as connection:  # move the WAL's pages into the file first
         connection.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
     return path.stat().st_size
+
+
+@pytest.mark.postgres
+def test_relay_waits_for_the_database_on_the_same_broker_connection(amqp: Amqp) -> None:
+    with postgres.database_created_later((OutboxEvent,)) as (url, database_is_back):
+        engine = create_engine(url)
+        queue = amqp.bind_queue()
+        relay = Relay(engine, url=amqp.url, exchange=amqp.exchange, poll_interval=0.2,
+                      reconnect_initial=0.05, reconnect_max=0.2)
+        with relay:
+            assert relay.connected.wait(10)
+            publisher = relay._publisher
+            time.sleep(1)  # several failed rounds
+            assert relay.connected.is_set() and relay._publisher is publisher
+            database_is_back()  # at once, with its tables
+            add_events(engine, 3)
+            assert len(amqp.get_all(queue, 3, timeout=10)) == 3
+            assert relay._publisher is publisher  # the same broker connection throughout
+        engine.dispose()
