@@ -42,7 +42,7 @@ from typing import Any
 from sqlalchemy import delete
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import Session, col, select
+from sqlmodel import Session, col
 
 from oih_dataplane import envelope, topology
 from oih_runtime import names
@@ -54,6 +54,7 @@ from oih_runtime.principal import Principal
 from oih_sdk import Message
 
 from .amqp import Amqp
+from .deployment_cache import Deployment, DeploymentCache
 from .executions import record_start
 from .models import ACTIVE, DeploymentRow, ExecutionStartRow
 
@@ -110,14 +111,6 @@ def visible_deployment(session: Session, caller: Principal | None, flow_id: str
     if row is None or (caller is not None and not caller.sees_tenant(row.tenant)):
         raise NotFound("flow", f"flows/{flow_id}")
     return row
-
-
-@dataclass(frozen=True)
-class _Deployment:
-    tenant: str
-    state: str
-    entry_step: str
-    flow_version: int
 
 
 class StartRecorder:
@@ -216,6 +209,8 @@ class Starter:
         self.amqp = amqp
         self.publisher = publisher
         self.recorder = recorder
+        #: The deployments' state, read once per write of that table (see deployment_cache).
+        self.deployments = DeploymentCache(engine)
         self._lock = threading.Lock()
         #: (flow, execution) -> the future of the start in progress, for concurrent retries.
         self._inflight: dict[tuple[str, str], Future[Started]] = {}
@@ -238,17 +233,11 @@ class Starter:
             raise InvalidArgument.field("source", f"must be one of {', '.join(SOURCES)}")
         execution_id = trigger.execution_id or str(uuid.uuid4())
         key = (trigger.flow_id, execution_id)
-        with Session(self.engine) as session:
-            # The four columns it needs, not the row with its step specs (JSON).
-            found = session.exec(select(
-                DeploymentRow.tenant, DeploymentRow.state, DeploymentRow.entry_step,
-                DeploymentRow.flow_version).where(DeploymentRow.flow_id == trigger.flow_id)
-            ).first()
-            if found is None or (caller is not None and not caller.sees_tenant(found[0])):
-                raise NotFound("flow", f"flows/{trigger.flow_id}")
-            row = _Deployment(*found)
-            # A fresh UUID cannot have been started before: only a caller's id is looked up.
-            known = self._known(session, key) if trigger.execution_id else None
+        row = self.deployments.get(trigger.flow_id)
+        if row is None or (caller is not None and not caller.sees_tenant(row.tenant)):
+            raise NotFound("flow", f"flows/{trigger.flow_id}")
+        # A fresh UUID cannot have been started before: only a caller's id is looked up.
+        known = self._known(key) if trigger.execution_id else None
         if known is not None:
             return known
         if row.state != ACTIVE or not row.entry_step:
@@ -276,11 +265,12 @@ class Starter:
             with self._lock:
                 self._inflight.pop(key, None)
 
-    def _known(self, session: Session, key: tuple[str, str]) -> Started | None:
+    def _known(self, key: tuple[str, str]) -> Started | None:
         unwritten = self.recorder.unwritten(*key)
         if unwritten is not None:
             return Started(**{**unwritten.__dict__, "new": False})
-        known = session.get(ExecutionStartRow, key)
+        with Session(self.engine) as session:
+            known = session.get(ExecutionStartRow, key)
         if known is None:
             return None
         return Started(key[0], key[1], known.source, known.flow_version,
@@ -298,7 +288,7 @@ class Starter:
                 f"flow flows/{flow_id} has {sampled[1]} messages waiting at its first step "
                 f"(limit {limit}); try again later", reason="FLOW_BACKLOGGED", retry_after=1.0)
 
-    def _publish(self, row: _Deployment, trigger: Trigger, execution_id: str) -> Started:
+    def _publish(self, row: Deployment, trigger: Trigger, execution_id: str) -> Started:
         flow_id = trigger.flow_id
         message = Message(data=trigger.data, metadata=trigger.metadata,
                           id=message_id(flow_id, execution_id), flow_id=flow_id,
