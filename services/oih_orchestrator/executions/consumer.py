@@ -89,7 +89,8 @@ def _parse(body: bytes, flow_id: str) -> message_pb2.StepReportBatch | None:
 class ReportsConsumer:
     def __init__(self, engine: Engine, url: str | None = None, *, prefetch: int = 100,
                  poll_seconds: float = 0.2, retry_seconds: float = 2.0,
-                 reconnect_initial: float = 0.5, reconnect_max: float = 30.0) -> None:
+                 reconnect_initial: float = 0.5, reconnect_max: float = 30.0,
+                 gather_seconds: float = 0.05, gather_max: int = 200) -> None:
         self.engine = engine
         self.url = url or rabbitmq_url()
         self.prefetch = prefetch
@@ -101,6 +102,8 @@ class ReportsConsumer:
         self._followed: dict[str, _Followed] = {}
         self._subscriptions: dict[str, _Subscription] = {}
         self._next_try: dict[str, float] = {}
+        self.gather_seconds = gather_seconds
+        self.gather_max = gather_max
         #: Deliveries of the current round (consumer thread only).
         self._pending: list[_Delivery] = []
         self._background = Reconnecting("oih-orchestrator-reports", self._session,
@@ -194,6 +197,7 @@ class ReportsConsumer:
             while not self._stopping.is_set():
                 self._reconcile(connection)
                 connection.process_data_events(time_limit=self.poll_seconds)
+                self._gather(connection)
                 self._merge_pending()
         finally:
             self._pending = []  # unacked: the closing connection returns them to the queues
@@ -254,6 +258,17 @@ class ReportsConsumer:
             return
         # Merged by `_merge_pending` once this round of deliveries is dispatched.
         self._pending.append(_Delivery(flow_id, followed, channel, method.delivery_tag, body))
+
+    def _gather(self, connection: pika.BlockingConnection) -> None:
+        """Once deliveries came, let more come for up to `gather_seconds` (or until
+        `gather_max`): a trigger burst's batches then share one transaction. The view lags
+        by that much at most."""
+        deadline = time.monotonic() + self.gather_seconds
+        while self._pending and len(self._pending) < self.gather_max:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            connection.process_data_events(time_limit=remaining)
 
     def _merge_pending(self) -> None:
         """Merge the deliveries of one `process_data_events` round in one transaction, then
