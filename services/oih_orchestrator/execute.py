@@ -22,6 +22,10 @@ The design, and why:
   without its source, and a retry with the same id would publish once more (with the same
   message id, derived from the execution id, so the duplicate is recognisable downstream).
 
+- Per trigger, no query when none is needed: the deployment comes from `DeploymentCache`
+  (invalidated by every write of the deployments table, see deployment_cache), and earlier
+  starts are looked up only for an `execution_id` the caller chose.
+
 The message is the JSON form of `oih.component.v1.Message` with the `oih-*` headers the worker
 reads (built by oih_dataplane.envelope, so both sides agree). Its `data` is parsed from the
 caller's JSON text with Python's `json`, which keeps integers exact, never through a
