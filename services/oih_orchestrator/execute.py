@@ -9,9 +9,9 @@ The design, and why:
   ACTIVE here (or whose queues are gone, the publish is `mandatory`) answers
   FAILED_PRECONDITION instead of an execution id that would never exist.
 - Intake must scale with concurrent callers. Each request hands its message to one shared
-  `PipelinedPublisher`: one I/O thread publishes everything queued since its last round and
-  waits for the confirms of the whole round, so N concurrent triggers cost about one broker
-  round-trip, not N serialised ones.
+  `PipelinedPublisher`: one I/O thread publishes each message as soon as it is queued and
+  keeps a window of outstanding confirms, so N concurrent triggers share the broker's
+  round-trips instead of N serialised ones.
 - The execution record (`ExecutionStartRow`, the executions view's source and version) is
   written asynchronously by `StartRecorder`, in batched transactions right after the confirm:
   a database transaction per request held open across the confirm would serialise every
