@@ -9,7 +9,6 @@ only once the first step's message is confirmed by the broker, or with FAILED_PR
 
 from __future__ import annotations
 
-import uuid
 from typing import Protocol
 
 import grpc
@@ -26,7 +25,7 @@ class ExecutionStarter(Protocol):
 
 class OrchestratorStarter:
     """The call waits for the orchestrator to be reachable (`wait_for_ready`, e.g. right after
-    it restarted) up to `timeout`; the execution id is chosen here, so the call is idempotent."""
+    it restarted) up to `timeout`."""
 
     def __init__(self, channel: grpc.Channel, timeout: float = 20.0) -> None:
         self._stub = orchestrator_pb2_grpc.OrchestratorServiceStub(channel)
@@ -34,8 +33,11 @@ class OrchestratorStarter:
 
     def __call__(self, flow: str, data_json: str) -> str:
         try:
+            # No execution id: nothing retries this call, so an id chosen here would make it
+            # no more idempotent, and a caller's id costs the orchestrator a lookup of
+            # earlier starts on every call; a fresh one (its own UUID) needs none.
             execution = self._stub.StartExecution(orchestrator_pb2.StartExecutionRequest(
-                flow=flow, data_json=data_json, source="api", execution_id=str(uuid.uuid4())),
+                flow=flow, data_json=data_json, source="api"),
                 timeout=self._timeout, wait_for_ready=True)
         except grpc.RpcError as error:
             code = error.code()

@@ -9,9 +9,9 @@ The design, and why:
   ACTIVE here (or whose queues are gone, the publish is `mandatory`) answers
   FAILED_PRECONDITION instead of an execution id that would never exist.
 - Intake must scale with concurrent callers. Each request hands its message to one shared
-  `PipelinedPublisher`: one I/O thread publishes everything queued since its last round and
-  waits for the confirms of the whole round, so N concurrent triggers cost about one broker
-  round-trip, not N serialised ones.
+  `PipelinedPublisher`: one I/O thread publishes each message as soon as it is queued and
+  keeps a window of outstanding confirms, so N concurrent triggers share the broker's
+  round-trips instead of N serialised ones.
 - The execution record (`ExecutionStartRow`, the executions view's source and version) is
   written asynchronously by `StartRecorder`, in batched transactions right after the confirm:
   a database transaction per request held open across the confirm would serialise every
@@ -21,6 +21,10 @@ The design, and why:
   the run still happens and the workers' reports still create it in the executions view, but
   without its source, and a retry with the same id would publish once more (with the same
   message id, derived from the execution id, so the duplicate is recognisable downstream).
+
+- Per trigger, no query when none is needed: the deployment comes from `DeploymentCache`
+  (invalidated by every write of the deployments table, see deployment_cache), and earlier
+  starts are looked up only for an `execution_id` the caller chose.
 
 The message is the JSON form of `oih.component.v1.Message` with the `oih-*` headers the worker
 reads (built by oih_dataplane.envelope, so both sides agree). Its `data` is parsed from the
@@ -42,7 +46,7 @@ from typing import Any
 from sqlalchemy import delete
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import Session, col, select
+from sqlmodel import Session, col
 
 from oih_dataplane import envelope, topology
 from oih_runtime import names
@@ -54,6 +58,7 @@ from oih_runtime.principal import Principal
 from oih_sdk import Message
 
 from .amqp import Amqp
+from .deployment_cache import Deployment, DeploymentCache
 from .executions import record_start
 from .models import ACTIVE, DeploymentRow, ExecutionStartRow
 
@@ -112,14 +117,6 @@ def visible_deployment(session: Session, caller: Principal | None, flow_id: str
     return row
 
 
-@dataclass(frozen=True)
-class _Deployment:
-    tenant: str
-    state: str
-    entry_step: str
-    flow_version: int
-
-
 class StartRecorder:
     """Writes started executions in batches, off the request threads (see the module doc)."""
 
@@ -169,15 +166,7 @@ class StartRecorder:
             if not batch:
                 return
             try:
-                self._write(batch)
-            except IntegrityError:
-                # A row of the batch exists (an old start, another replica): one at a time.
-                for started in batch:
-                    try:
-                        self._write([started])
-                    except IntegrityError:
-                        log.info("execution start already recorded",
-                                 extra={"execution_id": started.execution_id})
+                self._write_each_once(batch)
             except BaseException:
                 # The database is away (or a bug): the batch goes back to the front of the
                 # queue, to be written by the next round, not forgotten.
@@ -188,6 +177,18 @@ class StartRecorder:
                 for started in batch:
                     self._unwritten.pop((started.flow_id, started.execution_id), None)
 
+    def _write_each_once(self, batch: list[Started]) -> None:
+        try:
+            self._write(batch)
+        except IntegrityError:
+            # A row of the batch exists (an old start, another replica): one at a time.
+            for started in batch:
+                try:
+                    self._write([started])
+                except IntegrityError:
+                    log.info("execution start already recorded",
+                             extra={"execution_id": started.execution_id})
+
     def _write(self, batch: list[Started]) -> None:
         with transaction(self.engine) as session:
             for started in batch:
@@ -196,10 +197,15 @@ class StartRecorder:
                     tenant=started.tenant, source=started.source,
                     flow_version=started.flow_version, create_time=started.create_time))
             session.flush()
-            for started in batch:
-                record_start(session, tenant=started.tenant, flow_id=started.flow_id,
-                             execution_id=started.execution_id, source=started.source,
-                             flow_version=started.flow_version, now=started.create_time)
+            # Without autoflush: each record_start's query would flush the previous one's
+            # row first (a flush per execution). The ids of a batch are distinct (concurrent
+            # starts of one id share one publish); if not, the IntegrityError at the commit
+            # sends the batch through `flush`'s one-at-a-time path.
+            with session.no_autoflush:
+                for started in batch:
+                    record_start(session, tenant=started.tenant, flow_id=started.flow_id,
+                                 execution_id=started.execution_id, source=started.source,
+                                 flow_version=started.flow_version, now=started.create_time)
 
     def _run(self) -> None:
         while not self._stopping.is_set():
@@ -226,6 +232,8 @@ class Starter:
         self.amqp = amqp
         self.publisher = publisher
         self.recorder = recorder
+        #: The deployments' state, read once per write of that table (see deployment_cache).
+        self.deployments = DeploymentCache(engine)
         self._lock = threading.Lock()
         #: (flow, execution) -> the future of the start in progress, for concurrent retries.
         self._inflight: dict[tuple[str, str], Future[Started]] = {}
@@ -248,17 +256,11 @@ class Starter:
             raise InvalidArgument.field("source", f"must be one of {', '.join(SOURCES)}")
         execution_id = trigger.execution_id or str(uuid.uuid4())
         key = (trigger.flow_id, execution_id)
-        with Session(self.engine) as session:
-            # The four columns it needs, not the row with its step specs (JSON).
-            found = session.exec(select(
-                DeploymentRow.tenant, DeploymentRow.state, DeploymentRow.entry_step,
-                DeploymentRow.flow_version).where(DeploymentRow.flow_id == trigger.flow_id)
-            ).first()
-            if found is None or (caller is not None and not caller.sees_tenant(found[0])):
-                raise NotFound("flow", f"flows/{trigger.flow_id}")
-            row = _Deployment(*found)
-            # A fresh UUID cannot have been started before: only a caller's id is looked up.
-            known = self._known(session, key) if trigger.execution_id else None
+        row = self.deployments.get(trigger.flow_id)
+        if row is None or (caller is not None and not caller.sees_tenant(row.tenant)):
+            raise NotFound("flow", f"flows/{trigger.flow_id}")
+        # A fresh UUID cannot have been started before: only a caller's id is looked up.
+        known = self._known(key) if trigger.execution_id else None
         if known is not None:
             return known
         if row.state != ACTIVE or not row.entry_step:
@@ -286,11 +288,12 @@ class Starter:
             with self._lock:
                 self._inflight.pop(key, None)
 
-    def _known(self, session: Session, key: tuple[str, str]) -> Started | None:
+    def _known(self, key: tuple[str, str]) -> Started | None:
         unwritten = self.recorder.unwritten(*key)
         if unwritten is not None:
             return Started(**{**unwritten.__dict__, "new": False})
-        known = session.get(ExecutionStartRow, key)
+        with Session(self.engine) as session:
+            known = session.get(ExecutionStartRow, key)
         if known is None:
             return None
         return Started(key[0], key[1], known.source, known.flow_version,
@@ -308,7 +311,7 @@ class Starter:
                 f"flow flows/{flow_id} has {sampled[1]} messages waiting at its first step "
                 f"(limit {limit}); try again later", reason="FLOW_BACKLOGGED", retry_after=1.0)
 
-    def _publish(self, row: _Deployment, trigger: Trigger, execution_id: str) -> Started:
+    def _publish(self, row: Deployment, trigger: Trigger, execution_id: str) -> Started:
         flow_id = trigger.flow_id
         message = Message(data=trigger.data, metadata=trigger.metadata,
                           id=message_id(flow_id, execution_id), flow_id=flow_id,

@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-import uuid
-
 import grpc
 
 from oih.orchestrator.v1 import orchestrator_pb2, orchestrator_pb2_grpc
@@ -27,8 +25,10 @@ class OrchestratorStarts:
                 orchestrator_pb2.StartExecutionRequest(
                 flow=request.flow, data_json=request.data_json,
                 metadata_json=request.metadata_json,
-                # Chosen here when the caller gave none, so that the call is idempotent.
-                execution_id=request.execution_id or str(uuid.uuid4()),
+                # Only an id the request implies (Idempotency-Key, a SYNC reply's
+                # correlation): nothing retries this call, and an id of ours would cost the
+                # orchestrator a lookup of earlier starts; without one it picks a fresh UUID.
+                execution_id=request.execution_id,
                 source="webhook", reply_to=request.reply_to,
                 max_queued_messages=request.max_queued_messages),
                 # Waits for the orchestrator to be reachable (e.g. just restarted).

@@ -59,10 +59,38 @@ class _Subscription:
     tag: str
 
 
+@dataclass(frozen=True)
+class _Delivery:
+    flow_id: str
+    followed: _Followed
+    channel: Any
+    delivery_tag: int
+    body: bytes
+
+    def settle(self, *, ack: bool) -> None:
+        if not self.channel.is_open:
+            return  # its channel closed: the broker requeued the delivery already
+        if ack:
+            self.channel.basic_ack(self.delivery_tag)
+        else:
+            self.channel.basic_nack(self.delivery_tag, requeue=True)
+
+
+def _parse(body: bytes, flow_id: str) -> message_pb2.StepReportBatch | None:
+    batch = message_pb2.StepReportBatch()
+    try:
+        json_format.Parse(body, batch, ignore_unknown_fields=True)
+    except (json_format.ParseError, UnicodeDecodeError) as exc:
+        log.warning("dropped a malformed report batch of flow %s: %s", flow_id, exc)
+        return None
+    return batch
+
+
 class ReportsConsumer:
     def __init__(self, engine: Engine, url: str | None = None, *, prefetch: int = 100,
                  poll_seconds: float = 0.2, retry_seconds: float = 2.0,
-                 reconnect_initial: float = 0.5, reconnect_max: float = 30.0) -> None:
+                 reconnect_initial: float = 0.5, reconnect_max: float = 30.0,
+                 gather_seconds: float = 0.05, gather_max: int = 200) -> None:
         self.engine = engine
         self.url = url or rabbitmq_url()
         self.prefetch = prefetch
@@ -74,6 +102,10 @@ class ReportsConsumer:
         self._followed: dict[str, _Followed] = {}
         self._subscriptions: dict[str, _Subscription] = {}
         self._next_try: dict[str, float] = {}
+        self.gather_seconds = gather_seconds
+        self.gather_max = gather_max
+        #: Deliveries of the current round (consumer thread only).
+        self._pending: list[_Delivery] = []
         self._background = Reconnecting("oih-orchestrator-reports", self._session,
                                         initial=reconnect_initial, maximum=reconnect_max)
         self._stopping = self._background.stopping
@@ -165,7 +197,10 @@ class ReportsConsumer:
             while not self._stopping.is_set():
                 self._reconcile(connection)
                 connection.process_data_events(time_limit=self.poll_seconds)
+                self._gather(connection)
+                self._merge_pending()
         finally:
+            self._pending = []  # unacked: the closing connection returns them to the queues
             with self._lock:
                 self._subscriptions.clear()
                 self._next_try.clear()
@@ -221,27 +256,74 @@ class ReportsConsumer:
         if followed is None:  # unfollowed meanwhile: leave it for whoever follows it next
             channel.basic_nack(method.delivery_tag, requeue=True)
             return
-        try:
-            self._merge(body, followed, flow_id)
-        except Exception as error:
-            if not is_unavailable(error):
-                raise
-            log.warning("database unavailable (%s); a report batch of flow %s was returned "
-                        "to the queue", type(error).__name__, flow_id)
-            channel.basic_nack(method.delivery_tag, requeue=True)
-            self._stopping.wait(self.retry_seconds)
+        # Merged by `_merge_pending` once this round of deliveries is dispatched.
+        self._pending.append(_Delivery(flow_id, followed, channel, method.delivery_tag, body))
+
+    def _gather(self, connection: pika.BlockingConnection) -> None:
+        """Once deliveries came, let more come for up to `gather_seconds` (or until
+        `gather_max`): a trigger burst's batches then share one transaction. The view lags
+        by that much at most."""
+        deadline = time.monotonic() + self.gather_seconds
+        while self._pending and len(self._pending) < self.gather_max:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            connection.process_data_events(time_limit=remaining)
+
+    def _merge_pending(self) -> None:
+        """Merge the deliveries of one `process_data_events` round in one transaction, then
+        ack them. Why: under load (a trigger burst) a round holds dozens of batches, and a
+        transaction each (with its commit, on SQLite its fsync and the write lock the trigger
+        recorder also needs) cost more than the merging itself. If the shared transaction
+        fails for anything but the database being down, each batch is merged on its own, so
+        one bad batch is dropped alone as before."""
+        pending, self._pending = self._pending, []
+        if not pending:
             return
-        channel.basic_ack(method.delivery_tag)
+        parsed: list[tuple[_Delivery, message_pb2.StepReportBatch | None]] = [
+            (delivery, _parse(delivery.body, delivery.flow_id)) for delivery in pending]
+        try:
+            if len(pending) > 1:
+                with transaction(self.engine) as session:
+                    for delivery, batch in parsed:
+                        if batch is not None:
+                            ingest(session, batch, delivery.followed.tenant,
+                                   flow_id=delivery.flow_id, shape=delivery.followed.shape)
+            else:
+                self._merge(pending[0].body, pending[0].followed, pending[0].flow_id)
+        except Exception as error:
+            if is_unavailable(error):
+                log.warning("database unavailable (%s); %d report batches were returned to "
+                            "their queues", type(error).__name__, len(pending))
+                for delivery in pending:
+                    delivery.settle(ack=False)
+                self._stopping.wait(self.retry_seconds)
+                return
+            # A batch another replica counted first, or one that breaks the merge: one by one.
+            for index, delivery in enumerate(pending):
+                try:
+                    self._merge(delivery.body, delivery.followed, delivery.flow_id)
+                except Exception as single:
+                    if not is_unavailable(single):
+                        raise
+                    log.warning("database unavailable (%s); report batches of flow %s were "
+                                "returned to the queue", type(single).__name__,
+                                delivery.flow_id)
+                    for rest in pending[index:]:
+                        rest.settle(ack=False)
+                    self._stopping.wait(self.retry_seconds)
+                    return
+                delivery.settle(ack=True)
+            return
+        for delivery in pending:
+            delivery.settle(ack=True)
 
     def _merge(self, body: bytes, followed: _Followed, flow_id: str) -> bool:
         """Merge one batch; False when it was dropped (malformed, or it breaks the merge).
         Raises what `is_unavailable` recognises (the database is away: the batch should go
         back)."""
-        batch = message_pb2.StepReportBatch()
-        try:
-            json_format.Parse(body, batch, ignore_unknown_fields=True)
-        except (json_format.ParseError, UnicodeDecodeError) as exc:
-            log.warning("dropped a malformed report batch of flow %s: %s", flow_id, exc)
+        batch = _parse(body, flow_id)
+        if batch is None:
             return False
         try:
             self._ingest(batch, followed, flow_id)

@@ -57,12 +57,15 @@ class ConfirmPublisher:
         self._next_tag = 0
         self._lowest_tag = 1
         self._lock = threading.Lock()
+        # delivery tag -> (message id, callback) of `send_routed` messages awaiting a confirm
+        self._streamed: dict[int, tuple[str, Callable[[str], None]]] = {}
 
     # --- lifecycle --------------------------------------------------------------------------
 
     def connect(self) -> None:
         self._ready, self._error, self._channel = False, None, None
         self._next_tag, self._lowest_tag = 0, 1
+        self._streamed, self._returned = {}, set()
         with self._lock:
             self._connection = SelectConnection(
                 connection_parameters(self.url, timeout=self.timeout),
@@ -141,6 +144,19 @@ class ConfirmPublisher:
         if self._error is not None:
             raise PublisherError(f"broker connection lost while publishing: {self._error}")
         return results
+
+    def send_routed(self, message: Routed, done: Callable[[str], None]) -> None:
+        """Publish one message `mandatory` without waiting: `done(outcome)` (ACKED, NACKED or
+        RETURNED) is called from the I/O loop — during `idle` — once the broker confirmed
+        it. Messages stay in flight while more are sent (a confirm window, not rounds).
+        After a PublisherError the callbacks of messages in flight are never called: the
+        caller fails them itself (see `PipelinedPublisher`). Needs a `message_id`."""
+        self._check()
+        assert self._channel is not None
+        exchange, routing_key, body, properties = message
+        self._channel.basic_publish(exchange, routing_key, body, properties, mandatory=True)
+        self._next_tag += 1
+        self._streamed[self._next_tag] = (str(properties.message_id), done)
 
     def idle(self, seconds: float, wake: threading.Event) -> None:
         """Serve the connection (heartbeats) for up to `seconds`, or until `wake` is set."""
@@ -232,11 +248,18 @@ class ConfirmPublisher:
             self._lowest_tag = max(self._lowest_tag, tag + 1)
         else:
             tags = (tag,)
+        batch = bool(self._pending)
         for t in tags:
             index = self._pending.pop(t, None)
             if index is not None:
                 self._results[index] = acked
+            streamed = self._streamed.pop(t, None)
+            if streamed is not None:
+                message_id, done = streamed
+                returned = message_id in self._returned
+                self._returned.discard(message_id)
+                done(RETURNED if returned else ACKED if acked else NACKED)
         if not acked:
             log.warning("broker rejected (nack) published message(s) up to tag %d", tag)
-        if not self._pending:
+        if batch and not self._pending:
             self._stop_loop()
