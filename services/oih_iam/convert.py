@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from oih.iam.v1 import iam_pb2
-from oih_iam.logic import tenant_name
+from oih_iam.logic.context import tenant_name
 from oih_iam.models import RoleRow, ServiceAccountRow, TenantRow, UserRow
 from oih_runtime.clock import timestamp
 
