@@ -18,7 +18,7 @@ import pytest
 
 from oih.components.v1 import components_pb2
 from oih_dataplane.spec import StepSpec
-from oih_orchestrator.local import LocalDriver
+from oih_orchestrator.drivers.local import LocalDriver
 from tests.oih_orchestrator.test_local_credentials import wait_for, worker_pid
 
 
