@@ -34,11 +34,11 @@ from . import events, executions, models
 from .amqp import Amqp
 from .components import ComponentDirectory, ComponentLookup, register_builtins
 from .credentials import Resolve
-from .deployments import Orchestrator
 from .drivers import Driver
 from .drivers.local import LocalDriver
 from .execute import Starter, StartRecorder, forget_starts
 from .executions import models as executions_models
+from .logic import Orchestrator
 from .management import Management
 from .servicer import OrchestratorServicer, ServiceContext
 from .settings import OrchestratorSettings
@@ -118,8 +118,8 @@ def build(settings: ServiceSettings, own: OrchestratorSettings, *,
                       StartRecorder(engine))
     servicer = OrchestratorServicer(ServiceContext(engine, amqp, orchestrator, starter))
     if own.snapshots_address:
-        orchestrator.snapshots = SnapshotReader(
-            authenticated_channel(own.snapshots_address, identity.token.get))
+        orchestrator.read_snapshots(SnapshotReader(
+            authenticated_channel(own.snapshots_address, identity.token.get)))
         if isinstance(driver, LocalDriver):
             driver.refresh_spec = orchestrator.with_latest_snapshot
     service = server.Service(
@@ -141,7 +141,7 @@ def build(settings: ServiceSettings, own: OrchestratorSettings, *,
     if bus:
         # The executions view: reports of every running flow, and its retention.
         reports = executions.ReportsConsumer(engine, settings.rabbitmq_url)
-        orchestrator.reports = reports
+        orchestrator.follow_reports(reports)
         retention = timedelta(days=executions.RetentionSettings.from_env().retention_days)
 
         def sweep() -> None:
