@@ -26,8 +26,9 @@ from oih_runtime.tokens import TokenVerifier
 
 Context = grpc.ServicerContext
 
-PRINCIPAL_TYPES = {"user": iam_pb2.PRINCIPAL_TYPE_USER,
-                   "service": iam_pb2.PRINCIPAL_TYPE_SERVICE_ACCOUNT}
+#: A token's `typ` → the principal's type.
+PRINCIPAL_TYPES: dict[str, iam_pb2.PrincipalType.ValueType] = {
+    "user": iam_pb2.PRINCIPAL_TYPE_USER, "service": iam_pb2.PRINCIPAL_TYPE_SERVICE_ACCOUNT}
 
 
 def _token(issued: Issued) -> iam_pb2.AccessToken:
@@ -63,7 +64,7 @@ class IamServicer(iam_pb2_grpc.IamServiceServicer):
         info = iam_pb2.TokenInfo(
             active=True, subject=found.subject, tenant=found.tenant,
             permissions=sorted(found.permissions), token_id=found.token_id,
-            principal_type=PRINCIPAL_TYPES.get(found.typ, 0),  # type: ignore[arg-type]
+            principal_type=PRINCIPAL_TYPES.get(found.typ, iam_pb2.PRINCIPAL_TYPE_UNSPECIFIED),
         )
         info.expire_time.FromSeconds(found.expires_at)
         return info
@@ -102,7 +103,7 @@ class IamServicer(iam_pb2_grpc.IamServiceServicer):
             display = self.iam.users.get(caller, caller.subject).username
         return iam_pb2.Principal(
             name=caller.subject, tenant=caller.tenant, display_name=display,
-            type=PRINCIPAL_TYPES.get(caller.typ, 0),  # type: ignore[arg-type]
+            type=PRINCIPAL_TYPES.get(caller.typ, iam_pb2.PRINCIPAL_TYPE_UNSPECIFIED),
             permissions=sorted(caller.permissions),
         )
 

@@ -7,9 +7,10 @@ import uuid
 
 from sqlmodel import Session, select
 
+from oih.iam.v1 import iam_pb2
 from oih_iam import permissions as catalogue
 from oih_iam.credentials import hash_client_secret, new_client_secret
-from oih_iam.logic.context import ACTIVE, PLATFORM_TENANT, Context
+from oih_iam.logic.context import PLATFORM_TENANT, Context
 from oih_iam.logic.sessions import remember
 from oih_iam.models import RevocationRow, RoleRow, ServiceAccountRow, TenantRow, UserRow
 from oih_runtime.db import transaction
@@ -61,5 +62,5 @@ def _ensure_internal_account(session: Session, client_id: str, secret: str) -> N
     # values to service tokens that carry it explicitly, never to administrators as such.
     row.permissions = ["secrets.resolve"]
     row.secret_hash = hash_client_secret(secret)
-    row.state = ACTIVE
+    row.state = iam_pb2.STATE_ACTIVE
     session.add(row)

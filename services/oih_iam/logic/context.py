@@ -1,6 +1,6 @@
 """What every IAM module shares: one `Context` (database, settings, token issuer, password
-hasher, revocation list, outbox) and the small rules all of them apply (states, tenant names,
-update masks, unique inserts)."""
+hasher, revocation list, outbox) and the small rules all of them apply (tenant names, update
+masks, unique inserts). States are `oih.iam.v1.State` values, stored as their numbers."""
 
 from __future__ import annotations
 
@@ -20,7 +20,6 @@ from oih_runtime.bus import Outbox
 from oih_runtime.errors import AlreadyExists, InvalidArgument
 from oih_runtime.revocation import RevocationList
 
-ACTIVE, DISABLED = 1, 2
 PLATFORM_TENANT = "platform"
 
 

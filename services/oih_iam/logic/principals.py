@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
+from typing import TypeAlias
 
 from sqlmodel import Session, col, select
 
 from oih.events.v1 import iam_pb2 as events
+from oih.iam.v1 import iam_pb2
 from oih_iam.credentials import hash_client_secret, new_client_secret
 from oih_iam.logic.access import (
     check_grants,
@@ -18,7 +20,7 @@ from oih_iam.logic.access import (
     get_scoped,
     visible_tenant,
 )
-from oih_iam.logic.context import ACTIVE, DISABLED, Context, mask, tenant_name, unique
+from oih_iam.logic.context import Context, mask, tenant_name, unique
 from oih_iam.logic.sessions import revoke_subject
 from oih_iam.models import ServiceAccountRow, UserRow
 from oih_runtime import paging
@@ -28,6 +30,7 @@ from oih_runtime.errors import AlreadyExists, FailedPrecondition, InvalidArgumen
 from oih_runtime.names import resource_id
 from oih_runtime.principal import Principal
 
+State: TypeAlias = iam_pb2.State.ValueType
 MIN_PASSWORD_LENGTH = 12
 PRINCIPAL_FIELDS = {"display_name", "roles", "permissions", "state"}
 
@@ -35,7 +38,7 @@ PRINCIPAL_FIELDS = {"display_name", "roles", "permissions", "state"}
 def update_principal(ctx: Context, session: Session, caller: Principal,
                      row: UserRow | ServiceAccountRow, name: str, chosen: Sequence[str],
                      field: str, *, display_name: str, roles: list[str],
-                     permissions: list[str], state: int) -> None:
+                     permissions: list[str], state: State) -> None:
     """The masked fields users and service accounts share: grants are checked; taking a
     permission away or disabling revokes the principal's tokens."""
     if "roles" in chosen or "permissions" in chosen:
@@ -49,8 +52,8 @@ def update_principal(ctx: Context, session: Session, caller: Principal,
     if "display_name" in chosen:
         row.display_name = display_name
     if "state" in chosen:
-        row.state = state or ACTIVE
-        if row.state == DISABLED:
+        row.state = state or iam_pb2.STATE_ACTIVE
+        if row.state == iam_pb2.STATE_DISABLED:
             revoke_subject(ctx, session, name)
 
 
@@ -106,7 +109,7 @@ def _check_password(password: str, field: str) -> None:
 
 
 def _set_fields(display_name: str, roles: list[str], permissions: list[str],
-                state: int) -> list[str]:
+                state: State) -> list[str]:
     return [f for f, v in (("display_name", display_name), ("roles", roles),
                            ("permissions", permissions), ("state", state)) if v]
 
@@ -116,7 +119,7 @@ class Users:
         self.ctx = ctx
 
     def create(self, caller: Principal, *, username: str, display_name: str, tenant: str,
-               roles: list[str], permissions: list[str], state: int,
+               roles: list[str], permissions: list[str], state: State,
                password: str) -> UserRow:
         username = username.strip().lower()
         if "@" not in username or len(username) > 254 or " " in username:
@@ -132,7 +135,7 @@ class Users:
             row = UserRow(
                 id=uuid.uuid4().hex, username=username, display_name=display_name,
                 tenant_id=tenant_id, roles=list(roles), permissions=list(permissions),
-                state=state or ACTIVE, password_hash=password_hash,
+                state=state or iam_pb2.STATE_ACTIVE, password_hash=password_hash,
             )
             session.add(row)
             emit_user(self.ctx, session, "oih.iam.user.created", row)
@@ -153,7 +156,7 @@ class Users:
             return paging.page(session, query, page_size, page_token, f"users:{tenant}")
 
     def update(self, caller: Principal, name: str, paths: Sequence[str], *,
-               display_name: str, roles: list[str], permissions: list[str], state: int,
+               display_name: str, roles: list[str], permissions: list[str], state: State,
                password: str) -> UserRow:
         chosen = mask(paths, _set_fields(display_name, roles, permissions, state),
                       PRINCIPAL_FIELDS)
@@ -174,7 +177,7 @@ class Users:
                 revoke_subject(self.ctx, session, name)
             row.update_time = utcnow()
             session.add(row)
-            disabled = "state" in chosen and row.state == DISABLED
+            disabled = "state" in chosen and row.state == iam_pb2.STATE_DISABLED
             emit_user(self.ctx, session, "oih.iam.user.disabled" if disabled
                       else "oih.iam.user.updated", row)
         return row
@@ -196,7 +199,7 @@ class ServiceAccounts:
 
     def create(self, caller: Principal, *, display_name: str, tenant: str,
                roles: list[str], permissions: list[str],
-               state: int) -> tuple[ServiceAccountRow, str]:
+               state: State) -> tuple[ServiceAccountRow, str]:
         if not display_name.strip():
             raise InvalidArgument.field("service_account.display_name",
                                         "required field is missing")
@@ -208,7 +211,7 @@ class ServiceAccounts:
             row = ServiceAccountRow(
                 id=account_id, client_id=account_id, display_name=display_name.strip(),
                 tenant_id=tenant_id, roles=list(roles), permissions=list(permissions),
-                state=state or ACTIVE, secret_hash=hash_client_secret(secret),
+                state=state or iam_pb2.STATE_ACTIVE, secret_hash=hash_client_secret(secret),
             )
             session.add(row)
             emit_account(self.ctx, session, "oih.iam.service_account.created", row)
@@ -231,7 +234,7 @@ class ServiceAccounts:
 
     def update(self, caller: Principal, name: str, paths: Sequence[str], *,
                display_name: str, roles: list[str], permissions: list[str],
-               state: int) -> ServiceAccountRow:
+               state: State) -> ServiceAccountRow:
         chosen = mask(paths, _set_fields(display_name, roles, permissions, state),
                       PRINCIPAL_FIELDS)
         with transaction(self.ctx.engine) as session:

@@ -14,9 +14,10 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
 from oih.events.v1 import iam_pb2 as events
+from oih.iam.v1 import iam_pb2
 from oih_iam.credentials import client_secret_matches
 from oih_iam.logic.access import effective
-from oih_iam.logic.context import ACTIVE, Context, tenant_name
+from oih_iam.logic.context import Context, tenant_name
 from oih_iam.models import RevocationRow, ServiceAccountRow, TenantRow, UnknownLoginRow, UserRow
 from oih_iam.tokens import Issued
 from oih_runtime.clock import aware, utcnow
@@ -187,5 +188,6 @@ def _refuse_if_locked(user: UserRow | UnknownLoginRow | None, now: datetime) -> 
 
 def _require_active(session: Session, state: int, tenant_id: str) -> None:
     tenant = session.get(TenantRow, tenant_id)
-    if state != ACTIVE or tenant is None or tenant.state != ACTIVE:
+    if (state != iam_pb2.STATE_ACTIVE or tenant is None
+            or tenant.state != iam_pb2.STATE_ACTIVE):
         raise Unauthenticated("the account or its tenant is disabled", reason="DISABLED")

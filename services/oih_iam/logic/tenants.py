@@ -9,15 +9,8 @@ from collections.abc import Sequence
 from sqlmodel import Session, col, select
 
 from oih.events.v1 import iam_pb2 as events
-from oih_iam.logic.context import (
-    ACTIVE,
-    DISABLED,
-    PLATFORM_TENANT,
-    Context,
-    mask,
-    tenant_name,
-    unique,
-)
+from oih.iam.v1 import iam_pb2
+from oih_iam.logic.context import PLATFORM_TENANT, Context, mask, tenant_name, unique
 from oih_iam.logic.sessions import revoke_subject
 from oih_iam.models import RoleRow, ServiceAccountRow, TenantRow, UserRow
 from oih_runtime import paging
@@ -63,7 +56,7 @@ class Tenants:
             return paging.page(session, query, page_size, page_token, "tenants")
 
     def update(self, name: str, paths: Sequence[str], display_name: str,
-               state: int) -> TenantRow:
+               state: iam_pb2.State.ValueType) -> TenantRow:
         chosen = mask(paths, [f for f, v in (("display_name", display_name),
                                              ("state", state)) if v],
                       {"display_name", "state"})
@@ -76,8 +69,8 @@ class Tenants:
                     raise InvalidArgument.field("tenant.display_name", "must not be empty")
                 row.display_name = display_name.strip()
             if "state" in chosen:
-                row.state = state or ACTIVE
-                if row.state == DISABLED:
+                row.state = state or iam_pb2.STATE_ACTIVE
+                if row.state == iam_pb2.STATE_DISABLED:
                     # Like disabling a user: its members' tokens are refused at once.
                     self._revoke_members(session, row.id)
             row.update_time = utcnow()
