@@ -27,9 +27,9 @@ from .amqp import Amqp
 from .broker_users import without_credentials
 from .components import ComponentLookup
 from .credentials import Resolve
-from .drivers import RESTARTING, RUNNING, STARTING, Driver, WorkerInfo
+from .drivers import RESTARTING, RUNNING, STARTING, Driver, WorkerInfo, WorkerState
 from .management import Management, vhost_of
-from .models import DeploymentRow
+from .models import DeploymentRow, DeploymentState
 from .snapshots import SnapshotReader
 from .tasks import FlowTasks
 
@@ -37,7 +37,7 @@ SOURCE = "oih-orchestrator"
 OUTBOX = Outbox(SOURCE)
 
 #: Worker states that count as "the step has its worker".
-PRESENT = (STARTING, RUNNING, RESTARTING)
+PRESENT: tuple[WorkerState, ...] = (STARTING, RUNNING, RESTARTING)
 
 #: A queued task: `task(cancel, request)`, `request` numbering it among the flow's requests.
 Task = Callable[[threading.Event, int], None]
@@ -154,7 +154,7 @@ def all_steps(row: DeploymentRow | None) -> list[str]:
     return sorted(set(steps_of(row)) | {node["id"] for node in nodes if node.get("id")})
 
 
-def set_state(row: DeploymentRow, state: str, reason: str = "") -> None:
+def set_state(row: DeploymentRow, state: DeploymentState, reason: str = "") -> None:
     row.state, row.state_reason, row.update_time = state, reason, utcnow()
 
 

@@ -41,7 +41,7 @@ from oih_dataplane import topology
 from oih_dataplane.spec import StepSpec, flow_id_of
 from oih_runtime.db import transaction
 
-from . import vetting
+from . import drivers, vetting
 from .broker_users import with_new_password
 from .context import (
     Cancelled,
@@ -55,11 +55,9 @@ from .context import (
     set_state,
     steps_of,
 )
-from .drivers import FAILED as WORKER_FAILED
-from .drivers import RESTARTING
 from .management import user_name
-from .models import ACTIVE, FAILED, RUNNING_STATES, STOPPED, STOPPING, DeploymentRow
-from .models import STARTING as DEPLOYING
+from .models import RUNNING_STATES, DeploymentRow
+from .models import DeploymentState as State
 from .snapshots import SnapshotsUnavailable
 from .teardown import teardown
 
@@ -80,17 +78,17 @@ class Deployments:
         flow_id = flow_id_of(flow)
         row = session.get(DeploymentRow, flow_id)
         version = flow.running_version or flow.version
-        if (row is not None and row.state == ACTIVE and row.flow_version == version
+        if (row is not None and row.state == State.ACTIVE and row.flow_version == version
                 and not ctx.tasks.busy(flow_id) and not ctx.missing(row)):
             # Started twice (e.g. after a transition timeout): it runs; say so again.
             emit_started(session, row)
             return
         if row is None:
-            row = DeploymentRow(flow_id=flow_id, tenant=flow.tenant, state=DEPLOYING)
+            row = DeploymentRow(flow_id=flow_id, tenant=flow.tenant, state=State.STARTING)
         row.tenant, row.started_by, row.driver = flow.tenant, started_by, ctx.driver.name
         row.flow_version = version
         row.flow = json_format.MessageToDict(flow)
-        set_state(row, DEPLOYING)
+        set_state(row, State.STARTING)
         session.add(row)
         after_commit(session, lambda: ctx.submit(
             flow_id, lambda cancel, request: self.finish_start(flow_id, cancel, request)))
@@ -103,7 +101,7 @@ class Deployments:
         with ctx.locked(flow_id):
             with Session(ctx.engine) as session:
                 row = session.get(DeploymentRow, flow_id)
-            if row is None or row.state != DEPLOYING or not row.flow:
+            if row is None or row.state != State.STARTING or not row.flow:
                 return  # stopped or failed meanwhile: that request's task answers
             flow = json_format.ParseDict(row.flow, flows_pb2.Flow(), ignore_unknown_fields=True)
             steps = [node.id for node in flow.graph.nodes]
@@ -124,17 +122,17 @@ class Deployments:
                 teardown(ctx, flow_id, steps, tenant=flow.tenant, discard=False)
                 with transaction(ctx.engine) as session:
                     row = session.get(DeploymentRow, flow_id)
-                    if row is None or row.state != DEPLOYING:
+                    if row is None or row.state != State.STARTING:
                         return
-                    set_state(row, FAILED, reason)
+                    set_state(row, State.FAILED, reason)
                     session.add(row)
                     emit_failed(session, flow_id, flow.tenant, reason)
                 return
             with transaction(ctx.engine) as session:
                 row = session.get(DeploymentRow, flow_id)
-                if row is None or row.state != DEPLOYING or cancel.is_set():
+                if row is None or row.state != State.STARTING or cancel.is_set():
                     return  # a stop arrived at the last moment: its task removes it all
-                set_state(row, ACTIVE)
+                set_state(row, State.ACTIVE)
                 session.add(row)
                 ctx.follow(row)
                 emit_started(session, row)
@@ -158,7 +156,7 @@ class Deployments:
         # Recorded before anything is created: after a crash the row names what to clean up.
         with transaction(ctx.engine) as session:
             row = session.get(DeploymentRow, flow_id)
-            if row is None or row.state != DEPLOYING or cancel.is_set():
+            if row is None or row.state != State.STARTING or cancel.is_set():
                 raise Cancelled()
             row.entry_step = first
             row.specs = [asdict(spec) for spec in specs]
@@ -188,7 +186,8 @@ class Deployments:
             for worker in ctx.driver.workers(flow_id):
                 # A worker that dies before it consumed is broken (bad entry point, import
                 # error): fail now, not after the supervisor's back-off gives up.
-                if worker.step_id in waiting and worker.state in (RESTARTING, WORKER_FAILED):
+                if (worker.step_id in waiting
+                        and worker.state in (drivers.RESTARTING, drivers.FAILED)):
                     raise StartFailed(f"step {worker.step_id}: the worker did not start "
                                       f"({worker.state_reason})")
             if waiting and time.monotonic() > deadline:
@@ -222,7 +221,7 @@ class Deployments:
                 discarded = teardown(ctx, flow_id, sorted(steps))
             emit(session, "oih.flow.stopped", flow_id, flow.tenant, discarded)
             return
-        set_state(row, STOPPING)
+        set_state(row, State.STOPPING)
         session.add(row)
         after_commit(session, lambda: ctx.submit(
             flow_id, lambda cancel, request: self.finish_stop(flow_id, steps)))
@@ -241,8 +240,8 @@ class Deployments:
                 row = session.get(DeploymentRow, flow_id)
                 if row is None:
                     return
-                if row.state == STOPPING:
-                    set_state(row, STOPPED, f"stopped; {discarded} queued messages discarded"
+                if row.state == State.STOPPING:
+                    set_state(row, State.STOPPED, f"stopped; {discarded} queued messages discarded"
                               if discarded else "")
                     session.add(row)
                 emit(session, "oih.flow.stopped", flow_id, row.tenant, discarded)
@@ -250,8 +249,8 @@ class Deployments:
     def failed_elsewhere(self, session: Session, flow_id: str, reason: str) -> None:
         """Another service failed the flow (e.g. a start timed out): remove what we made."""
         row = session.get(DeploymentRow, flow_id)
-        if row is not None and row.state != STOPPED:
-            set_state(row, FAILED, reason)
+        if row is not None and row.state != State.STOPPED:
+            set_state(row, State.FAILED, reason)
             session.add(row)
         after_commit(session, lambda: self.ctx.submit(
             flow_id, lambda cancel, request: self._remove_failed(flow_id)))
@@ -261,6 +260,6 @@ class Deployments:
         with ctx.locked(flow_id):
             with Session(ctx.engine) as session:
                 row = session.get(DeploymentRow, flow_id)
-            if row is not None and row.state in (*RUNNING_STATES, STOPPING):
+            if row is not None and row.state in (*RUNNING_STATES, State.STOPPING):
                 return  # started or stopping again meanwhile: that request decides
             teardown(ctx, flow_id, all_steps(row), row=row, discard=False)

@@ -22,14 +22,13 @@ from oih.flows.v1 import flows_pb2
 from oih_runtime.clock import aware, utcnow
 from oih_runtime.db import transaction
 
-from . import vetting
+from . import drivers, vetting
 from .broker_users import with_new_password
 from .context import Context, StartFailed, emit_failed, set_state, steps_of
 from .deployments import Deployments
-from .drivers import FAILED as WORKER_FAILED
 from .management import USER_PREFIX
-from .models import ACTIVE, FAILED, RUNNING_STATES, STOPPED, STOPPING, DeploymentRow
-from .models import STARTING as DEPLOYING
+from .models import RUNNING_STATES, DeploymentRow
+from .models import DeploymentState as State
 from .teardown import teardown
 
 log = logging.getLogger(__name__)
@@ -48,7 +47,7 @@ class Reconciler:
         ctx = self.ctx
         with transaction(ctx.engine) as session:
             rows = list(session.exec(select(DeploymentRow).where(
-                col(DeploymentRow.state).in_((*RUNNING_STATES, STOPPING)))).all())
+                col(DeploymentRow.state).in_((*RUNNING_STATES, State.STOPPING)))).all())
         wanted = {row.flow_id for row in rows if row.state in RUNNING_STATES}
         for row in rows:
             with _per_flow(row.flow_id, "reconcile"):
@@ -82,15 +81,15 @@ class Reconciler:
                             ctx.management.delete_user(user)
 
     def _reconcile_row(self, row: DeploymentRow) -> None:
-        if row.state == ACTIVE:
+        if row.state == State.ACTIVE:
             self._heal(row.flow_id)
         elif self._unfinished(row):
             # A start or stop a previous orchestrator acknowledged but did not finish.
-            log.warning("finishing an interrupted %s", "start" if row.state == DEPLOYING
+            log.warning("finishing an interrupted %s", "start" if row.state == State.STARTING
                         else "stop", extra={"flow_id": row.flow_id})
             flow_id = row.flow_id
             deployments = self.deployments
-            if row.state == DEPLOYING:
+            if row.state == State.STARTING:
                 self.ctx.submit(flow_id, lambda cancel, request:
                                 deployments.finish_start(flow_id, cancel, request))
             else:
@@ -101,7 +100,7 @@ class Reconciler:
         """A STARTING or STOPPING row nobody here works on: changed before this process began
         (a crash or restart cut it short), or long enough ago that its task must be gone."""
         ctx = self.ctx
-        if row.state not in (DEPLOYING, STOPPING) or ctx.tasks.busy(row.flow_id):
+        if row.state not in (State.STARTING, State.STOPPING) or ctx.tasks.busy(row.flow_id):
             return False
         changed = aware(row.update_time)
         stale = (utcnow() - changed).total_seconds() > ctx.start_timeout + ctx.stop_timeout
@@ -114,15 +113,15 @@ class Reconciler:
                 return  # a start or stop is busy with it; next round
             with transaction(ctx.engine) as session:
                 row = session.get(DeploymentRow, flow_id)
-                if row is None or row.state != ACTIVE:
+                if row is None or row.state != State.ACTIVE:
                     return
                 workers = ctx.driver.workers(flow_id)
-                broken = [w for w in workers if w.state == WORKER_FAILED]
+                broken = [w for w in workers if w.state == drivers.FAILED]
                 if broken:
                     reason = (f"step {broken[0].step_id}: the worker keeps crashing "
                               f"({broken[0].state_reason})")
                     teardown(ctx, flow_id, steps_of(row), row=row, discard=False)
-                    set_state(row, FAILED, reason)
+                    set_state(row, State.FAILED, reason)
                     session.add(row)
                     emit_failed(session, flow_id, row.tenant, reason)
                     return
@@ -160,7 +159,7 @@ class Reconciler:
         """Whether the flow was stopped (or is unknown here): its queues may go."""
         with Session(self.ctx.engine) as session:
             row = session.get(DeploymentRow, flow_id)
-            return row is None or row.state in (STOPPING, STOPPED)
+            return row is None or row.state in (State.STOPPING, State.STOPPED)
 
     def _wanted(self, flow_id: str) -> bool:
         with Session(self.ctx.engine) as session:

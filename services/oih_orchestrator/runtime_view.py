@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 
 
 def worker(info: WorkerInfo) -> pb.Worker:
-    proto = pb.Worker(step_id=info.step_id, state=pb.Worker.State.Value(f"STATE_{info.state}"),
+    proto = pb.Worker(step_id=info.step_id, state=info.state,
                       instance=info.instance, restarts=info.restarts,
                       state_reason=info.state_reason)
     if info.start_time is not None:

@@ -21,9 +21,7 @@ from oih_runtime.errors import NotFound
 from oih_runtime.principal import Principal
 
 from .ingest import steps_of
-from .models import ExecutionRow, StepExecutionRow
-
-_STATES = {"RUNNING", "SUCCEEDED", "FAILED"}
+from .models import ExecutionRow, ExecutionState, StepExecutionRow
 
 #: `flow id → its tenant`, or None when the flow does not exist (or is unknown here).
 FlowTenant = Callable[[str], str | None]
@@ -99,7 +97,7 @@ def _ordered(steps: list[StepExecutionRow], row: ExecutionRow,
 def to_proto(row: ExecutionRow, steps: list[StepExecutionRow]) -> orchestrator_pb2.Execution:
     result = orchestrator_pb2.Execution(
         name=f"flows/{row.flow_id}/executions/{row.execution_id}", flow=f"flows/{row.flow_id}",
-        state=orchestrator_pb2.Execution.State.Value(f"STATE_{row.state}"),
+        state=ExecutionState(row.state).proto,
         source=row.source, flow_version=row.flow_version)
     result.create_time.FromDatetime(aware(row.create_time))
     result.update_time.FromDatetime(aware(row.update_time))
@@ -121,7 +119,7 @@ def to_proto(row: ExecutionRow, steps: list[StepExecutionRow]) -> orchestrator_p
 
 def _state(op: str, value: str) -> Any:
     value = value.upper().removeprefix("STATE_")
-    if op not in ("=", "!=") or value not in _STATES:
+    if op not in ("=", "!=") or value not in ExecutionState.__members__:
         raise ValueError("use state=RUNNING, SUCCEEDED or FAILED")
     return filtering.compare(ExecutionRow.state, op, value)
 
