@@ -34,13 +34,14 @@ import grpc
 import psutil
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from oih_cli import broker
 from oih_gateway import layout
 from oih_gateway.docs import write_docs
 from oih_gateway.envoy import EnvoyProcess
 from oih_gateway.openapi import dumps_openapi, render_openapi
 from oih_gateway.render import read_rpcs, write_envoy_config
 from oih_orchestrator.drivers.local import stop_all_workers
-from oih_runtime import broker, crypto
+from oih_runtime import crypto
 from oih_runtime.settings import DEFAULT_PORTS, DEFAULT_RABBITMQ_URL
 
 log = logging.getLogger(__name__)
