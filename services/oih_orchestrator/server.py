@@ -68,8 +68,6 @@ class Built:
     start_background: Callable[[], None] = field(default=lambda: None)
 
 
-
-
 def make_driver(settings: ServiceSettings, own: OrchestratorSettings) -> Driver:
     if own.driver == "local":
         return LocalDriver(settings.data_dir)

@@ -1,4 +1,4 @@
-"""The platform event bus on RabbitMQ (see ARCHITECTURE.md §4).
+"""The platform event bus on RabbitMQ (README: "How it fits together", "Guarantees").
 
 - `Outbox(source).add(session, type, payload, ...)`: store an event in the caller's transaction.
 - `Relay(engine).start()`: a background thread publishing the outbox with pipelined confirms.
