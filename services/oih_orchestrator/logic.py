@@ -8,6 +8,8 @@
 - `teardown.py`: removing a deployment's workers, reports, users and queues;
 - `reconcile.py`: making what runs agree with the deployments table (heal, finish, strays);
 - `execute.py`: starting executions; `executions/`: the executions and dead-letter views.
+The servicer converts with `convert.py` (workers, flow runtimes) and reads with
+`runtime_view.py`, like the repositories' servicer/logic/convert.
 """
 
 from __future__ import annotations
