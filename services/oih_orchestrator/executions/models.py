@@ -10,31 +10,18 @@ id: callers may choose execution ids (StartExecution), so an id is unique only w
 
 # No `from __future__ import annotations`: SQLModel reads the annotations at runtime.
 from datetime import datetime
-from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import JSON, Column, DateTime, Index
 from sqlmodel import Field, SQLModel
 
-from oih.orchestrator.v1 import orchestrator_pb2
 from oih_runtime.clock import utcnow
 
-
-class ExecutionState(StrEnum):
-    """An execution's state, stored by its name: `oih.orchestrator.v1.Execution.State`
-    without the prefix (the row keeps names, readable in the database and in filters)."""
-
-    RUNNING = "RUNNING"
-    SUCCEEDED = "SUCCEEDED"
-    FAILED = "FAILED"
-
-    @property
-    def proto(self) -> orchestrator_pb2.Execution.State.ValueType:
-        """The contract's value: the one place a stored name becomes the proto enum."""
-        return orchestrator_pb2.Execution.State.Value(f"STATE_{self.value}")
-
+RUNNING, SUCCEEDED, FAILED = "RUNNING", "SUCCEEDED", "FAILED"
 
 _WHEN = DateTime(timezone=True)
+
+
 
 
 class ExecutionRow(SQLModel, table=True):
@@ -53,7 +40,7 @@ class ExecutionRow(SQLModel, table=True):
     flow_id: str = Field(primary_key=True, max_length=64)
     execution_id: str = Field(primary_key=True, max_length=64)
     tenant: str = Field(max_length=200)
-    state: str = Field(default=ExecutionState.RUNNING.value, index=True, max_length=16)
+    state: str = Field(default=RUNNING, index=True, max_length=16)
     #: Why the state rule says what it says (see state.py): settled, outstanding, unknown.
     progress: str = Field(default="outstanding", max_length=16)
     source: str = Field(default="", max_length=32)

@@ -53,8 +53,6 @@ from dataclasses import dataclass
 
 from oih_dataplane.spec import StepSpec
 
-from .models import ExecutionState
-
 SETTLED, OUTSTANDING, UNKNOWN = "settled", "outstanding", "unknown"
 
 
@@ -160,12 +158,12 @@ def progress(steps: Mapping[str, Counts], triggers: int, shape: FlowShape | None
 
 
 def state_of(steps: Mapping[str, Counts], triggers: int, shape: FlowShape | None
-             ) -> tuple[ExecutionState, str]:
+             ) -> tuple[str, str]:
     """(execution state, progress): RUNNING, SUCCEEDED or FAILED with why."""
     kind = progress(steps, triggers, shape)
     failed = outstanding_dead_letters(steps) > 0
     if kind == SETTLED:
-        return (ExecutionState.FAILED if failed else ExecutionState.SUCCEEDED), kind
+        return ("FAILED" if failed else "SUCCEEDED"), kind
     if kind == UNKNOWN and failed:
-        return ExecutionState.FAILED, kind
-    return ExecutionState.RUNNING, kind
+        return "FAILED", kind
+    return "RUNNING", kind

@@ -21,7 +21,9 @@ from oih_runtime.errors import NotFound
 from oih_runtime.principal import Principal
 
 from .ingest import steps_of
-from .models import ExecutionRow, ExecutionState, StepExecutionRow
+from .models import ExecutionRow, StepExecutionRow
+
+_STATES = {"RUNNING", "SUCCEEDED", "FAILED"}
 
 #: `flow id → its tenant`, or None when the flow does not exist (or is unknown here).
 FlowTenant = Callable[[str], str | None]
@@ -97,7 +99,7 @@ def _ordered(steps: list[StepExecutionRow], row: ExecutionRow,
 def to_proto(row: ExecutionRow, steps: list[StepExecutionRow]) -> orchestrator_pb2.Execution:
     result = orchestrator_pb2.Execution(
         name=f"flows/{row.flow_id}/executions/{row.execution_id}", flow=f"flows/{row.flow_id}",
-        state=ExecutionState(row.state).proto,
+        state=orchestrator_pb2.Execution.State.Value(f"STATE_{row.state}"),
         source=row.source, flow_version=row.flow_version)
     result.create_time.FromDatetime(aware(row.create_time))
     result.update_time.FromDatetime(aware(row.update_time))
@@ -119,7 +121,7 @@ def to_proto(row: ExecutionRow, steps: list[StepExecutionRow]) -> orchestrator_p
 
 def _state(op: str, value: str) -> Any:
     value = value.upper().removeprefix("STATE_")
-    if op not in ("=", "!=") or value not in ExecutionState.__members__:
+    if op not in ("=", "!=") or value not in _STATES:
         raise ValueError("use state=RUNNING, SUCCEEDED or FAILED")
     return filtering.compare(ExecutionRow.state, op, value)
 
