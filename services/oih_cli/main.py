@@ -72,15 +72,15 @@ def _demo(args: list[str]) -> int:
 
 
 def _events(args: list[str]) -> int:
-    from oih_runtime.bus import cli as bus_cli
+    from oih_cli import events
 
-    return bus_cli.main(args)
+    return events.main(args)
 
 
 def _gateway(args: list[str]) -> int:
-    from oih_gateway.__main__ import main as gateway_main
+    from oih_gateway import cli as gateway_cli
 
-    return gateway_main(args)
+    return gateway_cli.main(args)
 
 
 _passthrough("up", _up, "Run the platform on this machine until Ctrl-C (`oih up --help`).")

@@ -34,13 +34,15 @@ import grpc
 import psutil
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from oih_cli import broker
 from oih_gateway import layout
 from oih_gateway.docs import write_docs
 from oih_gateway.envoy import EnvoyProcess
 from oih_gateway.openapi import dumps_openapi, render_openapi
 from oih_gateway.render import read_rpcs, write_envoy_config
 from oih_orchestrator.drivers.local import stop_all_workers
-from oih_runtime import broker, crypto
+from oih_runtime import crypto
+from oih_runtime.background import Periodic
 from oih_runtime.settings import DEFAULT_PORTS, DEFAULT_RABBITMQ_URL
 
 log = logging.getLogger(__name__)
@@ -136,7 +138,7 @@ class Platform:
     _supervised: dict[str, _Supervised] = field(default_factory=dict, init=False)
     _lock: threading.RLock = field(default_factory=threading.RLock, init=False)
     _stopping: threading.Event = field(default_factory=threading.Event, init=False)
-    _supervisor: threading.Thread | None = field(default=None, init=False)
+    _supervisor: Periodic | None = field(default=None, init=False)
     envoy: EnvoyProcess | None = field(default=None, init=False)
     private_broker: broker.PrivateBroker | None = field(default=None, init=False)
 
@@ -180,8 +182,8 @@ class Platform:
             raise
         if self.supervise:
             self._stopping.clear()
-            self._supervisor = threading.Thread(target=self._supervise, daemon=True,
-                                                name="oih-up-supervisor")
+            self._supervisor = Periodic(self._supervise_once, 0.25, "oih-up-supervisor",
+                                        at_once=False, stop_timeout=5.0)
             self._supervisor.start()
 
     def _check_ports(self) -> None:
@@ -319,13 +321,6 @@ class Platform:
 
     # ------------------------------------------------------------------ supervision
 
-    def _supervise(self) -> None:
-        while not self._stopping.wait(0.25):
-            try:
-                self._supervise_once()
-            except Exception:
-                log.exception("supervisor error")
-
     def _supervise_once(self) -> None:
         now = time.monotonic()
         with self._lock:
@@ -408,7 +403,7 @@ class Platform:
         """Envoy first (no new requests), then the services (they drain), then the broker."""
         self._stopping.set()
         if self._supervisor is not None:
-            self._supervisor.join(5)
+            self._supervisor.stop()
             self._supervisor = None
         if self.envoy is not None:
             self.envoy.stop()

@@ -7,6 +7,7 @@ from datetime import datetime
 from sqlalchemy import JSON, Column, Index, text
 from sqlmodel import Field, SQLModel
 
+from oih.iam.v1 import iam_pb2
 from oih_runtime.clock import utcnow
 
 # Each list's order has an index (within the caller's tenant and over all), so a page is a range
@@ -18,7 +19,7 @@ class TenantRow(SQLModel, table=True):
     __table_args__ = (Index("ix_iam_tenant_page", "create_time", "id"),)
     id: str = Field(primary_key=True)
     display_name: str = Field(unique=True)
-    state: int = 1
+    state: int = iam_pb2.STATE_ACTIVE  # an oih.iam.v1.State number
     create_time: datetime = Field(default_factory=utcnow)
     update_time: datetime = Field(default_factory=utcnow)
 
@@ -33,7 +34,7 @@ class UserRow(SQLModel, table=True):
     tenant_id: str = Field(index=True)
     roles: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
     permissions: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
-    state: int = 1
+    state: int = iam_pb2.STATE_ACTIVE  # an oih.iam.v1.State number
     password_hash: str
     failed_logins: int = 0
     locked_until: datetime | None = None
@@ -75,7 +76,7 @@ class ServiceAccountRow(SQLModel, table=True):
     tenant_id: str = Field(index=True)
     roles: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
     permissions: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
-    state: int = 1
+    state: int = iam_pb2.STATE_ACTIVE  # an oih.iam.v1.State number
     secret_hash: str
     create_time: datetime = Field(default_factory=utcnow)
     update_time: datetime = Field(default_factory=utcnow)

@@ -68,7 +68,7 @@ def build(settings: ServiceSettings, iam_settings: IamSettings,
     servicer = IamServicer(iam, keys, verifier)
     relay = Relay(engine, url=settings.rabbitmq_url, exchange=settings.events_exchange,
                   name="oih-iam-relay")
-    feed = RevocationFeed(revocations, iam.list_revocations, settings.rabbitmq_url,
+    feed = RevocationFeed(revocations, iam.sessions.list_revocations, settings.rabbitmq_url,
                           settings.events_exchange, name="oih-iam-revocations")
     service = server.Service(
         name="iam",

@@ -21,7 +21,8 @@ from oih_runtime.bus import Consumer, PermanentError
 from oih_runtime.errors import DomainError
 
 from . import execute
-from .deployments import SOURCE, Orchestrator
+from .context import SOURCE
+from .logic import Orchestrator
 
 Event = event_pb2.Event
 

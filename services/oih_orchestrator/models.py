@@ -12,6 +12,7 @@ a column was added (e.g. `flow`) must be dropped or migrated by hand (pre-releas
 
 # No `from __future__ import annotations`: SQLModel reads the annotations at runtime.
 from datetime import datetime
+from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import JSON, Column, DateTime
@@ -19,15 +20,28 @@ from sqlmodel import Field, SQLModel
 
 from oih_runtime.clock import utcnow
 
-# Deployment states. STOPPED rows are kept (tenant and version of past runs, for the
-# executions and dead-letter views); everything else in them is gone.
-STARTING, ACTIVE, STOPPING, STOPPED, FAILED = "STARTING", "ACTIVE", "STOPPING", "STOPPED", "FAILED"
+
+class DeploymentState(StrEnum):
+    """A deployment's state, stored by its name. The orchestrator's own (the contract shows
+    flows' and workers' states, not this one), so a typed enum here rather than a proto's.
+    STOPPED rows are kept (tenant and version of past runs, for the executions and dead-letter
+    views); everything else in them is gone."""
+
+    STARTING = "STARTING"
+    ACTIVE = "ACTIVE"
+    STOPPING = "STOPPING"
+    STOPPED = "STOPPED"
+    FAILED = "FAILED"
+
+
+# The members by their short names, for the modules and tests that import them so.
+STARTING, ACTIVE = DeploymentState.STARTING, DeploymentState.ACTIVE
+STOPPING, STOPPED = DeploymentState.STOPPING, DeploymentState.STOPPED
+FAILED = DeploymentState.FAILED
 #: States in which workers should exist.
 RUNNING_STATES = (STARTING, ACTIVE)
 
 _WHEN = DateTime(timezone=True)
-
-
 
 
 class DeploymentRow(SQLModel, table=True):
@@ -35,6 +49,7 @@ class DeploymentRow(SQLModel, table=True):
 
     flow_id: str = Field(primary_key=True, max_length=64)
     tenant: str = Field(index=True, max_length=200)
+    #: A `DeploymentState` (a str: the column holds its name).
     state: str = Field(index=True, max_length=16)
     state_reason: str = ""
     flow_version: int = 0

@@ -1,4 +1,5 @@
-"""The FlowRuntime view: the driver's workers and the broker's queue depths of one flow."""
+"""The FlowRuntime view: the driver's workers and the broker's queue depths of one flow,
+read here and made a proto by `convert.flow_runtime`."""
 
 from __future__ import annotations
 
@@ -10,21 +11,13 @@ from oih.orchestrator.v1 import orchestrator_pb2 as pb
 from oih_dataplane import topology
 from oih_dataplane.spec import StepSpec
 
+from . import convert
 from .amqp import Amqp
 from .drivers import RUNNING, STARTING, Driver, WorkerInfo
 from .management import Management, ManagementError
 from .models import DeploymentRow
 
 log = logging.getLogger(__name__)
-
-
-def worker(info: WorkerInfo) -> pb.Worker:
-    proto = pb.Worker(step_id=info.step_id, state=pb.Worker.State.Value(f"STATE_{info.state}"),
-                      instance=info.instance, restarts=info.restarts,
-                      state_reason=info.state_reason)
-    if info.start_time is not None:
-        proto.start_time.FromDatetime(info.start_time)
-    return proto
 
 
 def queue_depth(amqp: Amqp, management: Management, vhost: str, spec: StepSpec) -> pb.QueueDepth:
@@ -61,10 +54,5 @@ def consuming(amqp: Amqp, info: WorkerInfo, flow_id: str) -> WorkerInfo:
 def flow_runtime(row: DeploymentRow, driver: Driver, amqp: Amqp, management: Management,
                  vhost: str) -> pb.FlowRuntime:
     workers = [consuming(amqp, w, row.flow_id) for w in driver.workers(row.flow_id)]
-    runtime = pb.FlowRuntime(name=f"flows/{row.flow_id}/runtime", driver=row.driver,
-                             flow_version=row.flow_version,
-                             workers=[worker(w) for w in workers])
-    for raw in row.specs:
-        runtime.queues.append(queue_depth(amqp, management, vhost, StepSpec.from_dict(raw)))
-    runtime.observe_time.FromDatetime(datetime.now(UTC))
-    return runtime
+    queues = [queue_depth(amqp, management, vhost, StepSpec.from_dict(raw)) for raw in row.specs]
+    return convert.flow_runtime(row, workers, queues, datetime.now(UTC))

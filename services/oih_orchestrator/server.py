@@ -34,11 +34,11 @@ from . import events, executions, models
 from .amqp import Amqp
 from .components import ComponentDirectory, ComponentLookup, register_builtins
 from .credentials import Resolve
-from .deployments import Orchestrator
 from .drivers import Driver
 from .drivers.local import LocalDriver
 from .execute import Starter, StartRecorder, forget_starts
 from .executions import models as executions_models
+from .logic import Orchestrator
 from .management import Management
 from .servicer import OrchestratorServicer, ServiceContext
 from .settings import OrchestratorSettings
@@ -66,8 +66,6 @@ class Built:
     relay: Relay | None = None
     #: Starts the background work; `service.on_stop` stops it (workers keep running).
     start_background: Callable[[], None] = field(default=lambda: None)
-
-
 
 
 def make_driver(settings: ServiceSettings, own: OrchestratorSettings) -> Driver:
@@ -118,8 +116,8 @@ def build(settings: ServiceSettings, own: OrchestratorSettings, *,
                       StartRecorder(engine))
     servicer = OrchestratorServicer(ServiceContext(engine, amqp, orchestrator, starter))
     if own.snapshots_address:
-        orchestrator.snapshots = SnapshotReader(
-            authenticated_channel(own.snapshots_address, identity.token.get))
+        orchestrator.read_snapshots(SnapshotReader(
+            authenticated_channel(own.snapshots_address, identity.token.get)))
         if isinstance(driver, LocalDriver):
             driver.refresh_spec = orchestrator.with_latest_snapshot
     service = server.Service(
@@ -141,7 +139,7 @@ def build(settings: ServiceSettings, own: OrchestratorSettings, *,
     if bus:
         # The executions view: reports of every running flow, and its retention.
         reports = executions.ReportsConsumer(engine, settings.rabbitmq_url)
-        orchestrator.reports = reports
+        orchestrator.follow_reports(reports)
         retention = timedelta(days=executions.RetentionSettings.from_env().retention_days)
 
         def sweep() -> None:

@@ -33,7 +33,7 @@ from oih_runtime.jsontext import parse_object
 
 from . import execute, executions, runtime_view
 from .amqp import Amqp
-from .deployments import Orchestrator
+from .logic import Orchestrator
 from .models import RUNNING_STATES, STOPPING, DeploymentRow
 
 Context = grpc.ServicerContext

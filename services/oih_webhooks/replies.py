@@ -25,6 +25,7 @@ import pika
 import pika.exceptions
 
 from oih_dataplane import topology
+from oih_runtime.background import Reconnecting
 from oih_runtime.bus.topology import connection_parameters
 
 log = logging.getLogger(__name__)
@@ -54,21 +55,18 @@ class ReplyWaiter:
         self._waiting: dict[str, tuple[str, Future[HttpReply]]] = {}
         self._binds: queue.Queue[tuple[str, Future[None]]] = queue.Queue()
         self._lock = threading.Lock()
-        self._stopping = threading.Event()
         self._ready = threading.Event()
-        self._thread: threading.Thread | None = None
+        # The reply queue's connection: served until it drops, then opened again a second
+        # later (the queue is exclusive, so it goes with the connection and comes back with it).
+        self._loop = Reconnecting("oih-webhook-replies", self._serve, initial=1.0, maximum=1.0,
+                                  stop_timeout=5.0)
 
     def start(self) -> None:
-        with self._lock:
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="oih-webhook-replies",
-                                                daemon=True)
-                self._thread.start()
+        with self._lock:  # bind() starts it from many request threads at once
+            self._loop.start()
 
     def stop(self) -> None:
-        self._stopping.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
+        self._loop.stop()
 
     def bind(self, flow_id: str, timeout: float = 10.0) -> None:
         """Make replies of `flow_id`'s steps reach this process. Done for every synchronous
@@ -96,14 +94,6 @@ class ReplyWaiter:
 
     # --- the connection's thread -----------------------------------------------------------
 
-    def _run(self) -> None:
-        while not self._stopping.is_set():
-            try:
-                self._serve()
-            except (pika.exceptions.AMQPError, OSError) as error:
-                log.warning("reply queue connection lost (%s); reconnecting", error)
-                self._stopping.wait(1.0)
-
     def _serve(self) -> None:
         connection = pika.BlockingConnection(connection_parameters(self.url))
         try:
@@ -111,7 +101,7 @@ class ReplyWaiter:
             channel.queue_declare(self.queue, exclusive=True, auto_delete=True)
             channel.basic_consume(self.queue, self._on_reply, auto_ack=True)
             self._ready.set()
-            while not self._stopping.is_set():
+            while not self._loop.stopping.is_set():
                 self._do_binds(connection, channel)
                 connection.process_data_events(time_limit=0.05)
         finally:

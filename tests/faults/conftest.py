@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from oih_cli.platform import Platform
-from oih_runtime.broker import PrivateBroker
+from oih_cli.broker import PrivateBroker
 from oih_runtime.settings import DEFAULT_PORTS
 from tests.e2e.conftest import (
     ADMIN,

@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from oih_cli.platform import Platform
-from oih_runtime.broker import PrivateBroker, broker_answers
+from oih_cli.broker import PrivateBroker, broker_answers
 from tests.e2e.conftest import auth
 from tests.faults.support import (
     Load,

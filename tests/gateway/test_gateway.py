@@ -28,7 +28,7 @@ from google.api import httpbody_pb2
 
 from oih.iam.v1 import iam_pb2, iam_pb2_grpc
 from oih_gateway import layout
-from oih_gateway.__main__ import render_default
+from oih_gateway.cli import render_default
 from oih_gateway.docs import write_docs
 from oih_gateway.envoy import EnvoyProcess, validate
 from oih_gateway.render import body_array_fields, dumps_envoy_config, read_rpcs, template_regex

@@ -11,7 +11,7 @@ from openapi_spec_validator import validate as validate_openapi
 from openapi_spec_validator.validation.exceptions import OpenAPIValidationError
 
 from oih_gateway import layout
-from oih_gateway.__main__ import stale_files
+from oih_gateway.cli import stale_files
 from oih_gateway.openapi import ERROR_STATUSES, render_openapi
 from oih_gateway.render import read_rpcs
 

@@ -15,6 +15,7 @@ import pytest
 
 from oih.components.v1 import components_pb2_grpc
 from oih.orchestrator.v1 import orchestrator_pb2_grpc
+from oih_cli.broker import RABBITMQ_BIN, PrivateBroker
 from oih_components import server as components_server
 from oih_orchestrator.components import register_builtins
 from oih_orchestrator.drivers.local import LocalDriver
@@ -23,7 +24,6 @@ from oih_orchestrator.server import Built, build
 from oih_orchestrator.settings import OrchestratorSettings
 from oih_runtime import server as runtime_server
 from oih_runtime import settings as runtime_settings
-from oih_runtime.broker import RABBITMQ_BIN, PrivateBroker
 from oih_runtime.clients import authenticated_channel
 from tests.oih_orchestrator.support import TENANT, EventBus
 from tests.support.tokens import TestIssuer, bearer

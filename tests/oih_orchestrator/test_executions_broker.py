@@ -19,6 +19,7 @@ from sqlmodel import Session
 
 from oih.component.v1 import message_pb2
 from oih.orchestrator.v1 import orchestrator_pb2
+from oih_cli.broker import broker_answers
 from oih_dataplane import envelope, topology
 from oih_dataplane.spec import EdgeSpec, RetrySpec, StepSpec
 from oih_orchestrator.executions import (
@@ -30,7 +31,6 @@ from oih_orchestrator.executions import (
     replay_dead_letter,
 )
 from oih_orchestrator.server import TABLES
-from oih_runtime.broker import broker_answers
 from oih_runtime.db import make_engine
 from oih_runtime.errors import FailedPrecondition, NotFound
 from oih_runtime.principal import Principal

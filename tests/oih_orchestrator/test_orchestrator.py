@@ -16,10 +16,10 @@ from google.protobuf import struct_pb2
 from oih.events.v1 import orchestrator_pb2 as answers
 from oih.flows.v1 import flows_pb2
 from oih.orchestrator.v1 import orchestrator_pb2 as pb
+from oih_cli.broker import PrivateBroker
 from oih_dataplane import topology
 from oih_dataplane.spec import StepSpec
 from oih_orchestrator.management import Management, user_name
-from oih_runtime.broker import PrivateBroker
 from tests.oih_orchestrator.conftest import Orchestrator
 from tests.oih_orchestrator.support import (
     EXPRESSION,

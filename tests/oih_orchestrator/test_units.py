@@ -15,18 +15,15 @@ from sqlmodel import Session
 from oih.components.v1 import components_pb2 as cpb
 from oih.components.v1 import components_pb2_grpc
 from oih.flows.v1 import flows_pb2
+from oih_orchestrator.broker_users import with_credentials, without_credentials
 from oih_orchestrator.components import builtin_component, register_builtins
-from oih_orchestrator.deployments import (
-    StartFailed,
-    entry_step,
-    with_credentials,
-    without_credentials,
-)
+from oih_orchestrator.context import StartFailed
 from oih_orchestrator.execute import Started, StartRecorder, forget_starts
 from oih_orchestrator.executions import models as executions_models
 from oih_orchestrator.management import vhost_of
 from oih_orchestrator.models import TABLES, ExecutionStartRow
 from oih_orchestrator.settings import OrchestratorSettings, management_url_for
+from oih_orchestrator.vetting import entry_step
 from oih_runtime.db import make_engine, transaction
 from tests.support import postgres
 

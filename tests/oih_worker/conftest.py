@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from oih_runtime.broker import RABBITMQ_BIN, PrivateBroker, broker_answers
+from oih_cli.broker import RABBITMQ_BIN, PrivateBroker, broker_answers
 from tests.oih_worker.support import FlowHarness
 
 SYSTEM_BROKER = "amqp://guest:guest@127.0.0.1:5672/%2F"

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from oih_runtime.broker import RABBITMQ_BIN, PrivateBroker, broker_answers
+from oih_cli.broker import RABBITMQ_BIN, PrivateBroker, broker_answers
 from oih_runtime.bus.topology import rabbitmq_url
 
 

@@ -5,6 +5,16 @@ them as Deployments (imported only when chosen: the kubernetes client is optiona
 The orchestrator's core imports only this package's face, never a driver by name.
 """
 
-from .base import FAILED, RESTARTING, RUNNING, STARTING, STOPPING, Driver, WorkerInfo
+from .base import (
+    FAILED,
+    RESTARTING,
+    RUNNING,
+    STARTING,
+    STOPPING,
+    Driver,
+    WorkerInfo,
+    WorkerState,
+)
 
-__all__ = ["FAILED", "RESTARTING", "RUNNING", "STARTING", "STOPPING", "Driver", "WorkerInfo"]
+__all__ = ["FAILED", "RESTARTING", "RUNNING", "STARTING", "STOPPING", "Driver", "WorkerInfo",
+           "WorkerState"]

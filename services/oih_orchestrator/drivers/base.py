@@ -12,21 +12,27 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol, runtime_checkable
+from typing import Protocol, TypeAlias, runtime_checkable
 
 from oih.components.v1 import components_pb2
+from oih.orchestrator.v1.orchestrator_pb2 import Worker
 from oih_dataplane.spec import StepSpec
 
-# Worker states, the names of `oih.orchestrator.v1.Worker.State` without the prefix.
-STARTING, RUNNING, RESTARTING, STOPPING, FAILED = (
-    "STARTING", "RUNNING", "RESTARTING", "STOPPING", "FAILED")
+#: A worker's state is the contract's `oih.orchestrator.v1.Worker.State`; the names below are
+#: its values without the prefix, as the drivers speak them.
+WorkerState: TypeAlias = Worker.State.ValueType
+STARTING: WorkerState = Worker.STATE_STARTING
+RUNNING: WorkerState = Worker.STATE_RUNNING
+RESTARTING: WorkerState = Worker.STATE_RESTARTING
+STOPPING: WorkerState = Worker.STATE_STOPPING
+FAILED: WorkerState = Worker.STATE_FAILED
 
 
 @dataclass(frozen=True)
 class WorkerInfo:
     step_id: str
-    #: One of the state names above.
-    state: str
+    #: One of the states above.
+    state: WorkerState
     #: "pid:1234" (local) or the pod name (kubernetes).
     instance: str
     #: Restarts since the flow was deployed.

@@ -44,7 +44,7 @@ from oih_runtime.background import Periodic
 from oih_worker.credentials import STDIN
 
 from ..components import entry_point
-from .base import FAILED, RESTARTING, RUNNING, STARTING, STOPPING, WorkerInfo
+from .base import FAILED, RESTARTING, RUNNING, STARTING, STOPPING, WorkerInfo, WorkerState
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +65,7 @@ class _Worker:
     #: when the worker was adopted and this process never had them (`needs_credentials`).
     credentials: bytes | None = field(default=None, repr=False)
     needs_credentials: bool = False
-    state: str = STARTING
+    state: WorkerState = STARTING
     restarts: int = 0
     crashes: int = 0  # consecutive short runs
     start_time: datetime | None = None

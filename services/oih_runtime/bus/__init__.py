@@ -1,9 +1,9 @@
-"""The platform event bus on RabbitMQ (see ARCHITECTURE.md §4).
+"""The platform event bus on RabbitMQ (README: "How it fits together", "Guarantees").
 
 - `Outbox(source).add(session, type, payload, ...)`: store an event in the caller's transaction.
 - `Relay(engine).start()`: a background thread publishing the outbox with pipelined confirms.
 - `Consumer(engine, service).on(type, handler)`: idempotent handlers, retries, dead letters.
-- `list_dead_letters(service)`, `replay_dead_letters(service, ids)`; CLI in `bus.cli`.
+- `list_dead_letters(service)`, `replay_dead_letters(service, ids)`; CLI: `oih events` (`oih_cli/events.py`).
 """
 
 from .consumer import Consumer, PermanentError, RetryPolicy, topic_matches

@@ -19,8 +19,8 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
 from oih.events.v1 import event_pb2, iam_pb2
-from oih_runtime import broker as broker_module
-from oih_runtime.broker import BrokerError, PrivateBroker, broker_answers, ensure_broker
+from oih_cli import broker as broker_module
+from oih_cli.broker import BrokerError, PrivateBroker, broker_answers, ensure_broker
 from oih_runtime.bus import Consumer, Outbox, OutboxEvent, ProcessedEvent, Relay, RetryPolicy
 from oih_runtime.db import transaction
 from tests.runtime.bus.support import RETRY_DELAYS_MS, Amqp, Widget, open_amqp, wait_for

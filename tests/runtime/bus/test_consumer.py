@@ -14,6 +14,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
 from oih.events.v1 import event_pb2, iam_pb2
+from oih_cli.events import main as cli_main
 from oih_runtime.bus import (
     Consumer,
     PermanentError,
@@ -24,7 +25,6 @@ from oih_runtime.bus import (
     replay_dead_letters,
     topic_matches,
 )
-from oih_runtime.bus.cli import main as cli_main
 from oih_runtime.clock import utcnow
 from oih_runtime.db import transaction
 from tests.runtime.bus.support import Amqp, Widget, wait_for

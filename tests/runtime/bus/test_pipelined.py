@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pika
 import pytest
 
-from oih_runtime.broker import PrivateBroker
+from oih_cli.broker import PrivateBroker
 from oih_runtime.bus.pipelined import PipelinedPublisher, Unroutable
 from oih_runtime.bus.publisher import PublisherError
 

@@ -1,4 +1,5 @@
-"""`oih events dead-letters <service>` and `oih events replay <service> [--id ID]`."""
+"""`oih events dead-letters <service>` and `oih events replay <service> [--id ID]`: the event
+bus's dead letters, read and replayed through `oih_runtime.bus.dead_letters`."""
 
 from __future__ import annotations
 
@@ -9,8 +10,12 @@ from collections.abc import Sequence
 
 import pika.exceptions
 
-from .dead_letters import NoDeadLetterQueue, list_dead_letters, replay_dead_letters
-from .topology import rabbitmq_url, redact_url
+from oih_runtime.bus.dead_letters import (
+    NoDeadLetterQueue,
+    list_dead_letters,
+    replay_dead_letters,
+)
+from oih_runtime.bus.topology import rabbitmq_url, redact_url
 
 
 def _parser() -> argparse.ArgumentParser:
