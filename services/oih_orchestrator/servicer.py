@@ -139,18 +139,20 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
             step_order=self._graph_order)
 
     def GetExecution(self, request: pb.GetExecutionRequest, context: Context) -> pb.Execution:
+        # Started a moment ago, its record may still be in the recorder's next batch: the
+        # caller who got its name can read it at once. Looked up *before* the query: the
+        # recorder forgets an execution once its batch committed, so a lookup after a query
+        # that ran just before that commit would find it nowhere.
+        flow_id, execution_id = names.parse("flows/{flow}/executions/{execution}",
+                                            request.name, "name")
+        pending = self.context.starter.recorder.unwritten(flow_id, execution_id)
         try:
             return executions.get_execution(
                 self.context.engine, principal.current(), request, step_order=self._graph_order)
         except NotFound:
-            # Started a moment ago, its record still in the recorder's next batch: the caller
-            # who got its name can read it at once.
-            flow_id, execution_id = names.parse("flows/{flow}/executions/{execution}",
-                                                request.name, "name")
-            started = self.context.starter.recorder.unwritten(flow_id, execution_id)
-            if started is None or not principal.current().sees_tenant(started.tenant):
+            if pending is None or not principal.current().sees_tenant(pending.tenant):
                 raise
-            return _started_proto(started)
+            return _started_proto(pending)
 
     def ListDeadLetters(self, request: pb.ListDeadLettersRequest, context: Context
                         ) -> pb.ListDeadLettersResponse:

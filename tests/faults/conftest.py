@@ -10,8 +10,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from oih_cli.platform import Platform
 from oih_cli.broker import PrivateBroker
+from oih_cli.platform import Platform
 from oih_runtime.settings import DEFAULT_PORTS
 from tests.e2e.conftest import (
     ADMIN,

@@ -10,8 +10,8 @@ import time
 import httpx
 import pytest
 
-from oih_cli.platform import Platform
 from oih_cli.broker import PrivateBroker, broker_answers
+from oih_cli.platform import Platform
 from tests.e2e.conftest import auth
 from tests.faults.support import (
     Load,

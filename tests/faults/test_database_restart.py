@@ -19,8 +19,8 @@ from typing import Any
 import httpx
 import pytest
 
-from oih_cli.platform import Platform
 from oih_cli.broker import PrivateBroker
+from oih_cli.platform import Platform
 from oih_runtime.settings import DEFAULT_PORTS
 from tests.e2e.conftest import (
     ADMIN,
@@ -213,7 +213,7 @@ def test_a_database_crash_under_load_fails_requests_fast_and_every_service_recov
     assert any(a.what == "create" for a in failed), "creating flows cannot work without a database"
     assert all(a.status == 503 and a.json for a in failed), failed
     # Executions too were refused with 503 (or accepted): nothing hung, nothing was a 500.
-    assert load.refused > 0
+    assert load.refusals and set(load.refusals) <= {503}, load.refusals
 
     # Afterwards: the same processes serve, nobody restarted them.
     assert platform.restarts == {}, platform.restarts

@@ -14,8 +14,8 @@ import pika
 import pytest
 
 from oih.events.v1 import event_pb2, orchestrator_pb2
-from oih_cli.platform import Platform
 from oih_cli.broker import PrivateBroker
+from oih_cli.platform import Platform
 from oih_runtime.bus import ServiceQueues
 from oih_runtime.bus.topology import DEFAULT_EXCHANGE
 from tests.e2e.conftest import auth, unique, wait_state
