@@ -7,6 +7,7 @@ second one fails and its transaction rolls back.
 """
 
 from datetime import datetime
+from enum import StrEnum
 
 from sqlalchemy import DateTime
 from sqlmodel import Field, SQLModel
@@ -14,13 +15,42 @@ from sqlmodel import Field, SQLModel
 from oih_runtime import clock
 from oih_runtime.clock import utcnow
 
-# Schedule states as stored (the oih.scheduler.v1.State names without the prefix).
-ACTIVE, PAUSED = "ACTIVE", "PAUSED"
-# Overlap and misfire policies as stored (the enum names without their prefix).
-ALLOW, SKIP, BUFFER_ONE = "ALLOW", "SKIP", "BUFFER_ONE"
-FIRE_ONCE, FIRE_ALL = "FIRE_ONCE", "FIRE_ALL"
-# What happened to a tick.
-FIRED, SKIPPED, MISSED = "FIRED", "SKIPPED", "MISSED"
+
+class ScheduleState(StrEnum):
+    """As stored: the `oih.scheduler.v1` State names without their prefix."""
+
+    ACTIVE = "ACTIVE"
+    PAUSED = "PAUSED"
+
+
+class OverlapPolicy(StrEnum):
+    """As stored: the OverlapPolicy names without their prefix."""
+
+    ALLOW = "ALLOW"
+    SKIP = "SKIP"
+    BUFFER_ONE = "BUFFER_ONE"
+
+
+class MisfirePolicy(StrEnum):
+    """As stored: the MisfirePolicy names without their prefix."""
+
+    FIRE_ONCE = "FIRE_ONCE"
+    FIRE_ALL = "FIRE_ALL"
+
+
+class TickOutcome(StrEnum):
+    """What happened to a tick."""
+
+    FIRED = "FIRED"
+    SKIPPED = "SKIPPED"
+    MISSED = "MISSED"
+
+
+# The members by their short names, for the modules that import them so.
+ACTIVE, PAUSED = ScheduleState.ACTIVE, ScheduleState.PAUSED
+ALLOW, SKIP, BUFFER_ONE = OverlapPolicy.ALLOW, OverlapPolicy.SKIP, OverlapPolicy.BUFFER_ONE
+FIRE_ONCE, FIRE_ALL = MisfirePolicy.FIRE_ONCE, MisfirePolicy.FIRE_ALL
+FIRED, SKIPPED, MISSED = TickOutcome.FIRED, TickOutcome.SKIPPED, TickOutcome.MISSED
 
 _WHEN = DateTime(timezone=True)
 

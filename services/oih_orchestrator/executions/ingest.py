@@ -23,7 +23,7 @@ from oih_runtime.clock import utcnow
 from oih_worker.reports import MAX_SAMPLE_BYTES, MAX_SAMPLES, sample
 
 from . import state as rule
-from .models import ExecutionRow, ReportBatchRow, StepExecutionRow
+from .models import ExecutionRow, ExecutionState, ReportBatchRow, StepExecutionRow
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +110,7 @@ def record_replay(session: Session, *, tenant: str, flow_id: str, execution_id: 
     step = _step(session, execution, step_id)
     step.replayed += 1
     session.add(step)
-    execution.state, execution.progress = "RUNNING", rule.OUTSTANDING
+    execution.state, execution.progress = ExecutionState.RUNNING, rule.OUTSTANDING
     execution.end_time = None
     execution.update_time = now
     session.add(execution)
@@ -145,13 +145,13 @@ def finish(session: Session, execution: ExecutionRow, state: str, kind: str,
     """Set the state; `end_time` is when it last became SUCCEEDED or FAILED. Becoming
     SUCCEEDED or FAILED is announced (`oih.execution.finished`, in the same transaction): the
     Snapshots service removes the execution's snapshots, the Scheduler learns the run is over."""
-    if state == "RUNNING":
+    if state == ExecutionState.RUNNING:
         execution.end_time = None
-    elif execution.state == "RUNNING" or execution.end_time is None:
+    elif execution.state == ExecutionState.RUNNING or execution.end_time is None:
         execution.end_time = now
         OUTBOX.add(session, FINISHED, orchestrator_events.ExecutionFinished(
             execution=f"flows/{execution.flow_id}/executions/{execution.execution_id}",
-            succeeded=state == "SUCCEEDED", tenant=execution.tenant),
+            succeeded=state == ExecutionState.SUCCEEDED, tenant=execution.tenant),
             tenant=execution.tenant, subject=f"flows/{execution.flow_id}")
     execution.state, execution.progress = state, kind
     execution.update_time = now

@@ -10,6 +10,7 @@ id: callers may choose execution ids (StartExecution), so an id is unique only w
 
 # No `from __future__ import annotations`: SQLModel reads the annotations at runtime.
 from datetime import datetime
+from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import JSON, Column, DateTime, Index
@@ -17,7 +18,17 @@ from sqlmodel import Field, SQLModel
 
 from oih_runtime.clock import utcnow
 
-RUNNING, SUCCEEDED, FAILED = "RUNNING", "SUCCEEDED", "FAILED"
+
+class ExecutionState(StrEnum):
+    """An execution's state as stored: the names of `oih.orchestrator.v1.Execution.State`
+    without their prefix (views.py converts at the edge)."""
+
+    RUNNING = "RUNNING"
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"
+
+
+RUNNING, SUCCEEDED, FAILED = ExecutionState.RUNNING, ExecutionState.SUCCEEDED, ExecutionState.FAILED
 
 _WHEN = DateTime(timezone=True)
 

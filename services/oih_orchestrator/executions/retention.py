@@ -20,7 +20,7 @@ from oih_runtime.db import transaction
 
 from . import state as rule
 from .ingest import counts_of, finish, steps_of
-from .models import RUNNING, ExecutionRow, ReportBatchRow, StepExecutionRow
+from .models import RUNNING, ExecutionRow, ExecutionState, ReportBatchRow, StepExecutionRow
 
 #: Batch ids are remembered this long: redeliveries come within minutes, not days.
 BATCH_ID_MEMORY = timedelta(days=1)
@@ -91,7 +91,8 @@ def settle(engine: Engine, now: datetime, settings: RetentionSettings | None = N
             col(ExecutionRow.state) == RUNNING, col(ExecutionRow.update_time) < stale)).all()
         for row in rows:
             failed = rule.outstanding_dead_letters(counts_of(steps_of(session, row))) > 0
-            finish(session, row, "FAILED" if failed else "SUCCEEDED", rule.SETTLED, now)
+            state = ExecutionState.FAILED if failed else ExecutionState.SUCCEEDED
+            finish(session, row, state, rule.SETTLED, now)
             session.add(row)
             closed += 1
     return closed

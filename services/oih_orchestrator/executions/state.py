@@ -53,6 +53,8 @@ from dataclasses import dataclass
 
 from oih_dataplane.spec import StepSpec
 
+from .models import ExecutionState
+
 SETTLED, OUTSTANDING, UNKNOWN = "settled", "outstanding", "unknown"
 
 
@@ -158,12 +160,12 @@ def progress(steps: Mapping[str, Counts], triggers: int, shape: FlowShape | None
 
 
 def state_of(steps: Mapping[str, Counts], triggers: int, shape: FlowShape | None
-             ) -> tuple[str, str]:
+             ) -> tuple[ExecutionState, str]:
     """(execution state, progress): RUNNING, SUCCEEDED or FAILED with why."""
     kind = progress(steps, triggers, shape)
     failed = outstanding_dead_letters(steps) > 0
     if kind == SETTLED:
-        return ("FAILED" if failed else "SUCCEEDED"), kind
+        return (ExecutionState.FAILED if failed else ExecutionState.SUCCEEDED), kind
     if kind == UNKNOWN and failed:
-        return "FAILED", kind
-    return "RUNNING", kind
+        return ExecutionState.FAILED, kind
+    return ExecutionState.RUNNING, kind

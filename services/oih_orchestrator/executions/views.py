@@ -21,9 +21,9 @@ from oih_runtime.errors import NotFound
 from oih_runtime.principal import Principal
 
 from .ingest import steps_of
-from .models import ExecutionRow, StepExecutionRow
+from .models import ExecutionRow, ExecutionState, StepExecutionRow
 
-_STATES = {"RUNNING", "SUCCEEDED", "FAILED"}
+_STATES = {state.value for state in ExecutionState}
 
 #: `flow id → its tenant`, or None when the flow does not exist (or is unknown here).
 FlowTenant = Callable[[str], str | None]
