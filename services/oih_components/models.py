@@ -23,7 +23,7 @@ class ComponentRow(SQLModel, table=True):
     __tablename__ = "components_component"
     # ListComponents orders by one of these columns and the id; visibility is an OR that no
     # index can narrow, so the list walks the order's index and filters as it goes (no sort of
-    # every component; tests/runtime/test_query_plans.py).
+    # every component; tests/oih_runtime/test_query_plans.py).
     __table_args__ = tuple(
         Index(f"ix_components_component_{column}_page", column, "id")
         for column in ("create_time", "update_time", "display_name")

@@ -33,7 +33,7 @@ class FlowRow(SQLModel, table=True):
     __tablename__ = "flows_flow"
     # ListFlows orders by one of these columns and the id, within the caller's tenant or (the
     # platform admin) over all: one index per order, so a page is a range of an index and never
-    # a sort of every flow (tests/runtime/test_query_plans.py).
+    # a sort of every flow (tests/oih_runtime/test_query_plans.py).
     __table_args__ = tuple(
         Index(f"ix_flows_flow_{scope}{column}_page", *prefix, column, "id")
         for column in ("create_time", "update_time", "display_name")

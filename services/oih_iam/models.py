@@ -11,7 +11,7 @@ from oih.iam.v1 import iam_pb2
 from oih_runtime.clock import utcnow
 
 # Each list's order has an index (within the caller's tenant and over all), so a page is a range
-# of an index, never a sort of the table (tests/runtime/test_query_plans.py).
+# of an index, never a sort of the table (tests/oih_runtime/test_query_plans.py).
 
 
 class TenantRow(SQLModel, table=True):

@@ -88,7 +88,7 @@ def create_tables(engine: Engine, tables: Iterable[type[SQLModel]]) -> None:
     """Create the tables of `tables` that do not exist yet (existing ones are not altered),
     and every index of theirs that is missing: `create_all` skips a table that exists, and
     with it each index added to the model since, so an existing database also gets the
-    indexes its list queries rely on (tests/runtime/test_query_plans.py checks the plans)."""
+    indexes its list queries rely on (tests/oih_runtime/test_query_plans.py checks the plans)."""
     metadata = SQLModel.metadata
     chosen = [metadata.tables[str(model.__tablename__)] for model in tables]
     metadata.create_all(engine, tables=chosen)

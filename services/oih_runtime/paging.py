@@ -5,7 +5,7 @@ so a token reused with different filters is refused instead of giving a wrong pa
 
 - `keyset_page` (lists that grow with the work: flows, components, executions): the token
   holds the sort key of the page's last row, and the next page starts after it. With an index on
-  the sort keys (tests/runtime/test_query_plans.py) every page costs the same, the first or the
+  the sort keys (tests/oih_runtime/test_query_plans.py) every page costs the same, the first or the
   ten-thousandth, and rows added or deleted meanwhile neither repeat nor skip others.
 - `page` (short lists: tenants, roles, a tenant's users): the token holds an offset.
 """

@@ -16,8 +16,8 @@ from oih_components import events
 from oih_components.server import Built
 from oih_runtime.bus import Consumer, Relay, RetryPolicy, build_event
 from tests.oih_components.conftest import Caller, entry_point_component
-from tests.runtime.bus.support import Amqp, open_amqp, wait_for
-from tests.runtime.conftest_broker import amqp_url  # noqa: F401  (fixture)
+from tests.oih_runtime.bus.support import Amqp, open_amqp, wait_for
+from tests.oih_runtime.conftest_broker import amqp_url  # noqa: F401  (fixture)
 
 Stub = components_pb2_grpc.ComponentServiceStub
 RETRY = RetryPolicy(max_attempts=3, base_delay=0.05, factor=2)

@@ -1,6 +1,6 @@
 """Events: each change writes its event to the outbox in the same transaction, and IAM's
 deletions are handled (the handlers are called directly here, as the consumer would call them
-inside its transaction; the consumer itself is tested in tests/runtime/bus)."""
+inside its transaction; the consumer itself is tested in tests/oih_runtime/bus)."""
 
 from __future__ import annotations
 

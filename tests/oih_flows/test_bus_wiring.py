@@ -24,7 +24,7 @@ from oih_runtime import settings as runtime_settings
 from oih_runtime.bus import OutboxEvent, build_event
 from oih_runtime.principal import Principal
 from tests.oih_flows.conftest import two_node_flow
-from tests.runtime.conftest_broker import amqp_url  # noqa: F401  (fixture)
+from tests.oih_runtime.conftest_broker import amqp_url  # noqa: F401  (fixture)
 from tests.support.tokens import TestIssuer
 
 COMPONENT = cpb.Component(name="components/c", triggers=[cpb.ComponentFunction(name="timer")],

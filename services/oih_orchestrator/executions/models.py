@@ -39,7 +39,7 @@ class ExecutionRow(SQLModel, table=True):
     __tablename__ = "orch_execution"
     # One per shape of ListExecutions (a flow or every flow; a tenant or the platform admin),
     # each ending in the list's order, so a page is a range of an index and never a sort of
-    # all of a tenant's executions (tests/runtime/test_query_plans.py).
+    # all of a tenant's executions (tests/oih_runtime/test_query_plans.py).
     __table_args__ = (
         Index("ix_orch_execution_flow_tenant_page", "flow_id", "tenant", "create_time",
               "execution_id"),

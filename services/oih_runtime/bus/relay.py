@@ -183,7 +183,7 @@ class Relay:
 
         Served by the partial index of unsent rows (models.py) on PostgreSQL, by the `sent_at`
         index on SQLite: it never reads sent rows, so a batch costs the same with an empty
-        outbox and after a million relayed events (tests/runtime/bus/test_relay.py checks the
+        outbox and after a million relayed events (tests/oih_runtime/bus/test_relay.py checks the
         plan). On PostgreSQL SKIP LOCKED lets concurrent relays take different rows.
         """
         return (

@@ -27,7 +27,7 @@ from oih_runtime.bus import (
 )
 from oih_runtime.clock import utcnow
 from oih_runtime.db import transaction
-from tests.runtime.bus.support import Amqp, Widget, wait_for
+from tests.oih_runtime.bus.support import Amqp, Widget, wait_for
 from tests.support import postgres
 
 TYPE = "oih.iam.tenant.deleted"

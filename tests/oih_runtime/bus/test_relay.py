@@ -17,7 +17,7 @@ from oih.events.v1 import event_pb2, iam_pb2
 from oih_runtime.bus import Outbox, OutboxEvent, Relay
 from oih_runtime.clock import utcnow
 from oih_runtime.db import make_engine, transaction
-from tests.runtime.bus.support import Amqp, wait_for
+from tests.oih_runtime.bus.support import Amqp, wait_for
 from tests.support import postgres
 from tests.support.query_plans import assert_served_by_index
 

@@ -9,7 +9,7 @@ from sqlmodel import select
 from oih.events.v1 import event_pb2, iam_pb2
 from oih_runtime.bus import Outbox, OutboxEvent, outbox
 from oih_runtime.db import transaction
-from tests.runtime.bus.support import Widget
+from tests.oih_runtime.bus.support import Widget
 
 OUTBOX = Outbox("oih-test")
 

@@ -14,8 +14,8 @@ from sqlalchemy.engine import Engine
 
 from oih_runtime.bus.models import OutboxEvent, ProcessedEvent
 from oih_runtime.db import make_engine
-from tests.runtime.bus.support import RETRY_DELAYS_MS, Amqp, Widget, open_amqp
-from tests.runtime.conftest_broker import amqp_url, private_broker  # noqa: F401  (fixtures)
+from tests.oih_runtime.bus.support import RETRY_DELAYS_MS, Amqp, Widget, open_amqp
+from tests.oih_runtime.conftest_broker import amqp_url, private_broker  # noqa: F401  (fixtures)
 
 PG_ADMIN_URL = os.environ.get("OIH_TEST_POSTGRES_URL",
                               "postgresql+psycopg2://postgres@127.0.0.1:5432/test")

@@ -23,7 +23,7 @@ from oih_cli import broker as broker_module
 from oih_cli.broker import BrokerError, PrivateBroker, broker_answers, ensure_broker
 from oih_runtime.bus import Consumer, Outbox, OutboxEvent, ProcessedEvent, Relay, RetryPolicy
 from oih_runtime.db import transaction
-from tests.runtime.bus.support import RETRY_DELAYS_MS, Amqp, Widget, open_amqp, wait_for
+from tests.oih_runtime.bus.support import RETRY_DELAYS_MS, Amqp, Widget, open_amqp, wait_for
 
 OUTBOX = Outbox("oih-test")
 TYPE = "oih.iam.tenant.deleted"
