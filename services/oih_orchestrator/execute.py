@@ -50,6 +50,7 @@ from sqlmodel import Session, col
 
 from oih_dataplane import envelope, topology
 from oih_runtime import names
+from oih_runtime.background import Background
 from oih_runtime.bus.pipelined import PipelinedPublisher, Unroutable
 from oih_runtime.clock import aware, utcnow
 from oih_runtime.db import is_unavailable, transaction
@@ -129,30 +130,25 @@ class StartRecorder:
         #: (flow, execution) -> Started, until its row is committed.
         self._unwritten: dict[tuple[str, str], Started] = {}
         self._wake = threading.Event()
-        self._stopping = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._task = Background("oih-start-recorder", self._run, stop_timeout=10.0)
 
     def start(self) -> None:
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="oih-start-recorder",
-                                            daemon=True)
-            self._thread.start()
+        self._task.start()
 
     def stop(self) -> None:
-        self._stopping.set()
+        self._task.stopping.set()
         self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
+        self._task.stop()
         self.flush()  # whatever is left, in this thread
 
     def add(self, started: Started) -> None:
         with self._lock:
             self._queue.append(started)
             self._unwritten[(started.flow_id, started.execution_id)] = started
-        if self._thread is None:
-            self.flush()  # not started (tests, tools): write at once
-        else:
+        if self._task.running:
             self._wake.set()
+        else:
+            self.flush()  # not started (tests, tools) or stopped: write at once
 
     def unwritten(self, flow_id: str, execution_id: str) -> Started | None:
         with self._lock:
@@ -208,7 +204,8 @@ class StartRecorder:
                                  flow_version=started.flow_version, now=started.create_time)
 
     def _run(self) -> None:
-        while not self._stopping.is_set():
+        stopping = self._task.stopping
+        while not stopping.is_set():
             self._wake.wait(1.0)
             self._wake.clear()
             try:
@@ -219,8 +216,8 @@ class StartRecorder:
                                 "(%s); retrying", type(error).__name__)
                 else:
                     log.exception("recording execution starts failed; retrying")
-                self._stopping.wait(1.0)
-            self._stopping.wait(self.interval)  # lets a batch gather under load
+                stopping.wait(1.0)
+            stopping.wait(self.interval)  # lets a batch gather under load
 
 
 class Starter:
